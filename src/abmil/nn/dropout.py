@@ -1,0 +1,74 @@
+"""Dropout whose mask is a pure function of (seed, step, position).
+
+A run trained alone and the same run trained stacked beside others (``abmil.train.stacked``)
+must draw identical masks, whatever else shares the random stream. So the mask is a counter-based
+hash of the run's seed, the step and each element's position in its bag — not a draw from a global
+generator. Until a trainer calls :func:`set_dropout_key`, it behaves as ``torch.nn.Dropout``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer finaliser (lowbias32), computed in int64 and kept to 32 bits."""
+    x = x & _M32
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def hash_uniform(key: Tensor, salt: int, shape: torch.Size) -> Tensor:
+    """Uniform [0, 1) numbers of ``shape`` from ``key`` (2,) int64 = (seed, step).
+
+    Element ``i`` (in row-major order) gets ``hash(seed, step, salt, i)``: with one bag per step,
+    row i is the bag's i-th instance, alone or stacked beside other runs.
+    """
+    idx = torch.arange(shape.numel(), dtype=torch.int64, device=key.device)
+    h = _mix32(key[0] * 0x9E3779B1 + salt)
+    h = _mix32(h ^ (key[1] * 0x85EBCA77))
+    h = _mix32(h ^ idx)
+    return (h.to(torch.float32) / 4294967296.0).view(shape)
+
+
+class KeyedDropout(nn.Module):
+    """Inverted dropout with a reproducible, position-keyed mask.
+
+    Args:
+        p: probability of zeroing an element.
+        salt: distinguishes the dropout layers of one model.
+    """
+
+    def __init__(self, p: float = 0.5, salt: int = 0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout p must be in [0, 1), got {p}")
+        self.p, self.salt = p, salt
+        # (seed, step), set by a trainer through set_dropout_key; until then torch's generator.
+        self.keyed = False
+        self.register_buffer("key", torch.tensor([0, 0], dtype=torch.int64), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x`` (n_instances, dim) → same shape."""
+        if not self.training or self.p == 0.0:
+            return x
+        if not self.keyed:
+            return nn.functional.dropout(x, self.p, True)
+        keep = hash_uniform(self.key, self.salt, x.shape) >= self.p
+        return x * keep.to(x.dtype) / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, salt={self.salt}"
+
+
+def set_dropout_key(model: nn.Module, seed: int, step: int) -> None:
+    """Key every :class:`KeyedDropout` of ``model`` with the run's seed and the current step."""
+    for m in model.modules():
+        if isinstance(m, KeyedDropout):
+            m.keyed = True
+            m.key[0], m.key[1] = seed, step

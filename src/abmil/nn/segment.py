@@ -1,0 +1,56 @@
+"""Segment reductions over packed bags.
+
+A packed batch stores the instances of B bags end to end, ``(n_instances, ...)``, with a
+``bag_index`` of shape ``(n_instances,)`` that maps each instance to its bag in ``0..B-1``.
+Every function here reduces over the instances of each bag at once: one kernel call for the
+whole batch, no padding, no Python loop over bags.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def num_bags(bag_index: Tensor, n_bags: int | None = None) -> int:
+    """The number of bags: ``n_bags`` if given, else ``bag_index.max() + 1``."""
+    if n_bags is not None:
+        return int(n_bags)
+    return int(bag_index.max().item()) + 1 if bag_index.numel() else 0
+
+
+def _expand(bag_index: Tensor, like: Tensor) -> Tensor:
+    return bag_index.view(-1, *([1] * (like.dim() - 1))).expand_as(like)
+
+
+def segment_sum(x: Tensor, bag_index: Tensor, n_bags: int) -> Tensor:
+    """Sum within each bag. ``x`` (n_instances, *rest) → (n_bags, *rest)."""
+    out = x.new_zeros((n_bags, *x.shape[1:]))
+    return out.index_add(0, bag_index, x)
+
+
+def segment_count(bag_index: Tensor, n_bags: int) -> Tensor:
+    """Instances per bag, (n_bags,) long."""
+    return torch.bincount(bag_index, minlength=n_bags)
+
+
+def segment_mean(x: Tensor, bag_index: Tensor, n_bags: int) -> Tensor:
+    """Mean within each bag. ``x`` (n_instances, *rest) → (n_bags, *rest)."""
+    counts = segment_count(bag_index, n_bags).clamp_min(1).to(x.dtype)
+    return segment_sum(x, bag_index, n_bags) / counts.view(-1, *([1] * (x.dim() - 1)))
+
+
+def segment_max(x: Tensor, bag_index: Tensor, n_bags: int) -> Tensor:
+    """Maximum within each bag. ``x`` (n_instances, *rest) → (n_bags, *rest)."""
+    out = x.new_zeros((n_bags, *x.shape[1:]))
+    return out.scatter_reduce(0, _expand(bag_index, x), x, reduce="amax", include_self=False)
+
+
+def segment_softmax(logits: Tensor, bag_index: Tensor, n_bags: int) -> Tensor:
+    """Softmax over the instances of each bag. ``logits`` (n_instances,) → (n_instances,).
+
+    Each bag's maximum is subtracted before ``exp`` (it cancels in the ratio), so logits of
+    ±1e4 neither overflow nor underflow to 0/0.
+    """
+    bag_max = segment_max(logits.detach(), bag_index, n_bags)
+    e = torch.exp(logits - bag_max[bag_index])
+    return e / segment_sum(e, bag_index, n_bags)[bag_index]

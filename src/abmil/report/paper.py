@@ -1,0 +1,211 @@
+"""Published numbers of Ilse, Tomczak & Welling (ICML 2018), as data.
+
+Source: "Attention-based Deep Multiple Instance Learning", ICML 2018, PMLR 80:2127-2136,
+https://proceedings.mlr.press/v80/ilse18a.html (arXiv 1802.04712v4, https://arxiv.org/abs/1802.04712),
+Tables 1-3.
+
+**UNCONFIRMED: not one cell here has been checked against the paper's PDF.** They are transcribed from
+``shared/paper/results.md``, whose every cell is marked "(unconfirmed)": a recollection of the published tables,
+because no stored copy of the full text could be reached. A few means (never a ±) are also quoted by low-reliability
+secondary sources (:data:`SECONDARY_SUPPORT`). What the ± means (sd or se, over the 5 repetitions or the 50 folds)
+is unconfirmed too. Use these as provisional targets for reports, never as hard test thresholds, until checked
+against Tables 1-3 of arXiv 1802.04712v4; :data:`PAPER_NUMBERS_CONFIRMED` says so in code.
+
+Keys: (dataset, model_key) -> (mean, std or None). ``None`` std = the paper prints "N/A" (mi-SVM, MI-SVM).
+Model keys are this package's names where we reproduce the method (e.g. ``"instance-max"`` = the paper's row
+"mi-Net"); the other baselines of Table 1 get display-only keys (``"mi-svm"``, ``"mi-svm-bag"`` = MI-SVM, ...).
+"""
+from __future__ import annotations
+
+__all__ = [
+    "DATASET_LABELS",
+    "HISTOLOGY_METRICS",
+    "HISTOLOGY_MODEL_LABELS",
+    "HISTOLOGY_ROWS",
+    "METRIC_LABELS",
+    "MODEL_LABELS",
+    "PAPER_NUMBERS_CONFIRMED",
+    "PAPER_RESULTS",
+    "PAPER_TABLE1",
+    "PAPER_TABLE2",
+    "PAPER_TABLE3",
+    "PAPER_URL",
+    "REPRODUCED_TABLE1",
+    "SECONDARY_SUPPORT",
+    "TABLE1_DATASETS",
+    "TABLE1_ROWS",
+    "canonical_dataset",
+    "canonical_experiment",
+    "paper_value",
+]
+
+PAPER_URL = "https://proceedings.mlr.press/v80/ilse18a.html"
+ARXIV_URL = "https://arxiv.org/abs/1802.04712"
+# Flip only after every cell below has been compared with the PDF.
+PAPER_NUMBERS_CONFIRMED = False
+
+# Table 1 row order as printed; our key -> the paper's row name.
+MODEL_LABELS: dict[str, str] = {
+    "mi-svm": "mi-SVM",
+    "mi-svm-bag": "MI-SVM",  # bag-level SVM; the paper's name differs from mi-SVM only in case
+    "mi-kernel": "MI-Kernel",
+    "em-dd": "EM-DD",
+    "mi-graph": "mi-Graph",
+    "mivlad": "miVLAD",
+    "mifv": "miFV",
+    "instance-max": "mi-Net",
+    "embedding-max": "MI-Net",
+    "mi-net-ds": "MI-Net with DS",
+    "mi-net-rc": "MI-Net with RC",
+    "attention": "Attention",
+    "gated": "Gated-Attention",
+    # Tables 2-3 (histology) and the MNIST-bags figures name the max/mean baselines this way.
+    "instance-mean": "Instance+mean",
+    "embedding-mean": "Embedding+mean",
+}
+TABLE1_ROWS: tuple[str, ...] = (
+    "mi-svm", "mi-svm-bag", "mi-kernel", "em-dd", "mi-graph", "mivlad", "mifv",
+    "instance-max", "embedding-max", "mi-net-ds", "mi-net-rc", "attention", "gated",
+)
+# The Table 1 rows this package trains; the rest are shown as paper-only.
+REPRODUCED_TABLE1: frozenset[str] = frozenset(
+    {"instance-max", "embedding-max", "mi-net-ds", "mi-net-rc", "attention", "gated"}
+)
+HISTOLOGY_ROWS: tuple[str, ...] = (
+    "instance-max", "instance-mean", "embedding-max", "embedding-mean", "attention", "gated",
+)
+# Tables 2-3 label the max baselines differently from Table 1.
+HISTOLOGY_MODEL_LABELS: dict[str, str] = {
+    **MODEL_LABELS, "instance-max": "Instance+max", "embedding-max": "Embedding+max"
+}
+
+TABLE1_DATASETS: tuple[str, ...] = ("musk1", "musk2", "fox", "tiger", "elephant")
+DATASET_LABELS: dict[str, str] = {
+    "musk1": "Musk1",
+    "musk2": "Musk2",
+    "fox": "Fox",
+    "tiger": "Tiger",
+    "elephant": "Elephant",
+    "breast": "Breast Cancer",
+    "colon": "Colon Cancer",
+}
+METRIC_LABELS: dict[str, str] = {
+    "accuracy": "Accuracy",
+    "precision": "Precision",
+    "recall": "Recall",
+    "f1": "F-score",
+    "auc": "AUC",
+}
+HISTOLOGY_METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "auc")
+
+Cell = tuple[float, "float | None"]
+
+
+def _grid(rows: dict[str, tuple[Cell, ...]], columns: tuple[str, ...]) -> dict[tuple[str, str], Cell]:
+    """A printed table (row -> cells in column order) as {(row, column): cell}; strict zip catches a short row."""
+    return {(row, col): cell for row, cells in rows.items() for col, cell in zip(columns, cells, strict=True)}
+
+
+# Table 1: bag accuracy, mean ± (meaning unconfirmed) over 5 x 10-fold CV. Columns: musk1, musk2, fox, tiger, elephant.
+PAPER_TABLE1: dict[tuple[str, str], Cell] = {
+    (ds, model): cell
+    for (model, ds), cell in _grid(
+        {
+            "mi-svm": ((0.874, None), (0.836, None), (0.582, None), (0.784, None), (0.822, None)),
+            "mi-svm-bag": ((0.779, None), (0.843, None), (0.578, None), (0.840, None), (0.843, None)),
+            "mi-kernel": ((0.880, 0.031), (0.893, 0.015), (0.603, 0.028), (0.842, 0.010), (0.843, 0.016)),
+            "em-dd": ((0.849, 0.044), (0.869, 0.048), (0.609, 0.045), (0.730, 0.043), (0.771, 0.043)),
+            "mi-graph": ((0.889, 0.033), (0.903, 0.039), (0.620, 0.044), (0.860, 0.037), (0.869, 0.035)),
+            "mivlad": ((0.871, 0.043), (0.872, 0.042), (0.620, 0.044), (0.811, 0.039), (0.850, 0.036)),
+            "mifv": ((0.909, 0.040), (0.884, 0.042), (0.621, 0.049), (0.813, 0.037), (0.852, 0.036)),
+            "instance-max": ((0.889, 0.039), (0.858, 0.049), (0.613, 0.035), (0.824, 0.034), (0.858, 0.037)),
+            "embedding-max": ((0.887, 0.041), (0.859, 0.046), (0.622, 0.038), (0.830, 0.032), (0.862, 0.034)),
+            "mi-net-ds": ((0.894, 0.042), (0.874, 0.043), (0.630, 0.037), (0.845, 0.039), (0.872, 0.032)),
+            "mi-net-rc": ((0.898, 0.043), (0.873, 0.044), (0.619, 0.047), (0.836, 0.037), (0.857, 0.040)),
+            "attention": ((0.892, 0.040), (0.858, 0.048), (0.615, 0.043), (0.839, 0.022), (0.868, 0.022)),
+            "gated": ((0.900, 0.050), (0.863, 0.042), (0.603, 0.029), (0.845, 0.018), (0.857, 0.027)),
+        },
+        TABLE1_DATASETS,
+    ).items()
+}
+
+# Tables 2 (Breast Cancer, UCSB) and 3 (Colon Cancer, CRCHistoPhenotypes): (model, metric) -> cell.
+# Columns: accuracy, precision, recall, f1, auc.
+PAPER_TABLE2: dict[tuple[str, str], Cell] = _grid(
+    {
+        "instance-max": ((0.614, 0.020), (0.585, 0.03), (0.477, 0.087), (0.506, 0.054), (0.612, 0.026)),
+        "instance-mean": ((0.672, 0.026), (0.672, 0.034), (0.515, 0.056), (0.577, 0.049), (0.719, 0.019)),
+        "embedding-max": ((0.607, 0.015), (0.558, 0.013), (0.546, 0.070), (0.543, 0.042), (0.650, 0.013)),
+        "embedding-mean": ((0.741, 0.023), (0.741, 0.023), (0.654, 0.054), (0.689, 0.034), (0.796, 0.012)),
+        "attention": ((0.745, 0.018), (0.718, 0.021), (0.715, 0.046), (0.712, 0.032), (0.775, 0.016)),
+        "gated": ((0.755, 0.016), (0.728, 0.016), (0.731, 0.042), (0.725, 0.023), (0.799, 0.020)),
+    },
+    HISTOLOGY_METRICS,
+)
+PAPER_TABLE3: dict[tuple[str, str], Cell] = _grid(
+    {
+        "instance-max": ((0.842, 0.021), (0.866, 0.017), (0.816, 0.031), (0.839, 0.023), (0.914, 0.010)),
+        "instance-mean": ((0.772, 0.012), (0.821, 0.011), (0.710, 0.031), (0.759, 0.017), (0.866, 0.008)),
+        "embedding-max": ((0.824, 0.015), (0.884, 0.014), (0.753, 0.020), (0.813, 0.017), (0.918, 0.010)),
+        "embedding-mean": ((0.860, 0.014), (0.911, 0.011), (0.804, 0.027), (0.853, 0.016), (0.940, 0.010)),
+        "attention": ((0.904, 0.011), (0.953, 0.014), (0.855, 0.017), (0.901, 0.011), (0.968, 0.009)),
+        "gated": ((0.898, 0.020), (0.944, 0.016), (0.851, 0.035), (0.893, 0.022), (0.968, 0.010)),
+    },
+    HISTOLOGY_METRICS,
+)
+
+# One dict per experiment, keyed (dataset, model, metric). MNIST-bags has no usable cell yet (results.md: nearly
+# all n/a, and its cells need the bag size and training-set size as keys too).
+PAPER_RESULTS: dict[str, dict[tuple[str, str, str], Cell]] = {
+    "benchmarks": {(ds, model, "accuracy"): cell for (ds, model), cell in PAPER_TABLE1.items()},
+    "histology": {
+        **{("breast", model, metric): cell for (model, metric), cell in PAPER_TABLE2.items()},
+        **{("colon", model, metric): cell for (model, metric), cell in PAPER_TABLE3.items()},
+    },
+}
+
+# Means that a secondary source also states (results.md [S3]); corroboration, not proof.
+SECONDARY_SUPPORT: dict[tuple[str, str, str, str], str] = {
+    ("histology", "breast", "instance-mean", "auc"): "S3",
+    ("histology", "breast", "embedding-mean", "auc"): "S3",
+    ("histology", "colon", "embedding-mean", "auc"): "S3",
+    ("histology", "colon", "attention", "auc"): "S3",
+}
+
+_EXPERIMENT_ALIASES = {"table1": "benchmarks", "mil": "benchmarks", "breast": "histology", "colon": "histology"}
+_DATASET_ALIASES = {
+    "breast_cancer": "breast", "ucsb_breast_images": "breast",
+    "colon_cancer": "colon", "colon_crc": "colon", "crc": "colon",
+}
+_METRIC_ALIASES = {"acc": "accuracy", "f_score": "f1", "fscore": "f1", "f-score": "f1", "roc_auc": "auc"}
+_MODEL_ALIASES = {"gated-attention": "gated", "gated_attention": "gated"}
+
+
+def canonical_experiment(experiment: str) -> str:
+    """Map an experiment name or alias ("breast" -> "histology") to a key of :data:`PAPER_RESULTS`."""
+    e = experiment.lower()
+    return _EXPERIMENT_ALIASES.get(e, e)
+
+
+def canonical_dataset(dataset: str) -> str:
+    """Map a dataset alias ("colon_crc" -> "colon") to the name used here.
+
+    Deliberately no alias for ``ucsb_breast``: that is the 708-d precomputed-feature benchmark, not Table 2's
+    CNN-on-patches protocol, so the paper's numbers do not apply to it.
+    """
+    d = dataset.lower()
+    return _DATASET_ALIASES.get(d, d)
+
+
+def paper_value(experiment: str, dataset: str, model: str, metric: str) -> tuple[float | None, float | None]:
+    """The paper's (mean, ±) for one cell, or ``(None, None)`` where the paper has none. Unconfirmed, see module doc.
+
+    ``experiment``: "benchmarks" (Table 1, metric "accuracy") or "histology" (Tables 2-3; datasets "breast",
+    "colon"; metrics accuracy, precision, recall, f1, auc). The ± is ``None`` where the paper prints "N/A".
+    """
+    key = (
+        canonical_dataset(dataset),
+        _MODEL_ALIASES.get(model.lower(), model.lower()),
+        _METRIC_ALIASES.get(metric.lower(), metric.lower()),
+    )
+    return PAPER_RESULTS.get(canonical_experiment(experiment), {}).get(key, (None, None))

@@ -1,0 +1,398 @@
+"""Result rows, their summary over CV folds/repeats, and results.{json,csv,md} side by side with the paper.
+
+One :class:`ResultRow` = one (dataset, model, metric) cell: our mean ± spread over ``n_runs`` values and the paper's
+number for the same cell (:mod:`abmil.report.paper`, all unconfirmed against the PDF). ``extra`` carries whatever a
+later experiment adds (``std_folds``, ``train_bags``, ``bag_mean``, ...); it is written flat beside the fixed keys.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from abmil.io import atomic_open
+from abmil.report import paper
+
+__all__ = [
+    "CORE_KEYS",
+    "ResultRow",
+    "read_results",
+    "render_markdown",
+    "summarise",
+    "within_one_std",
+    "write_results",
+]
+
+CORE_KEYS: tuple[str, ...] = ("dataset", "model", "metric", "mean", "std", "n_runs", "paper_mean", "paper_std")
+# Extras that describe a cell's statistics, not the setting it was run in; the md groups tables by the others.
+_STAT_EXTRAS = frozenset({"std_folds", "std_over", "n_repeats"})
+_STD_OVER = ("repeats", "folds")
+
+
+@dataclass
+class ResultRow:
+    """One table cell: ours (mean, std over ``n_runs`` values) and the paper's (``None`` where it has none)."""
+
+    dataset: str
+    model: str
+    metric: str
+    mean: float
+    std: float | None
+    n_runs: int
+    paper_mean: float | None = None
+    paper_std: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat dict: the core keys in :data:`CORE_KEYS` order, then the extras."""
+        clash = set(self.extra) & set(CORE_KEYS)
+        if clash:
+            raise ValueError(f"extra keys {sorted(clash)} clash with the fixed result keys")
+        d = {k: getattr(self, k) for k in CORE_KEYS}
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ResultRow":
+        """Inverse of :meth:`to_dict`; every non-core key goes to ``extra``."""
+        missing = [k for k in CORE_KEYS if k not in d]
+        if missing:
+            raise ValueError(f"result row lacks keys {missing}")
+        return cls(
+            dataset=str(d["dataset"]),
+            model=str(d["model"]),
+            metric=str(d["metric"]),
+            mean=math.nan if _opt_float(d["mean"]) is None else float(d["mean"]),  # NaN is written as null
+            std=_opt_float(d["std"]),
+            n_runs=int(d["n_runs"]),
+            paper_mean=_opt_float(d["paper_mean"]),
+            paper_std=_opt_float(d["paper_std"]),
+            extra={k: v for k, v in d.items() if k not in CORE_KEYS},
+        )
+
+
+def _opt_float(x: Any) -> float | None:
+    return None if x is None or x == "" else float(x)
+
+
+def summarise(
+    values: Sequence[float],
+    *,
+    dataset: str,
+    model: str,
+    metric: str,
+    experiment: str = "benchmarks",
+    std_over: str = "repeats",
+    repeat_ids: Sequence[Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> ResultRow:
+    """Summarise per-fold (or per-run) scores into one row, with the paper's value for the same cell.
+
+    ``mean`` is over all values. ``std`` (ddof=0): with ``repeat_ids`` (one id per value) and
+    ``std_over="repeats"``, the spread of the per-repeat means — the most plausible meaning of the paper's ±
+    (protocols.md, "Open questions": ±0.02-0.05 cannot be a per-fold sd on ~9-bag folds); otherwise the std of all
+    values. Both are kept: ``extra["std_folds"]`` is always the std over all values, ``extra["std_over"]`` says
+    which one ``std`` is.
+    """
+    if std_over not in _STD_OVER:
+        raise ValueError(f"std_over must be one of {_STD_OVER}, got {std_over!r}")
+    v = np.asarray(values, dtype=float).ravel()
+    if v.size == 0:
+        raise ValueError(f"no values to summarise for {dataset}/{model}/{metric}")
+    std_folds = float(v.std())
+    info: dict[str, Any] = {"std_folds": std_folds, "std_over": "folds"}
+    std = std_folds
+    if repeat_ids is not None:
+        ids = list(repeat_ids)
+        if len(ids) != v.size:
+            raise ValueError(f"repeat_ids has {len(ids)} entries for {v.size} values")
+        groups: dict[Any, list[float]] = {}
+        for rid, x in zip(ids, v):
+            groups.setdefault(rid, []).append(float(x))
+        info["n_repeats"] = len(groups)
+        if std_over == "repeats":
+            std = float(np.std([np.mean(g) for g in groups.values()]))
+            info["std_over"] = "repeats"
+    paper_mean, paper_std = paper.paper_value(experiment, dataset, model, metric)
+    return ResultRow(
+        dataset=dataset, model=model, metric=metric, mean=float(v.mean()), std=std, n_runs=int(v.size),
+        paper_mean=paper_mean, paper_std=paper_std, extra={**info, **(extra or {})},
+    )
+
+
+def within_one_std(row: ResultRow) -> bool | None:
+    """Is our mean within one paper ± of the paper's mean? ``None`` when the paper gives no mean or no ±."""
+    if row.paper_mean is None or row.paper_std is None or row.mean is None or math.isnan(row.mean):
+        return None
+    # Paper cells are rounded to 3 decimals; the epsilon only absorbs float error at the exact boundary.
+    return abs(row.mean - row.paper_mean) <= row.paper_std + 1e-9
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Serialisation
+
+
+def _jsonable(x: Any) -> Any:
+    """Plain JSON values: numpy scalars unwrapped, NaN/inf -> null (they are not valid JSON)."""
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _columns(dicts: Sequence[Mapping[str, Any]]) -> list[str]:
+    cols = list(CORE_KEYS)
+    for d in dicts:
+        cols.extend(k for k in d if k not in cols)
+    return cols
+
+
+def _csv_cell(x: Any) -> Any:
+    # Strings and numbers as they are (csv writes floats with repr, so they round-trip exactly); anything else
+    # (bool, list, dict) as JSON so read_results can parse it back.
+    if x is None:
+        return ""
+    if isinstance(x, (str, int, float)) and not isinstance(x, bool):
+        return x
+    return json.dumps(x)
+
+
+def _parse_csv_extra(s: str) -> Any:
+    if s == "":
+        return None
+    try:
+        return json.loads(s)
+    except ValueError:
+        return s
+
+
+def _to_csv(dicts: Sequence[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=_columns(dicts), restval="", lineterminator="\n")
+    w.writeheader()
+    for d in dicts:
+        w.writerow({k: _csv_cell(v) for k, v in d.items()})
+    return buf.getvalue()
+
+
+def read_results(path: str | os.PathLike) -> list[ResultRow]:
+    """Read rows back from ``results.json`` or ``results.csv`` (a directory means its ``results.json``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = []
+            for d in csv.DictReader(f):
+                rows.append({k: (v if k in CORE_KEYS else _parse_csv_extra(v)) for k, v in d.items()})
+        for d in rows:
+            # Columns absent from a row's extras were padded with "" on write; drop them again.
+            for k in [k for k, v in d.items() if k not in CORE_KEYS and v is None]:
+                del d[k]
+    else:
+        with open(path, encoding="utf-8") as f:
+            rows = json.load(f)
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list of result rows")
+    return [ResultRow.from_dict(d) for d in rows]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _fmt(mean: float | None, std: float | None, *, na: str) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "—"
+    return f"{mean:.3f} ± {na if std is None else f'{std:.3f}'}"
+
+
+def _esc(s: str) -> str:
+    return str(s).replace("|", "\\|")
+
+
+def _mark(row: ResultRow) -> str:
+    return {True: " ✓", False: " ✗", None: ""}[within_one_std(row)]
+
+
+def _cell(row: ResultRow | None, paper_cell: tuple[float | None, float | None]) -> str:
+    pm, ps = (row.paper_mean, row.paper_std) if row is not None else paper_cell
+    theirs = "n/a" if pm is None else _fmt(pm, ps, na="N/A")
+    if row is None:
+        return f"paper {theirs}" if pm is not None else "—"
+    return f"ours {_fmt(row.mean, row.std, na='?')}{_mark(row)} · paper {theirs}"
+
+
+def _setting(row: ResultRow) -> tuple[tuple[str, str], ...]:
+    """The extras that say in which setting a row was run (e.g. train_bags=50); rows are tabled per setting."""
+    return tuple(
+        sorted((k, json.dumps(_jsonable(v))) for k, v in row.extra.items()
+               if k not in _STAT_EXTRAS and isinstance(v, (str, int, float, bool, np.generic)))
+    )
+
+
+def _ordered(seen: Iterable[str], preferred: Sequence[str]) -> list[str]:
+    seen = list(dict.fromkeys(seen))
+    return [x for x in preferred if x in seen] + [x for x in seen if x not in preferred]
+
+
+def _index(rows: Sequence[ResultRow]) -> dict[tuple, ResultRow]:
+    out: dict[tuple, ResultRow] = {}
+    for r in rows:
+        key = (_setting(r), r.dataset, r.model, r.metric)
+        if key in out:
+            raise ValueError(f"two rows for the same cell {key[1:]} (setting {dict(key[0]) or '-'})")
+        out[key] = r
+    return out
+
+
+def _setting_title(setting: tuple[tuple[str, str], ...]) -> str:
+    return ", ".join(f"{k}={json.loads(v)}" for k, v in setting)
+
+
+def _benchmarks_tables(rows: Sequence[ResultRow], experiment: str) -> list[str]:
+    idx = _index(rows)
+    settings = list(dict.fromkeys(k[0] for k in idx)) or [()]
+    metrics = _ordered((r.metric for r in rows), ("accuracy",)) or ["accuracy"]
+    out = []
+    for setting in settings:
+        for metric in metrics:
+            mine = [r for k, r in idx.items() if k[0] == setting and k[3] == metric]
+            datasets = _ordered((r.dataset for r in mine), paper.TABLE1_DATASETS)
+            # Paper columns always shown, ours appended, so the table keeps the paper's shape.
+            datasets = list(paper.TABLE1_DATASETS) + [d for d in datasets if d not in paper.TABLE1_DATASETS]
+            paper_models = [m for m in paper.TABLE1_ROWS
+                            if any(paper.paper_value(experiment, d, m, metric)[0] is not None for d in datasets)]
+            models = _ordered([r.model for r in mine] + paper_models, paper.TABLE1_ROWS)
+            head = f"### {paper.METRIC_LABELS.get(metric, metric)}"
+            if setting:
+                head += f" ({_setting_title(setting)})"
+            header = " | ".join(_esc(paper.DATASET_LABELS.get(d, d)) for d in datasets)
+            lines = [head, "", f"| Method | {header} |",
+                     "|---" * (len(datasets) + 1) + "|"]
+            for m in models:
+                ours = {d: idx.get((setting, d, m, metric)) for d in datasets}
+                label = paper.MODEL_LABELS.get(m, m)
+                if any(ours.values()) and label != m:
+                    label += f" (`{m}`)"  # show which of our keys the paper row maps to
+                elif not any(ours.values()):
+                    label += " (paper only)"
+                cells = [_cell(ours[d], paper.paper_value(experiment, d, m, metric)) for d in datasets]
+                lines.append(f"| {_esc(label)} | " + " | ".join(_esc(c) for c in cells) + " |")
+            out.append("\n".join(lines))
+    return out
+
+
+def _metrics_tables(rows: Sequence[ResultRow], experiment: str) -> list[str]:
+    idx = _index(rows)
+    groups = list(dict.fromkeys((k[0], k[1]) for k in idx))
+    out = []
+    for setting, dataset in groups:
+        mine = [r for k, r in idx.items() if k[0] == setting and k[1] == dataset]
+        metrics = _ordered((r.metric for r in mine), paper.HISTOLOGY_METRICS)
+        paper_models = [m for m in paper.HISTOLOGY_ROWS
+                        if any(paper.paper_value(experiment, dataset, m, x)[0] is not None for x in metrics)]
+        models = _ordered([r.model for r in mine] + paper_models, paper.HISTOLOGY_ROWS)
+        head = f"### {paper.DATASET_LABELS.get(paper.canonical_dataset(dataset), dataset)}"
+        if setting:
+            head += f" ({_setting_title(setting)})"
+        lines = [head, "", "| Method | " + " | ".join(_esc(paper.METRIC_LABELS.get(x, x)) for x in metrics) + " |",
+                 "|---" * (len(metrics) + 1) + "|"]
+        for m in models:
+            ours = {x: idx.get((setting, dataset, m, x)) for x in metrics}
+            label = paper.HISTOLOGY_MODEL_LABELS.get(m, m) + ("" if any(ours.values()) else " (paper only)")
+            cells = [_cell(ours[x], paper.paper_value(experiment, dataset, m, x)) for x in metrics]
+            lines.append(f"| {_esc(label)} | " + " | ".join(_esc(c) for c in cells) + " |")
+        out.append("\n".join(lines))
+    return out
+
+
+def _footnotes(rows: Sequence[ResultRow], experiment: str) -> str:
+    tables = {"benchmarks": "Table 1", "histology": "Tables 2-3"}.get(paper.canonical_experiment(experiment), "tables")
+    over = {r.extra.get("std_over", "folds") for r in rows}
+    n_runs = sorted({r.n_runs for r in rows})
+    ours_pm = []
+    if "repeats" in over:
+        ours_pm.append("the standard deviation (ddof=0) across the per-repetition means (each the mean over one "
+                       "repetition's folds)")
+    if "folds" in over:
+        ours_pm.append("the standard deviation (ddof=0) over all folds/runs of the cell")
+    notes = [
+        f"**Paper numbers are unconfirmed.** They are Ilse, Tomczak & Welling (ICML 2018) {tables} as recalled in "
+        f"shared/paper/results.md; no cell has been checked against the PDF ({paper.PAPER_URL}, arXiv 1802.04712v4). "
+        "Treat them as provisional targets. The meaning of the paper's ± (sd or se; over repetitions or folds) is "
+        "unconfirmed too.",
+        f"Ours: mean over n_runs = {', '.join(map(str, n_runs)) or '-'} values per cell; ± is "
+        + (" or ".join(ours_pm) or "-")
+        + " (results.json has both: `std` and `std_folds`, and `std_over` says which `std` is).",
+        "✓: our mean is within one paper ± of the paper mean; ✗: it is not; no mark: the paper gives no ± (N/A) "
+        "or no number. \"paper only\": a method not run here.",
+    ]
+    return "\n".join(f"{i}. {n}" for i, n in enumerate(notes, 1))
+
+
+def render_markdown(
+    rows: Sequence[ResultRow], *, title: str, command: str, seed: Any,
+    table_layout: str = "benchmarks", experiment: str | None = None,
+) -> str:
+    """results.md text: title, command and seed, the tables (ours beside the paper), then the footnotes.
+
+    ``table_layout="benchmarks"``: the paper's Table 1 (methods x datasets, paper-only baselines included);
+    ``"metrics"``: one table per dataset, methods x metrics (the histology Tables 2-3). ``experiment`` picks the paper
+    table for paper-only rows (default: "benchmarks" / "histology").
+    """
+    if table_layout == "benchmarks":
+        experiment = experiment or "benchmarks"
+        tables = _benchmarks_tables(rows, experiment)
+    elif table_layout == "metrics":
+        experiment = experiment or "histology"
+        tables = _metrics_tables(rows, experiment)
+    else:
+        raise ValueError(f"table_layout must be 'benchmarks' or 'metrics', got {table_layout!r}")
+    # An indented code block shows any command verbatim, backticks included.
+    parts = [f"# {title}", "", "Command:", "", "    " + command, "", f"Seed: {seed}", "", *[t + "\n" for t in tables],
+             "Notes:", "", _footnotes(rows, experiment), ""]
+    return "\n".join(parts)
+
+
+def write_results(
+    out_dir: str | os.PathLike, rows: Sequence[ResultRow], *, title: str, command: str, seed: Any,
+    table_layout: str = "benchmarks", experiment: str | None = None,
+) -> None:
+    """Write out_dir/results.json, results.csv and results.md, all or none.
+
+    Every text is rendered before anything touches the disk; the three files are then written and fsynced to
+    temporary files, which are renamed into place only when all three are on disk (md, csv, then json last — so
+    the presence of results.json signals a complete set). A failure while rendering or writing leaves no results.*
+    and no temporary file behind, and results.* of an earlier run untouched; only a failing rename could split a set.
+    """
+    dicts = [_jsonable(r.to_dict()) for r in rows]
+    texts = {
+        "results.json": json.dumps(dicts, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+        "results.csv": _to_csv(dicts),
+        "results.md": render_markdown(rows, title=title, command=command, seed=seed,
+                                      table_layout=table_layout, experiment=experiment),
+    }
+    out_dir = Path(out_dir)
+    with contextlib.ExitStack() as stack:
+        # ExitStack unwinds in reverse: on success the renames run md, csv, json; on error every temp is deleted.
+        for name, text in texts.items():
+            f = stack.enter_context(atomic_open(out_dir / name, "w", encoding="utf-8", newline=""))
+            f.write(text)
+            # Flush and fsync now, inside the block, so that a full disk fails before the first rename rather
+            # than between renames (atomic_open would otherwise flush each file only as it renames it).
+            f.flush()
+            os.fsync(f.fileno())

@@ -1,0 +1,95 @@
+"""Repeated k-fold cross-validation, the paper's protocol for the MIL benchmarks.
+
+Each (repeat, fold) is one *run*: a fresh model trained on the training folds and scored on the
+held-out fold. Runs are independent, so the stacked engine trains them all at once
+(``abmil.train.stacked``) with the same numbers as training them one by one.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold
+from torch import nn
+
+from .config import TrainConfig
+from .fit import fit, predict
+from .stacked import RunSpec, StackedTrainer
+
+
+@dataclass(frozen=True)
+class Split:
+    repeat: int
+    fold: int
+    seed: int
+    train: np.ndarray
+    test: np.ndarray
+
+
+def cv_splits(labels: np.ndarray, *, folds: int = 10, repeats: int = 5, seed: int = 0) -> list[Split]:
+    """Stratified ``folds``-fold splits, reshuffled for each repeat; each run gets its own seed."""
+    labels = np.asarray(labels)
+    out = []
+    for r in range(repeats):
+        skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed * 1000 + r)
+        for f, (tr, te) in enumerate(skf.split(np.zeros(len(labels)), labels)):
+            out.append(Split(r, f, seed * 100_000 + r * 1000 + f, tr, te))
+    return out
+
+
+def fold_standardiser(bags: Sequence[np.ndarray], train: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and std of the training fold's instances (std 0 → 1).
+
+    Statistics from the training folds only: Wang et al.'s code standardises with the whole
+    dataset, test folds included, which leaks.
+    """
+    x = np.concatenate([bags[i] for i in train]).astype(np.float64)
+    sd = x.std(0)
+    sd[sd == 0] = 1.0
+    return torch.as_tensor(x.mean(0), dtype=torch.float32), torch.as_tensor(sd, dtype=torch.float32)
+
+
+@dataclass
+class CVResult:
+    splits: list[Split]
+    probs: list[np.ndarray] = field(default_factory=list)
+    """each run's test-bag probabilities, aligned with ``splits[k].test``."""
+
+    def accuracies(self, labels: np.ndarray) -> np.ndarray:
+        return np.array([np.mean((p >= 0.5) == (labels[s.test] == 1)) for s, p in zip(self.splits, self.probs)])
+
+
+def run_cv(bags: Sequence[np.ndarray], labels: np.ndarray, model_factory: Callable[[], nn.Module],
+           config: TrainConfig, *, folds: int = 10, repeats: int = 5, seed: int = 0, engine: str = "stacked",
+           progress: Callable[[int, int], None] | None = None) -> CVResult:
+    """Train and test one model per (repeat, fold).
+
+    Args:
+        engine: ``"stacked"`` trains all runs at once; ``"sequential"`` one after another with
+            :func:`abmil.train.fit.fit`. Both give the same numbers (to float rounding).
+        progress: called as ``progress(done, total)`` in epochs (stacked) or runs (sequential).
+    """
+    labels = np.asarray(labels)
+    splits = cv_splits(labels, folds=folds, repeats=repeats, seed=seed)
+    stats = [fold_standardiser(bags, s.train) for s in splits]
+    result = CVResult(splits)
+    if engine == "stacked":
+        runs = [RunSpec(s.seed, s.train, mu, sd) for s, (mu, sd) in zip(splits, stats)]
+        trainer = StackedTrainer(model_factory, [torch.as_tensor(b) for b in bags], torch.as_tensor(labels), runs,
+                                 config)
+        trainer.fit(progress=None if progress is None else lambda e: progress(e + 1, config.epochs))
+        result.probs = [p.numpy() for p in trainer.predict([s.test for s in splits])]
+    elif engine == "sequential":
+        for k, (s, (mu, sd)) in enumerate(zip(splits, stats)):
+            torch.manual_seed(s.seed)
+            model = model_factory()
+            std = [(torch.as_tensor(b) - mu) / sd for b in bags]
+            fit(model, [std[i] for i in s.train], torch.as_tensor(labels[s.train]), config, seed=s.seed)
+            result.probs.append(predict(model, [std[i] for i in s.test])[0].numpy())
+            if progress is not None:
+                progress(k + 1, len(splits))
+    else:
+        raise ValueError(f"engine must be 'stacked' or 'sequential', got {engine!r}")
+    return result
