@@ -23,17 +23,17 @@ def _mix32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
-def hash_uniform(key: Tensor, salt: int, shape: torch.Size) -> Tensor:
-    """Uniform [0, 1) numbers of ``shape`` from ``key`` (2,) int64 = (seed, step).
+def hash_uniform(keys: Tensor, salt: int, n: int) -> Tensor:
+    """Uniform [0, 1) numbers, ``(n_keys, n)``, from ``keys`` (n_keys, 2) int64 = (seed, step).
 
-    Element ``i`` (in row-major order) gets ``hash(seed, step, salt, i)``: with one bag per step,
-    row i is the bag's i-th instance, alone or stacked beside other runs.
+    Element ``i`` of key row r gets ``hash(seed_r, step_r, salt, i)``: with one bag per step,
+    element i belongs to the same instance and unit whether the run trains alone or stacked.
     """
-    idx = torch.arange(shape.numel(), dtype=torch.int64, device=key.device)
-    h = _mix32(key[0] * 0x9E3779B1 + salt)
-    h = _mix32(h ^ (key[1] * 0x85EBCA77))
+    idx = torch.arange(n, dtype=torch.int64, device=keys.device)
+    h = _mix32(keys[:, :1] * 0x9E3779B1 + salt)
+    h = _mix32(h ^ (keys[:, 1:] * 0x85EBCA77))
     h = _mix32(h ^ idx)
-    return (h.to(torch.float32) / 4294967296.0).view(shape)
+    return h.to(torch.float32) / 4294967296.0
 
 
 class KeyedDropout(nn.Module):
@@ -50,17 +50,19 @@ class KeyedDropout(nn.Module):
             raise ValueError(f"dropout p must be in [0, 1), got {p}")
         self.p, self.salt = p, salt
         # (seed, step), set by a trainer through set_dropout_key; until then torch's generator.
+        # A stacked trainer sets (K, 2): one key per run, x holding the K runs' rows in order.
         self.keyed = False
         self.register_buffer("key", torch.tensor([0, 0], dtype=torch.int64), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x`` (n_instances, dim) → same shape."""
+        """``x`` (n_rows, dim) → same shape."""
         if not self.training or self.p == 0.0:
             return x
         if not self.keyed:
             return nn.functional.dropout(x, self.p, True)
-        keep = hash_uniform(self.key, self.salt, x.shape) >= self.p
-        return x * keep.to(x.dtype) / (1.0 - self.p)
+        keys = self.key.view(-1, 2)
+        keep = hash_uniform(keys, self.salt, x.numel() // keys.shape[0]).view_as(x) >= self.p
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}, salt={self.salt}"
