@@ -6,11 +6,14 @@ the baseline rows of Ilse et al.'s Table 1) trains with SGD, Nesterov momentum 0
 epochs, one bag per step, no validation set and no early stopping, with the per-dataset learning
 rate and L2 below. Keras adds ``wd * ||W||^2`` to the loss: gradient ``2 wd W``, biases exempt;
 we reproduce exactly that. Ilse et al.'s own table of optimiser settings for the attention
-models could not be read (../shared/paper/protocols.md); we train them with the same per-dataset
-settings, which the paper's Table 1 compares them under.
+models could not be read (../shared/paper/protocols.md). We train them with Wang et al.'s recipe
+(SGD, Nesterov, decay, L2 per dataset, 50 epochs) but with the reference code's learning rate,
+5e-4, on every dataset: at Wang et al.'s 1e-4 for Fox and Elephant the attention models under-fit
+(Elephant, gated, repeat 0 of seed 0: 0.725 at 1e-4, 0.845 at 5e-4; paper 0.857).
 """
 from __future__ import annotations
 
+from ..nn.zoo import ATTENTION_KEYS
 from .config import TrainConfig
 
 #: (learning rate, Keras L2 coefficient) per dataset, from Wang et al.'s README.
@@ -22,10 +25,14 @@ BENCHMARK_OPTIM = {
     "elephant": (1e-4, 0.005),
 }
 DEFAULT_OPTIM = (5e-4, 0.005)
+#: The reference code's learning rate (AttentionDeepMIL main.py), used for the attention models.
+ATTENTION_LR = 5e-4
 
 
 def benchmark_config(dataset: str, model: str = "attention", *, epochs: int = 50, batch_size: int = 1) -> TrainConfig:
     """The training settings for ``model`` on the classic benchmark ``dataset``."""
     lr, l2 = BENCHMARK_OPTIM.get(dataset, DEFAULT_OPTIM)
+    if model in ATTENTION_KEYS:
+        lr = ATTENTION_LR
     return TrainConfig(optimizer="sgd", lr=lr, weight_decay=2 * l2, decay_biases=False, momentum=0.9,
                        nesterov=True, lr_decay=1e-4, epochs=epochs, batch_size=batch_size)

@@ -158,11 +158,16 @@ class StackedTrainer:
         self.dropouts = [m for m in self.stacked.modules() if isinstance(m, KeyedDropout)]
         for m in self.dropouts:
             m.keyed = True
-        decay = torch.zeros(off, dtype=dtype)
+        # Column ranges of the decayed parameters, merged where adjacent (a few slices, not a mask:
+        # a broadcast multiply by a (P,) mask costs a full extra pass).
+        self.decay_ranges: list[list[int]] = []
         for n, p in self.template.named_parameters():
-            if config.decay_biases or is_decayed(n, p):
-                decay[self.slices[n][0]:self.slices[n][1]] = config.weight_decay
-        self.decay = decay if config.weight_decay else None
+            if config.weight_decay and (config.decay_biases or is_decayed(n, p)):
+                a, b = self.slices[n]
+                if self.decay_ranges and self.decay_ranges[-1][1] == a:
+                    self.decay_ranges[-1][1] = b
+                else:
+                    self.decay_ranges.append([a, b])
         self.state: dict[str, Tensor] = {}
         self.steps = torch.zeros(len(self.runs), dtype=torch.float64)
 
@@ -261,8 +266,8 @@ class StackedTrainer:
             keep = {k: v[~active].clone() for k, v in self.state.items() if v.dim() == 2}
             keep_p = p[~active].clone()
         neg_lr = (-cfg.lr / (1.0 + cfg.lr_decay * self.steps)).to(p.dtype).view(-1, 1)
-        if self.decay is not None:
-            g.addcmul_(p, self.decay)
+        for a, b in self.decay_ranges:
+            g[:, a:b].add_(p[:, a:b], alpha=cfg.weight_decay)
         if cfg.optimizer == "sgd":
             if cfg.momentum:
                 buf = self.state.get("buf")
@@ -274,7 +279,10 @@ class StackedTrainer:
                     g.add_(buf, alpha=cfg.momentum)
                 else:
                     g = buf
-            p.addcmul_(g, neg_lr)
+            if bool((self.steps == self.steps[0]).all()):
+                p.add_(g, alpha=float(neg_lr[0]))  # one learning rate for all: a scalar, no broadcast
+            else:
+                p.addcmul_(g, neg_lr)
         else:
             b1, b2 = cfg.betas
             m = self.state.setdefault("m", torch.zeros_like(p))
