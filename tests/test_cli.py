@@ -78,7 +78,7 @@ def test_resume_skips_finished_cells(small_run: Path, monkeypatch, capsys):
 
 def _fake_run_cv(calls: list, interrupt_at: int | None = None):
     """A run_cv stand-in that predicts every bag positive at once; the call number ``interrupt_at`` is 'killed'."""
-    def run_cv(bags, labels, model_factory, config, *, folds, repeats, seed, engine, progress):
+    def run_cv(bags, labels, model_factory, config, *, folds, repeats, seed, engine, progress, n_jobs=1):
         calls.append((config.epochs, seed))
         if len(calls) == interrupt_at:
             raise KeyboardInterrupt

@@ -284,3 +284,21 @@ def test_fold_standardiser_uses_training_bags_only():
     ref_sd[ref_sd == 0] = 1.0
     assert np.allclose(sd.numpy(), ref_sd, rtol=1e-5)
     assert (sd > 0).all()
+
+
+def test_run_cv_in_two_worker_processes_gives_the_same_numbers():
+    """n_jobs splits the runs over forked workers; each run is trained exactly as before."""
+    from abmil.data.benchmarks import load_benchmark
+    from abmil.nn.zoo import benchmark_model
+    from abmil.train.cv import run_cv
+    from abmil.train.presets import benchmark_config
+
+    ds = load_benchmark("musk1")
+    cfg = benchmark_config("musk1", "gated", epochs=1)
+    one = run_cv(ds.bags, ds.labels, lambda: benchmark_model("gated", 166), cfg, folds=3, repeats=1, n_jobs=1)
+    ticks = []
+    two = run_cv(ds.bags, ds.labels, lambda: benchmark_model("gated", 166), cfg, folds=3, repeats=1, n_jobs=2,
+                 progress=lambda done, total: ticks.append((done, total)))
+    assert ticks == [(1, 1)]
+    for a, b in zip(one.probs, two.probs):
+        np.testing.assert_allclose(a, b, atol=1e-5)

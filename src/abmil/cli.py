@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--engine", choices=("stacked", "sequential"), default="stacked",
                        help="stacked: all runs of a cell trained at once (fast); sequential: one by one. "
                             "Same numbers (default stacked)")
+    bench.add_argument("--jobs", type=int, default=1,
+                       help="stacked engine: worker processes, one CPU core each (default 1). Same numbers")
     bench.add_argument("--data", action="append", default=None, metavar="NAME=PATH[,NAME=PATH]",
                        help="read dataset NAME from a .csv/.mat(.gz) file instead of the shipped copy "
                             "(repeatable)")
@@ -101,7 +103,8 @@ def _reproduce_benchmarks(args: argparse.Namespace) -> int:
     models = args.models if args.models is not None else list(DEFAULT_MODELS)
     rows = reproduce_benchmarks(datasets, models, folds=args.folds, repeats=args.repeats, seed=args.seed,
                                 epochs=args.epochs, batch_size=args.batch_size, out_dir=args.out,
-                                engine=args.engine, progress=not args.no_progress, data_paths=data)
+                                engine=args.engine, progress=not args.no_progress, data_paths=data,
+                                jobs=args.jobs)
     for row in rows:
         print(format_row(row))
     print(f"wrote {args.out}/results.md, results.json, results.csv")

@@ -259,6 +259,7 @@ def reproduce_benchmarks(
     engine: str = "stacked",
     progress: bool = True,
     data_paths: Mapping[str, str | Path] | None = None,
+    jobs: int = 1,
 ) -> list[ResultRow]:
     """Run every (dataset, model) cell under ``folds``-fold CV repeated ``repeats`` times; write the results.
 
@@ -282,6 +283,7 @@ def reproduce_benchmarks(
         DataError (a ValueError): a data file that is missing or malformed (the message names the file and bag).
         Both are raised before anything is created in ``out_dir``.
     """
+    _check_int(jobs, "jobs", 1)
     cells = _prepare(datasets, models, folds, repeats, seed, epochs, batch_size, engine, data_paths)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -308,7 +310,7 @@ def reproduce_benchmarks(
             resumed = record is not None
             if record is None:
                 record = _run_cell(cell, settings[cell.key], folds=folds, repeats=repeats, seed=seed, engine=engine,
-                                   bar=bar)
+                                   bar=bar, jobs=jobs)
                 write_json_atomic(out / "cells" / f"{cell.key}.json", record)
             row = _row(cell, record, repeats=repeats, folds=folds, resumed=resumed)
             rows.append(row)
@@ -343,7 +345,7 @@ def _cell_line(row: ResultRow, resumed: bool) -> str:
 
 
 def _run_cell(cell: _Cell, settings: Mapping[str, Any], *, folds: int, repeats: int, seed: int, engine: str,
-              bar) -> dict[str, Any]:
+              bar, jobs: int = 1) -> dict[str, Any]:
     data = cell.data
     if bar is not None:
         bar.set_description(f"{cell.dataset}/{cell.model}")
@@ -356,7 +358,7 @@ def _run_cell(cell: _Cell, settings: Mapping[str, Any], *, folds: int, repeats: 
 
     start = time.perf_counter()
     result = run_cv(data.bags, data.labels, lambda: benchmark_model(cell.model, data.n_features), cell.config,
-                    folds=folds, repeats=repeats, seed=seed, engine=engine, progress=on_progress)
+                    folds=folds, repeats=repeats, seed=seed, engine=engine, progress=on_progress, n_jobs=jobs)
     seconds = time.perf_counter() - start
     accs = result.accuracies(data.labels)
     runs = [
@@ -386,7 +388,8 @@ def _run_cell(cell: _Cell, settings: Mapping[str, Any], *, folds: int, repeats: 
 # Demo
 
 
-def demo(out: str | Path | None = None, *, folds: int = 10, seed: int = 0, progress: bool = False) -> str:
+def demo(out: str | Path | None = None, *, folds: int = 10, seed: int = 0, progress: bool = False,
+         jobs: int = 2) -> str:
     """A one-minute taste of the paper: Musk1, attention and gated attention, one ``folds``-fold CV repeat.
 
     Returns the text to print: our mean ± std over the folds beside the paper's number (paper: 5 x 10-fold; its ±
@@ -398,7 +401,7 @@ def demo(out: str | Path | None = None, *, folds: int = 10, seed: int = 0, progr
         out_dir = out if out is not None else stack.enter_context(tempfile.TemporaryDirectory(prefix="abmil-demo-"))
         start = time.perf_counter()
         rows = reproduce_benchmarks([dataset], models, folds=folds, repeats=1, seed=seed, out_dir=out_dir,
-                                    engine="stacked", progress=progress)
+                                    engine="stacked", progress=progress, jobs=jobs)
         cv_seconds = time.perf_counter() - start
     lines = [f"Musk1, {folds}-fold CV (1 repeat; the paper: 10-fold x 5), bag accuracy, stacked engine, "
              f"{cv_seconds:.0f} s:", ""]

@@ -6,6 +6,7 @@ held-out fold. Runs are independent, so the stacked engine trains them all at on
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -63,13 +64,15 @@ class CVResult:
 
 def run_cv(bags: Sequence[np.ndarray], labels: np.ndarray, model_factory: Callable[[], nn.Module],
            config: TrainConfig, *, folds: int = 10, repeats: int = 5, seed: int = 0, engine: str = "stacked",
-           progress: Callable[[int, int], None] | None = None) -> CVResult:
+           progress: Callable[[int, int], None] | None = None, n_jobs: int = 1) -> CVResult:
     """Train and test one model per (repeat, fold).
 
     Args:
         engine: ``"stacked"`` trains all runs at once; ``"sequential"`` one after another with
             :func:`abmil.train.fit.fit`. Both give the same numbers (to float rounding).
         progress: called as ``progress(done, total)`` in epochs (stacked) or runs (sequential).
+        n_jobs: stacked engine only: split the runs over this many forked worker processes (one
+            CPU core each); the runs are independent, so the numbers do not change.
     """
     labels = np.asarray(labels)
     splits = cv_splits(labels, folds=folds, repeats=repeats, seed=seed)
@@ -77,10 +80,20 @@ def run_cv(bags: Sequence[np.ndarray], labels: np.ndarray, model_factory: Callab
     result = CVResult(splits)
     if engine == "stacked":
         runs = [RunSpec(s.seed, s.train, mu, sd) for s, (mu, sd) in zip(splits, stats)]
-        trainer = StackedTrainer(model_factory, [torch.as_tensor(b) for b in bags], torch.as_tensor(labels), runs,
-                                 config)
-        trainer.fit(progress=None if progress is None else lambda e: progress(e + 1, config.epochs))
-        result.probs = [p.numpy() for p in trainer.predict([s.test for s in splits])]
+        tests = [s.test for s in splits]
+        tensors = [torch.as_tensor(b) for b in bags]
+
+        def train(part: slice, report: Callable[[int], None] | None) -> list[np.ndarray]:
+            trainer = StackedTrainer(model_factory, tensors, torch.as_tensor(labels), runs[part], config)
+            trainer.fit(progress=report)
+            return [p.numpy() for p in trainer.predict(tests[part])]
+
+        report = None if progress is None else (lambda e: progress(e + 1, config.epochs))
+        n_jobs = max(1, min(int(n_jobs), len(runs)))
+        if n_jobs == 1:
+            result.probs = train(slice(None), report)
+        else:
+            result.probs = _in_workers(train, len(runs), n_jobs, report)
     elif engine == "sequential":
         for k, (s, (mu, sd)) in enumerate(zip(splits, stats)):
             torch.manual_seed(s.seed)
@@ -93,3 +106,42 @@ def run_cv(bags: Sequence[np.ndarray], labels: np.ndarray, model_factory: Callab
     else:
         raise ValueError(f"engine must be 'stacked' or 'sequential', got {engine!r}")
     return result
+
+
+def _in_workers(train: Callable, n_runs: int, n_jobs: int, report: Callable[[int], None] | None) -> list[np.ndarray]:
+    """Run ``train(part, report)`` on ``n_jobs`` contiguous parts of the runs in forked processes.
+
+    Fork (not spawn): the children inherit the data and the model factory without pickling them;
+    only the probabilities (numpy arrays we made) come back. Worker 0 reports progress.
+    """
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    bounds = np.linspace(0, n_runs, n_jobs + 1).round().astype(int)
+
+    def work(j: int) -> None:
+        torch.set_num_threads(1)
+        try:
+            tick = (lambda e: queue.put(("epoch", j, e))) if j == 0 else None
+            queue.put(("done", j, train(slice(bounds[j], bounds[j + 1]), tick)))
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
+            queue.put(("error", j, f"{type(exc).__name__}: {exc}"))
+
+    procs = [ctx.Process(target=work, args=(j,), daemon=True) for j in range(n_jobs)]
+    for p in procs:
+        p.start()
+    parts: dict[int, list[np.ndarray]] = {}
+    try:
+        while len(parts) < n_jobs:
+            kind, j, payload = queue.get()
+            if kind == "epoch" and report is not None:
+                report(payload)
+            elif kind == "done":
+                parts[j] = payload
+            elif kind == "error":
+                raise RuntimeError(f"CV worker {j} failed: {payload}")
+    finally:
+        for p in procs:
+            if p.is_alive() and len(parts) < n_jobs:
+                p.terminate()
+            p.join()
+    return [prob for j in range(n_jobs) for prob in parts[j]]
