@@ -200,12 +200,12 @@ class StackedTrainer:
                 torch.as_tensor(valid))
 
     def _forward(self, run_ids: np.ndarray, batches: Sequence[np.ndarray], bs: int, bind: bool = True):
+        """The stacked model on these runs' batches; ``bind``: read the weights of ``run_ids``
+        (otherwise the caller has set ``self._source.tensors``)."""
         x, bag_index, y, valid = self._batch(run_ids, batches, bs)
-        if not bind:
-            pass
-        elif len(run_ids) == len(self.runs):
+        if bind and len(run_ids) == len(self.runs):
             self._source.tensors = self.views
-        else:
+        elif bind:
             sel = torch.as_tensor(run_ids)
             self._source.tensors = {n: v[sel] for n, v in self.views.items()}
         out = self.stacked(x, bag_index, len(run_ids) * (bs + 1))
