@@ -148,9 +148,8 @@ class StackedTrainer:
         self.grad = torch.zeros_like(self.flat)
         # Views of the flat buffers by parameter name: the optimizer updates self.flat in place.
         k = len(models)
-        self.views = {n: self.flat[:, a:b].view(k, *p.shape) for n, (a, b) in
-                      ((n, self.slices[n]) for n, p in self.template.named_parameters())
-                      for p in [dict(self.template.named_parameters())[n]]}
+        self.views = {n: self.flat[:, self.slices[n][0]:self.slices[n][1]].view(k, *p.shape)
+                      for n, p in self.template.named_parameters()}
         self.grad_views = {n: self.grad[:, a:b].view_as(self.views[n]) for n, (a, b) in self.slices.items()}
         self._source = _Weights()
         self._source.tensors = self.views
