@@ -11,8 +11,8 @@ and step) and the update ``torch.optim`` would make, so its final weights equal 
 Layout of one step: run j's bags are padded to the step's largest block of rows; padding rows go
 to an extra dummy bag per run, so segment pooling ignores them without masks. Bag i of run j is
 packed bag ``j * (B + 1) + i``. To keep padding small, runs are grouped each step by size
-(:func:`size_buckets`). All weights live in one ``(K, P)`` tensor: the optimizer, memory bound at
-this scale, makes a few in-place passes over it.
+(:func:`size_buckets`). Each parameter of all runs lives in one ``(K, *shape)`` tensor, updated by
+torch's fused optimizer kernels (one pass over the weights: this update is memory bound).
 """
 from __future__ import annotations
 
@@ -121,12 +121,23 @@ class StackedTrainer:
         bucket_overhead: cost of one extra group, in padded rows (a speed knob only).
         dtype: parameter and data dtype (float64 makes the equality with solo runs exact
             enough to test tightly: Adam amplifies float32 rounding of tiny gradients).
+
+    Internally the runs are ordered by steps per epoch, longest first: runs that advance
+    together then form contiguous blocks (one learning rate, one fused optimizer call each), and
+    the runs still active late in an epoch are a prefix. ``params(k)``, ``model(k)`` and
+    ``predict`` speak in the caller's order.
     """
 
     def __init__(self, model_factory: Callable[[], nn.Module], bags: Sequence[Tensor], labels: Tensor,
                  runs: Sequence[RunSpec], config: TrainConfig, bucket_overhead: float = 64.0,
                  dtype: torch.dtype = torch.float32):
-        self.config, self.runs, self.bucket_overhead = config, list(runs), bucket_overhead
+        self.config, self.bucket_overhead = config, bucket_overhead
+        steps_per_epoch = np.array([-(-len(r.train) // config.batch_size) for r in runs])
+        self._order = np.argsort(-steps_per_epoch, kind="stable")  # internal position -> caller's index
+        self._position = np.argsort(self._order)  # caller's index -> internal position
+        self.runs = [runs[i] for i in self._order]
+        self.steps_per_epoch = steps_per_epoch[self._order]
+        self.blocks = [(int(a), int(b)) for a, b in _equal_runs(self.steps_per_epoch)]
         self.labels = torch.as_tensor(labels).to(dtype)
         self._labels_np = self.labels.numpy()
         self.sizes = np.array([b.shape[0] for b in bags])
@@ -139,36 +150,26 @@ class StackedTrainer:
             torch.manual_seed(r.seed)
             models.append(model_factory().to(dtype))
         self.template = models[0]
-        self.slices: dict[str, tuple[int, int]] = {}
-        off = 0
-        for n, p in self.template.named_parameters():
-            self.slices[n] = (off, off + p.numel())
-            off += p.numel()
-        self.flat = torch.stack([torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in models])
-        self.grad = torch.zeros_like(self.flat)
-        # Views of the flat buffers by parameter name: the optimizer updates self.flat in place.
-        k = len(models)
-        self.views = {n: self.flat[:, self.slices[n][0]:self.slices[n][1]].view(k, *p.shape)
-                      for n, p in self.template.named_parameters()}
-        self.grad_views = {n: self.grad[:, a:b].view_as(self.views[n]) for n, (a, b) in self.slices.items()}
+        # Each parameter of all runs in one contiguous (K, *shape) tensor: a group's slice is a
+        # view, a gather or scatter copies whole rows, and the optimizer takes them as they are.
+        self.weights = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models])
+                        for n, _ in self.template.named_parameters()}
+        self.grads = {n: torch.zeros_like(w) for n, w in self.weights.items()}
+        self.decayed = [n for n, p in self.template.named_parameters()
+                        if config.weight_decay and (config.decay_biases or is_decayed(n, p))]
         self._source = _Weights()
-        self._source.tensors = self.views
+        self._source.tensors = self.weights
         self.stacked = _stack_module(self.template, self._source)
         self.dropouts = [m for m in self.stacked.modules() if isinstance(m, KeyedDropout)]
         for m in self.dropouts:
             m.keyed = True
-        # Column ranges of the decayed parameters, merged where adjacent (a few slices, not a mask:
-        # a broadcast multiply by a (P,) mask costs a full extra pass).
-        self.decay_ranges: list[list[int]] = []
-        for n, p in self.template.named_parameters():
-            if config.weight_decay and (config.decay_biases or is_decayed(n, p)):
-                a, b = self.slices[n]
-                if self.decay_ranges and self.decay_ranges[-1][1] == a:
-                    self.decay_ranges[-1][1] = b
-                else:
-                    self.decay_ranges.append([a, b])
-        self.state: dict[str, Tensor] = {}
-        self.steps = torch.zeros(len(self.runs), dtype=torch.float64)
+        self.state: dict[str, dict[str, Tensor]] = {}
+        self._steps = torch.zeros(len(self.runs), dtype=torch.float64)
+
+    @property
+    def steps(self) -> Tensor:
+        """(K,) optimizer steps each run has taken, in the order the runs were given."""
+        return self._steps[torch.as_tensor(self._position)]
 
     @staticmethod
     def _standardise(x: Tensor, run: RunSpec) -> Tensor:
@@ -198,111 +199,85 @@ class StackedTrainer:
         return (x.reshape(g * rows, -1), torch.as_tensor(bag_index).reshape(-1), torch.as_tensor(y),
                 torch.as_tensor(valid))
 
-    def _forward(self, run_ids: np.ndarray, batches: Sequence[np.ndarray], bs: int, bind: bool = True):
-        """The stacked model on these runs' batches; ``bind``: read the weights of ``run_ids``
-        (otherwise the caller has set ``self._source.tensors``)."""
-        x, bag_index, y, valid = self._batch(run_ids, batches, bs)
-        if bind and len(run_ids) == len(self.runs):
-            self._source.tensors = self.views
-        elif bind:
-            sel = torch.as_tensor(run_ids)
-            self._source.tensors = {n: v[sel] for n, v in self.views.items()}
-        out = self.stacked(x, bag_index, len(run_ids) * (bs + 1))
-        return out, y, valid
-
     def fit(self, progress: Callable[[int], None] | None = None) -> None:
         """Train all runs for ``config.epochs``; ``progress(epoch)`` after each epoch."""
         cfg, bs = self.config, self.config.batch_size
-        n_runs = len(self.runs)
-        steps_per_epoch = -(-np.array([len(r.train) for r in self.runs]) // bs)
         seeds = torch.tensor([r.seed for r in self.runs])
         self.stacked.train()
         for epoch in range(cfg.epochs):
             orders = [r.train[epoch_order(r.seed, epoch, len(r.train))] for r in self.runs]
-            for t in range(int(steps_per_epoch.max())):
-                active = np.flatnonzero(t < steps_per_epoch)
-                batches = {k: orders[k][t * bs:(t + 1) * bs] for k in active}
-                lens = np.array([self.sizes[batches[k]].sum() for k in active])
-                keys = torch.stack([seeds, self.steps.to(torch.int64)], 1)
-                if len(active) < n_runs:
-                    self.grad.zero_()
+            for t in range(int(self.steps_per_epoch[0])):
+                n_active = int((t < self.steps_per_epoch).sum())  # a prefix: longest runs first
+                batches = [orders[k][t * bs:(t + 1) * bs] for k in range(n_active)]
+                lens = np.array([self.sizes[b].sum() for b in batches])
+                keys = torch.stack([seeds, self._steps.to(torch.int64)], 1)
                 for group in size_buckets(lens, self.bucket_overhead):
-                    ids = np.sort(active[group])
+                    ids = np.sort(group)
+                    span = slice(int(ids[0]), int(ids[-1]) + 1) if ids[-1] - ids[0] + 1 == len(ids) else None
                     sel = torch.as_tensor(ids)
                     for m in self.dropouts:
                         m.key = keys[sel]
-                    full = len(ids) == n_runs
-                    # Fresh leaves (the group's slices): no scatter of zeros in the backward.
-                    leaves = {n: (v if full else v[sel]).detach().requires_grad_(True) for n, v in self.views.items()}
+                    # Fresh leaves: a view of a contiguous span, else the group's rows gathered.
+                    leaves = {n: (w[span] if span else w.index_select(0, sel)).detach().requires_grad_(True)
+                              for n, w in self.weights.items()}
                     self._source.tensors = leaves
-                    out, y, valid = self._forward(ids, [batches[k] for k in ids], bs, bind=False)
+                    x, bag_index, y, valid = self._batch(ids, [batches[k] for k in ids], bs)
+                    out = self.stacked(x, bag_index, len(ids) * (bs + 1))
                     heads = out.aux_probs if out.aux_probs else (out.prob,)
                     # Sum over runs of each run's mean loss: run k's gradient is its own.
                     loss = sum(((bernoulli_nll(p.view(len(ids), bs + 1)[:, :bs], y) * valid).sum(1)
                                 / valid.sum(1)).sum() for p in heads)
                     grads = torch.autograd.grad(loss, list(leaves.values()))
                     for n, g in zip(leaves, grads):
-                        if full:
-                            self.grad_views[n].copy_(g)
+                        if span:
+                            self.grads[n][span].copy_(g)
                         else:
-                            self.grad_views[n].index_copy_(0, sel, g)
-                mask = torch.zeros(n_runs, dtype=torch.bool)
-                mask[torch.as_tensor(active)] = True
-                self._update(self.grad, mask, all_active=len(active) == n_runs)
-                self.steps += mask.to(torch.float64)
+                            self.grads[n].index_copy_(0, sel, g)
+                self._update(n_active)
+                self._steps[:n_active] += 1
             if progress is not None:
                 progress(epoch)
-        self._source.tensors = self.views
+        self._source.tensors = self.weights
 
     @torch.no_grad()
-    def _update(self, g: Tensor, active: Tensor, all_active: bool) -> None:
-        """One ``torch.optim`` step (same formulas) for the active runs; the others are untouched.
+    def _update(self, n_active: int) -> None:
+        """One ``torch.optim`` step (same formulas, torch's fused kernels) for the first
+        ``n_active`` runs, one call per block of runs that share a step count."""
+        cfg = self.config
+        groups = [[n for n in self.weights if n in self.decayed], [n for n in self.weights if n not in self.decayed]]
+        for a, b in self.blocks:
+            if a >= n_active:
+                break
+            step = float(self._steps[a])
+            lr = cfg.lr_at(int(step))
+            for names, wd in zip(groups, (cfg.weight_decay, 0.0)):
+                if not names:
+                    continue
+                params = [self.weights[n][a:b] for n in names]
+                grads = [self.grads[n][a:b] for n in names]
+                if cfg.optimizer == "sgd":
+                    bufs = [self._state(n, "buf")[a:b] for n in names] if cfg.momentum else []
+                    torch._fused_sgd_(params, grads, bufs, weight_decay=wd, momentum=cfg.momentum, lr=lr,
+                                      dampening=0.0, nesterov=cfg.nesterov, maximize=False,
+                                      is_first_step=step == 0)
+                else:
+                    t = torch.tensor(step + 1.0, dtype=torch.float32)  # torch counts Adam steps from 1
+                    torch._fused_adam_(params, grads, [self._state(n, "m")[a:b] for n in names],
+                                       [self._state(n, "v")[a:b] for n in names], [], [t] * len(names),
+                                       lr=lr, beta1=cfg.betas[0], beta2=cfg.betas[1], weight_decay=wd,
+                                       eps=cfg.eps, amsgrad=False, maximize=False)
 
-        ``g`` (K, P) is overwritten. In-place ops only: at K x P elements this is memory bound.
-        """
-        cfg, p = self.config, self.flat
-        if not all_active:  # rare (a fold with fewer bags ends its epoch early): keep a copy
-            keep = {k: v[~active].clone() for k, v in self.state.items() if v.dim() == 2}
-            keep_p = p[~active].clone()
-        neg_lr = (-cfg.lr / (1.0 + cfg.lr_decay * self.steps)).to(p.dtype).view(-1, 1)
-        for a, b in self.decay_ranges:
-            g[:, a:b].add_(p[:, a:b], alpha=cfg.weight_decay)
-        if cfg.optimizer == "sgd":
-            if cfg.momentum:
-                buf = self.state.get("buf")
-                if buf is None:
-                    buf = self.state["buf"] = g.clone()
-                else:
-                    torch.add(g, buf, alpha=cfg.momentum, out=buf)
-                if cfg.nesterov:
-                    g.add_(buf, alpha=cfg.momentum)
-                else:
-                    g = buf
-            if bool((self.steps == self.steps[0]).all()):
-                p.add_(g, alpha=float(neg_lr[0]))  # one learning rate for all: a scalar, no broadcast
-            else:
-                p.addcmul_(g, neg_lr)
-        else:
-            b1, b2 = cfg.betas
-            m = self.state.setdefault("m", torch.zeros_like(p))
-            v = self.state.setdefault("v", torch.zeros_like(p))
-            t = self.state.setdefault("t", torch.zeros(len(self.runs), dtype=torch.float64))
-            t += active.to(torch.float64)
-            m.lerp_(g, 1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            step = (neg_lr / (1 - b1 ** t).clamp_min(1e-30).to(p.dtype).view(-1, 1))
-            bc2_sqrt = (1 - b2 ** t).clamp_min(1e-30).sqrt().to(p.dtype).view(-1, 1)
-            denom = torch.div(v.sqrt(), bc2_sqrt, out=g).add_(cfg.eps)
-            p.addcdiv_(m * step, denom)
-        if not all_active:
-            for k, v in keep.items():
-                self.state[k][~active] = v
-            p[~active] = keep_p
+    def _state(self, name: str, kind: str) -> Tensor:
+        """Optimizer state ``kind`` of parameter ``name``, (K, *shape), zeros at first use."""
+        per_param = self.state.setdefault(kind, {})
+        if name not in per_param:
+            per_param[name] = torch.zeros_like(self.weights[name])
+        return per_param[name]
 
     def params(self, k: int) -> dict[str, Tensor]:
-        """Run k's weights by parameter name."""
-        shapes = dict(self.template.named_parameters())
-        return {n: self.flat[k, a:b].view(shapes[n].shape).clone() for n, (a, b) in self.slices.items()}
+        """Run k's weights by parameter name (k in the order the runs were given)."""
+        i = int(self._position[k])
+        return {n: w[i].clone() for n, w in self.weights.items()}
 
     def model(self, k: int) -> nn.Module:
         """Run k as an ordinary module (a copy of the template with run k's weights)."""
@@ -317,8 +292,17 @@ class StackedTrainer:
     def predict(self, bag_sets: Sequence[np.ndarray]) -> list[Tensor]:
         """Each run's bag probabilities on its own bags ``bag_sets[k]`` (eval mode)."""
         self.stacked.eval()
-        bs = max(len(s) for s in bag_sets)
-        out, _, _ = self._forward(np.arange(len(self.runs)), [np.asarray(s) for s in bag_sets], bs)
+        sets = [np.asarray(bag_sets[i]) for i in self._order]
+        bs = max(len(s) for s in sets)
+        self._source.tensors = self.weights
+        x, bag_index, _, _ = self._batch(np.arange(len(self.runs)), sets, bs)
+        out = self.stacked(x, bag_index, len(self.runs) * (bs + 1))
         self.stacked.train()
         prob = out.prob.view(len(self.runs), bs + 1)
-        return [prob[k, :len(s)] for k, s in enumerate(bag_sets)]
+        return [prob[int(self._position[k]), :len(bag_sets[k])] for k in range(len(bag_sets))]
+
+
+def _equal_runs(values: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal ranges ``[a, b)`` of equal consecutive ``values``."""
+    cuts = [0, *(np.flatnonzero(np.diff(values)) + 1).tolist(), len(values)]
+    return list(zip(cuts[:-1], cuts[1:]))
