@@ -3,6 +3,9 @@
     abmil reproduce benchmarks [--datasets musk1,...] [--models attention,gated,...] [--folds 10] [--repeats 5]
                                [--seed 0] [--epochs N] [--batch-size 1] [--engine stacked|sequential]
                                [--data musk1=path.mat,...] [--out DIR] [--no-progress]
+    abmil reproduce mnist-bags [--bag-means 10,50,100] [--train-bags 50,...,500] [--models attention,gated]
+                               [--repeats 5] [--mnist-dir DIR] [--download] [--out DIR] [--jobs N]
+    abmil explain mnist-bags --run DIR [--model attention] [--bag-mean 10] [--train-bags N] [--bag K] [--out PNG]
     abmil demo [--out DIR]
 
 Bad input (unknown names, a malformed data file, ...) prints one line ``abmil: error: ...`` on stderr and exits
@@ -83,6 +86,46 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     bench.set_defaults(handler=_reproduce_benchmarks)
 
+    mnist = experiments.add_parser(
+        "mnist-bags", help="Figures 1-3: MNIST-bags, test AUC vs number of training bags",
+        description="The paper's MNIST-bags grid (bags holding a 9 are positive): test AUC per (mean bag size, "
+                    "training bags, model), repeated. Writes OUT/results.{json,csv,md,png} after every finished point "
+                    "and OUT/points/*.json; rerunning with the same OUT and settings skips the finished points.")
+    mnist.add_argument("--bag-means", type=_int_list, default=[10, 50, 100], metavar="A,B,...",
+                       help="mean bag sizes (default 10,50,100; spreads 2,10,20 as the paper)")
+    mnist.add_argument("--train-bags", type=_int_list, default=[50, 100, 150, 200, 300, 400, 500], metavar="A,B,...",
+                       help="numbers of training bags (default 50,100,150,200,300,400,500)")
+    mnist.add_argument("--models", type=_csv_list, default=["attention", "gated"], metavar="A,B,...",
+                       help="model keys (default attention,gated; also instance-max, instance-mean, embedding-max, "
+                            "embedding-mean)")
+    mnist.add_argument("--repeats", type=int, default=5, help="repetitions (default 5)")
+    mnist.add_argument("--seed", type=int, default=0, help="seed of the bags and the runs (default 0)")
+    mnist.add_argument("--test-bags", type=int, default=1000, help="test bags per repetition (default 1000)")
+    mnist.add_argument("--epochs", type=int, default=20, help="training epochs (default 20, the reference code's)")
+    _mnist_dir_args(mnist)
+    mnist.add_argument("--jobs", type=int, default=1, help="worker processes, one CPU core each (default 1)")
+    mnist.add_argument("--out", default="runs/mnist-bags", metavar="DIR", help="output directory (default runs/mnist-bags)")
+    mnist.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    mnist.set_defaults(handler=_reproduce_mnist_bags)
+
+    explain = commands.add_parser("explain", help="draw what a trained model attends to",
+                                  description="Draw a trained model's attention on the data it was tested on.")
+    explainers = explain.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
+    ex_mnist = explainers.add_parser(
+        "mnist-bags", help="a test bag's digits with their attention weights, and how well attention finds the 9s",
+        description="Draw one test bag's digits in a row with the attention weight under each (PNG) and report, over "
+                    "all test bags, the AUC of attention against 'is a 9'. Uses the repetition-0 model of a point "
+                    "of an `abmil reproduce mnist-bags` run.")
+    ex_mnist.add_argument("--run", required=True, metavar="DIR", help="the --out directory of reproduce mnist-bags")
+    ex_mnist.add_argument("--model", default="attention", help="model key (default attention)")
+    ex_mnist.add_argument("--bag-mean", type=int, default=None, help="mean bag size (default: the run's smallest)")
+    ex_mnist.add_argument("--train-bags", type=int, default=None, help="training bags (default: the run's largest)")
+    ex_mnist.add_argument("--bag", type=int, default=None,
+                          help="test bag index (default: the first positive bag of at most 12 instances)")
+    _mnist_dir_args(ex_mnist)
+    ex_mnist.add_argument("--out", default=None, metavar="PNG", help="output PNG (default RUN/explain_<point>.png)")
+    ex_mnist.set_defaults(handler=_explain_mnist_bags)
+
     demo = commands.add_parser("demo", help="a quick look: Musk1, attention vs gated attention, top instances",
                                description="Musk1, attention and gated attention, one 10-fold CV repeat, beside the "
                                            "paper; then the highest-attention instances of one positive bag.")
@@ -93,6 +136,52 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
     # Room for: train, predict, heatmap (commands.add_parser(...) with their own handler).
     return parser
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _mnist_dir_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mnist-dir", default=None, metavar="DIR",
+                        help="folder with the four MNIST idx files, gzipped or not (default ~/.cache/abmil/mnist)")
+    parser.add_argument("--download", action="store_true",
+                        help="fetch missing MNIST files into --mnist-dir first (checksums verified)")
+
+
+def _mnist_dir(args: argparse.Namespace) -> str:
+    from pathlib import Path
+
+    root = args.mnist_dir or str(Path.home() / ".cache" / "abmil" / "mnist")
+    if args.download:
+        from abmil.data.mnist import download_mnist
+
+        download_mnist(root)
+    return root
+
+
+def _reproduce_mnist_bags(args: argparse.Namespace) -> int:
+    from abmil.experiments.benchmarks import format_row
+    from abmil.experiments.mnist_bags import reproduce_mnist_bags
+
+    rows = reproduce_mnist_bags(_mnist_dir(args), bag_means=args.bag_means, train_bags=args.train_bags,
+                                models=args.models, repeats=args.repeats, seed=args.seed, test_bags=args.test_bags,
+                                epochs=args.epochs, out_dir=args.out, progress=not args.no_progress, jobs=args.jobs)
+    for row in rows:
+        print(f"mean {row.extra['bag_mean']:>3}, {row.extra['train_bags']:>3} bags, {row.metric}: {format_row(row)}")
+    print(f"wrote {args.out}/results.md, results.json, results.csv, results.png")
+    return 0
+
+
+def _explain_mnist_bags(args: argparse.Namespace) -> int:
+    from abmil.experiments.mnist_bags import explain_mnist_bags
+
+    print(explain_mnist_bags(args.run, _mnist_dir(args), model=args.model, bag_mean=args.bag_mean,
+                             train_bags=args.train_bags, bag=args.bag, out=args.out))
+    return 0
 
 
 def _reproduce_benchmarks(args: argparse.Namespace) -> int:

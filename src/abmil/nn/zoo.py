@@ -16,6 +16,7 @@ from __future__ import annotations
 from torch import nn
 
 from .encoders import MLPEncoder
+from .lenet import LeNetEncoder
 from .models import DeepSupervisedMINet, EmbeddingMIL, InstanceMIL, ResidualMINet, make_pool
 
 MODEL_KEYS = ("attention", "gated", "embedding-max", "embedding-mean", "instance-max", "instance-mean",
@@ -48,3 +49,23 @@ def benchmark_model(name: str, in_dim: int, *, attention_dropout: float = 0.2) -
     level, pool = name.split("-")
     encoder = MLPEncoder(in_dim, (256, 128, 64), dropout=0.5, dropout_after=[2])
     return EmbeddingMIL(encoder, make_pool(pool, 64)) if level == "embedding" else InstanceMIL(encoder, pool)
+
+
+#: The MNIST-bags rows of the paper's figures (instance/embedding x max/mean, attention, gated attention).
+MNIST_BAGS_KEYS = ("instance-max", "instance-mean", "embedding-max", "embedding-mean", "attention", "gated")
+
+
+def mnist_bags_model(name: str) -> nn.Module:
+    """A model for MNIST-bags: the reference code's LeNet-5 variant (500-d embeddings), then the pooling.
+
+    Attention models use L = 128 (reference ``model.py``); the max/mean baselines pool the 500-d embeddings
+    (Embedding+) or the per-instance probabilities of a fc-1 head (Instance+). No dropout, as in the reference.
+    """
+    if name not in MNIST_BAGS_KEYS:
+        raise ValueError(f"unknown MNIST-bags model {name!r}: expected one of {', '.join(MNIST_BAGS_KEYS)}")
+    level, _, pool = name.partition("-")
+    if name in ATTENTION_KEYS:
+        return EmbeddingMIL(LeNetEncoder(), make_pool(name, LeNetEncoder.out_dim, att_dim=128))
+    if level == "embedding":
+        return EmbeddingMIL(LeNetEncoder(), make_pool(pool, LeNetEncoder.out_dim))
+    return InstanceMIL(LeNetEncoder(), pool)

@@ -24,6 +24,7 @@ __all__ = [
     "HISTOLOGY_ROWS",
     "METRIC_LABELS",
     "MODEL_LABELS",
+    "PAPER_MNIST_BAGS",
     "PAPER_NUMBERS_CONFIRMED",
     "PAPER_RESULTS",
     "PAPER_TABLE1",
@@ -36,6 +37,7 @@ __all__ = [
     "TABLE1_ROWS",
     "canonical_dataset",
     "canonical_experiment",
+    "paper_mnist_bags_value",
     "paper_value",
 ]
 
@@ -95,6 +97,7 @@ METRIC_LABELS: dict[str, str] = {
     "recall": "Recall",
     "f1": "F-score",
     "auc": "AUC",
+    "instance_auc": "Instance AUC (attention or instance score vs the instance label)",
 }
 HISTOLOGY_METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "auc")
 
@@ -171,6 +174,19 @@ SECONDARY_SUPPORT: dict[tuple[str, str, str, str], str] = {
     ("histology", "colon", "embedding-mean", "auc"): "S3",
     ("histology", "colon", "attention", "auc"): "S3",
 }
+
+#: MNIST-bags test AUC, (mean bag size, training bags, model) -> (mean, ±). results.md: the appendix tables could not be
+#: read; these two means are quoted by secondary sources only ([S1] issue #14 of the reference repository, [S2]).
+PAPER_MNIST_BAGS: dict[tuple[int, int, str], Cell] = {
+    (10, 50, "attention"): (0.768, None),
+    (10, 50, "instance-max"): (0.553, None),
+}
+
+
+def paper_mnist_bags_value(bag_mean: int, train_bags: int, model: str) -> tuple[float | None, float | None]:
+    """The paper's test AUC (mean, ±) at one MNIST-bags grid point, or ``(None, None)`` (almost everywhere)."""
+    return PAPER_MNIST_BAGS.get((int(bag_mean), int(train_bags), model), (None, None))
+
 
 _EXPERIMENT_ALIASES = {"table1": "benchmarks", "mil": "benchmarks", "breast": "histology", "colon": "histology"}
 _DATASET_ALIASES = {

@@ -320,8 +320,31 @@ def _metrics_tables(rows: Sequence[ResultRow], experiment: str) -> list[str]:
     return out
 
 
+def _mnist_bags_tables(rows: Sequence[ResultRow], experiment: str) -> list[str]:
+    """The paper's appendix layout: one table per mean bag size (and metric), training bags x models."""
+    out = []
+    groups = list(dict.fromkeys((r.extra.get("bag_mean"), r.metric) for r in rows))
+    for bag_mean, metric in sorted(groups, key=lambda g: (g[1] != "auc", g[1], g[0])):
+        mine = [r for r in rows if r.extra.get("bag_mean") == bag_mean and r.metric == metric]
+        models = _ordered((r.model for r in mine), paper.HISTOLOGY_ROWS)
+        cells = {(r.extra.get("train_bags"), r.model): r for r in mine}
+        spreads = sorted({r.extra.get("bag_std") for r in mine}, key=str)
+        head = f"### {paper.METRIC_LABELS.get(metric, metric)}, mean bag size {bag_mean} (spread {', '.join(map(str, spreads))})"
+        lines = [head, "", "| # training bags | " + " | ".join(_esc(paper.HISTOLOGY_MODEL_LABELS.get(m, m)) for m in models)
+                 + " |", "|---" * (len(models) + 1) + "|"]
+        for n in sorted({k[0] for k in cells}):
+            row = []
+            for m in models:
+                r = cells.get((n, m))
+                row.append("—" if r is None else _cell(r, (r.paper_mean, r.paper_std)))
+            lines.append(f"| {n} | " + " | ".join(_esc(c) for c in row) + " |")
+        out.append("\n".join(lines))
+    return out
+
+
 def _footnotes(rows: Sequence[ResultRow], experiment: str) -> str:
-    tables = {"benchmarks": "Table 1", "histology": "Tables 2-3"}.get(paper.canonical_experiment(experiment), "tables")
+    tables = {"benchmarks": "Table 1", "histology": "Tables 2-3",
+              "mnist-bags": "MNIST-bags figures/appendix tables"}.get(paper.canonical_experiment(experiment), "tables")
     over = {r.extra.get("std_over", "folds") for r in rows}
     n_runs = sorted({r.n_runs for r in rows})
     ours_pm = []
@@ -351,7 +374,8 @@ def render_markdown(
     """results.md text: title, command and seed, the tables (ours beside the paper), then the footnotes.
 
     ``table_layout="benchmarks"``: the paper's Table 1 (methods x datasets, paper-only baselines included);
-    ``"metrics"``: one table per dataset, methods x metrics (the histology Tables 2-3). ``experiment`` picks the paper
+    ``"metrics"``: one table per dataset, methods x metrics (the histology Tables 2-3); ``"mnist-bags"``: one table
+    per mean bag size, training bags x methods (the paper's appendix tables). ``experiment`` picks the paper
     table for paper-only rows (default: "benchmarks" / "histology").
     """
     if table_layout == "benchmarks":
@@ -360,8 +384,11 @@ def render_markdown(
     elif table_layout == "metrics":
         experiment = experiment or "histology"
         tables = _metrics_tables(rows, experiment)
+    elif table_layout == "mnist-bags":
+        experiment = experiment or "mnist-bags"
+        tables = _mnist_bags_tables(rows, experiment)
     else:
-        raise ValueError(f"table_layout must be 'benchmarks' or 'metrics', got {table_layout!r}")
+        raise ValueError(f"table_layout must be 'benchmarks', 'metrics' or 'mnist-bags', got {table_layout!r}")
     # An indented code block shows any command verbatim, backticks included.
     parts = [f"# {title}", "", "Command:", "", "    " + command, "", f"Seed: {seed}", "", *[t + "\n" for t in tables],
              "Notes:", "", _footnotes(rows, experiment), ""]

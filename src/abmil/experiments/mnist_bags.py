@@ -1,0 +1,321 @@
+"""Reproduce the paper's MNIST-bags experiment: test AUC vs number of training bags (Figures 1-3, appendix tables).
+
+One *point* = (mean bag size, number of training bags, model, repetition): a model trained on that many training bags
+(drawn from MNIST train) and scored by the AUC of its bag probabilities on the test bags (drawn from MNIST test).
+Protocol (shared/paper/protocols.md section 3): the paper's balanced bag loader (:mod:`abmil.data.mnist_bags`),
+mean/spread (10, 2), (50, 10), (100, 20), 50-500 training bags, 1000 test bags, 5 repetitions, LeNet-5 models
+(:func:`abmil.nn.zoo.mnist_bags_model`) trained as the reference code does (:func:`abmil.train.presets.mnist_bags_config`).
+
+Repetition r of a mean bag size draws its training bags once and uses the first n of them for n training bags (the
+loader draws bags one by one, so the sets are nested as in the reference), and its own test bags.
+
+Output directory (every file written atomically; a killed run resumes from the finished points)::
+
+    out_dir/results.json, results.csv, results.md, results.png   rewritten after each finished point
+    out_dir/points/{model}__mean{m}__train{n}__rep{r}.json        one point: its settings, AUC, test probabilities
+    out_dir/models/{model}__mean{m}__train{n}.safetensors         repetition 0's weights, for ``abmil explain``
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from abmil.data.mnist import read_mnist
+from abmil.data.mnist_bags import PAPER_BAG_SIZES, PAPER_TEST_BAGS, PAPER_TRAIN_BAGS, MNISTBags, make_mnist_bags
+from abmil.io import atomic_open, write_json_atomic
+from abmil.nn.zoo import ATTENTION_KEYS, MNIST_BAGS_KEYS, mnist_bags_model
+from abmil.report import paper
+from abmil.report.results import ResultRow, read_results, summarise, write_results
+from abmil.train.fit import fit, predict
+from abmil.train.presets import mnist_bags_config
+
+__all__ = ["DEFAULT_MODELS", "Point", "bag_spread", "instance_auc", "load_point_model", "point_bags",
+           "reproduce_mnist_bags", "rows_of"]
+
+DEFAULT_MODELS: tuple[str, ...] = ("attention", "gated")
+POINT_FORMAT = 1  # bump when a point file's content changes meaning
+_SPREADS = dict(PAPER_BAG_SIZES)
+
+
+def bag_spread(bag_mean: int) -> float:
+    """The paper's bag-size spread (the loader's normal sd) for a mean bag size; 20% of the mean otherwise."""
+    return float(_SPREADS.get(bag_mean, 0.2 * bag_mean))
+
+
+@dataclass(frozen=True)
+class Point:
+    """One trained model of the grid and everything that determines its numbers."""
+
+    model: str
+    bag_mean: int
+    bag_std: float
+    train_bags: int
+    repeat: int
+    seed: int
+    test_bags: int
+    epochs: int
+    max_train_bags: int  # the size of the repetition's nested training set (its first train_bags are used)
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}__mean{self.bag_mean}__train{self.train_bags}__rep{self.repeat}"
+
+    @property
+    def run_seed(self) -> int:
+        """torch seed of the model's initial weights and of its bag order."""
+        return self.seed * 100_000 + self.repeat * 1000 + self.bag_mean
+
+
+def point_bags(point: Point, images: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[MNISTBags, MNISTBags]:
+    """The point's training bags (the first ``train_bags`` of its repetition's set) and its test bags."""
+    def rng(which: int) -> np.random.Generator:
+        return np.random.default_rng([point.seed, point.repeat, point.bag_mean, which])
+
+    train = make_mnist_bags(*images["train"], point.max_train_bags, mean_bag_length=point.bag_mean,
+                            std_bag_length=point.bag_std, seed=rng(0), split="train")
+    n = point.train_bags
+    train = MNISTBags(train.bags[:n], train.labels[:n], train.instance_labels[:n], train.digits[:n],
+                      train.indices[:n], train.split, train.target)
+    test = make_mnist_bags(*images["test"], point.test_bags, mean_bag_length=point.bag_mean,
+                           std_bag_length=point.bag_std, seed=rng(1), split="test")
+    return train, test
+
+
+def instance_auc(scores: Sequence[torch.Tensor | None], instance_labels: Sequence[np.ndarray],
+                 attention: bool) -> float | None:
+    """AUC of the per-instance evidence against the instance labels ("is a 9") over all instances of all bags.
+
+    Attention weights sum to one per bag, so they are scaled by the bag size (1 = a uniform share) to be comparable
+    across bags; instance probabilities are used as they are. ``None`` for models without instance scores.
+    """
+    if not scores or scores[0] is None:
+        return None
+    s = np.concatenate([sc.numpy() * (len(sc) if attention else 1.0) for sc in scores])
+    y = np.concatenate(instance_labels)
+    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else None
+
+
+def _train_point(point: Point, images, out_dir: Path) -> dict[str, Any]:
+    train, test = point_bags(point, images)
+    torch.manual_seed(point.run_seed)
+    model = mnist_bags_model(point.model)
+    config = mnist_bags_config(epochs=point.epochs)
+    t = time.perf_counter()
+    fit(model, [torch.from_numpy(b) for b in train.bags], torch.as_tensor(train.labels), config,
+        seed=point.run_seed)
+    seconds = time.perf_counter() - t
+    probs, scores = predict(model, [torch.from_numpy(b) for b in test.bags], batch_size=64)
+    inst = instance_auc(scores, test.instance_labels, attention=point.model in ATTENTION_KEYS)
+    record = {"format": POINT_FORMAT, "point": asdict(point), "config": config.to_dict(),
+              "auc": float(roc_auc_score(test.labels, probs.numpy())), "instance_auc": inst,
+              "test_probs": probs.numpy().round(6).tolist(), "train_seconds": seconds}
+    if point.repeat == 0:
+        from safetensors.torch import save_file
+
+        target = out_dir / "models" / f"{point.model}__mean{point.bag_mean}__train{point.train_bags}.safetensors"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                  metadata={"point": json.dumps(asdict(point))})
+        tmp.replace(target)
+    write_json_atomic(out_dir / "points" / f"{point.key}.json", record)
+    return record
+
+
+def load_point_model(run_dir: str | Path, model: str, bag_mean: int, train_bags: int):
+    """The saved repetition-0 model of a grid point and its :class:`Point` (weights via safetensors only)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / "models" / f"{model}__mean{bag_mean}__train{train_bags}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved model {path} (points of repetition 0 save one)")
+    with safe_open(str(path), framework="pt") as f:
+        point = Point(**json.loads(f.metadata()["point"]))
+    net = mnist_bags_model(model)
+    net.load_state_dict(load_file(str(path)))
+    return net.eval(), point
+
+
+def _cached(path: Path, point: Point) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = record.get("format") == POINT_FORMAT and record.get("point") == asdict(point)
+    return record if ok else None
+
+
+_IMAGES: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _work(args: tuple[Point, str]) -> tuple[Point, dict[str, Any]]:
+    point, out_dir = args
+    torch.set_num_threads(1)
+    return point, _train_point(point, _IMAGES, Path(out_dir))
+
+
+def _summary_rows(points: Sequence[Point], records: dict[str, dict[str, Any]]) -> list[ResultRow]:
+    rows = []
+    cells: dict[tuple, list[Point]] = {}
+    for p in points:
+        if p.key in records:
+            cells.setdefault((p.model, p.bag_mean, p.bag_std, p.train_bags), []).append(p)
+    for (model, bag_mean, bag_std, n), pts in cells.items():
+        extra = {"bag_mean": bag_mean, "bag_std": bag_std, "train_bags": n, "n_repeats": len(pts)}
+        aucs = [records[p.key]["auc"] for p in pts]
+        row = summarise(aucs, dataset="mnist-bags", model=model, metric="auc", std_over="folds", extra=extra)
+        row.paper_mean, row.paper_std = paper.paper_mnist_bags_value(bag_mean, n, model)
+        rows.append(row)
+        inst = [records[p.key]["instance_auc"] for p in pts if records[p.key]["instance_auc"] is not None]
+        if inst:
+            rows.append(summarise(inst, dataset="mnist-bags", model=model, metric="instance_auc", std_over="folds",
+                                  extra=extra))
+    return rows
+
+
+def _validate_ints(values: Sequence[int], name: str, minimum: int) -> list[int]:
+    out = [int(v) for v in values]
+    if not out or any(v < minimum for v in out):
+        raise ValueError(f"{name}: expected integers >= {minimum}, got {list(values)!r}")
+    return sorted(dict.fromkeys(out))
+
+
+def reproduce_mnist_bags(mnist_dir: str | Path, *, bag_means: Sequence[int] = (10, 50, 100),
+                         train_bags: Sequence[int] = PAPER_TRAIN_BAGS, models: Sequence[str] = DEFAULT_MODELS,
+                         repeats: int = 5, seed: int = 0, test_bags: int = PAPER_TEST_BAGS, epochs: int = 20,
+                         out_dir: str | Path = "runs/mnist-bags", progress: bool = True,
+                         jobs: int = 1) -> list[ResultRow]:
+    """Train and test every grid point not already in ``out_dir``; write results.{json,csv,md,png}.
+
+    Everything is validated and MNIST is read (checksums verified) before anything is written.
+    """
+    bag_means = _validate_ints(bag_means, "bag_means", 1)
+    train_bags = _validate_ints(train_bags, "train_bags", 2)
+    models = list(dict.fromkeys(models))
+    bad = [m for m in models if m not in MNIST_BAGS_KEYS]
+    if not models or bad:
+        raise ValueError(f"unknown MNIST-bags model(s) {bad}: expected some of {', '.join(MNIST_BAGS_KEYS)}")
+    for name, value, minimum in (("repeats", repeats, 1), ("test_bags", test_bags, 2), ("epochs", epochs, 1),
+                                 ("jobs", jobs, 1)):
+        if int(value) < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    images = {split: read_mnist(mnist_dir, split) for split in ("train", "test")}
+    points = [Point(m, bm, bag_spread(bm), n, r, seed, test_bags, epochs, max(train_bags))
+              for bm in bag_means for n in train_bags for m in models for r in range(repeats)]
+    out = Path(out_dir)
+    records: dict[str, dict[str, Any]] = {}
+    todo = []
+    for p in points:
+        rec = _cached(out / "points" / f"{p.key}.json", p)
+        if rec is None:
+            todo.append(p)
+        else:
+            records[p.key] = rec
+    command = "abmil " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("abmil") else (
+        "reproduce_mnist_bags(...)")
+
+    def publish() -> list[ResultRow]:
+        rows = _summary_rows(points, records)
+        if rows:
+            write_results(out, rows, title="MNIST-bags: test AUC vs number of training bags", command=command,
+                          seed=seed, table_layout="mnist-bags")
+            from abmil.report.plots import plot_mnist_bags
+
+            plot_mnist_bags(rows, out / "results.png")
+        return rows
+
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="MNIST-bags points", unit="point", file=sys.stderr)
+    _IMAGES.update(images)  # forked workers inherit the images; nothing big is pickled
+    pool = None
+    try:
+        if jobs == 1 or len(todo) <= 1:
+            results = (_work((p, str(out))) for p in todo)
+        else:
+            pool = mp.get_context("fork").Pool(min(jobs, len(todo)))
+            todo.sort(key=lambda p: -p.bag_mean * p.train_bags)  # largest first: the pool's tail holds short jobs
+            results = pool.imap_unordered(_work, [(p, str(out)) for p in todo])
+        for point, record in results:
+            records[point.key] = record
+            publish()
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        _IMAGES.clear()
+        if bar is not None:
+            bar.close()
+    return publish()
+
+
+def rows_of(run_dir: str | Path) -> list[ResultRow]:
+    """The result rows a finished (or partial) run wrote."""
+    return read_results(Path(run_dir) / "results.json")
+
+
+def explain_mnist_bags(run_dir: str | Path, mnist_dir: str | Path, *, model: str = "attention",
+                       bag_mean: int | None = None, train_bags: int | None = None, bag: int | None = None,
+                       out: str | Path | None = None, max_shown: int = 12) -> str:
+    """Draw one test bag of a grid point (repetition 0) with each digit's attention, and measure over all its test
+    bags how well attention finds the 9s. Returns a short report; the PNG goes to ``out``.
+
+    Defaults: the run's smallest mean bag size, its largest number of training bags, and the first positive test
+    bag of at most ``max_shown`` instances.
+    """
+    run_dir = Path(run_dir)
+    saved = sorted((run_dir / "models").glob(f"{model}__mean*__train*.safetensors"))
+    if not saved:
+        raise FileNotFoundError(f"{run_dir}/models holds no saved {model!r} model: run `abmil reproduce mnist-bags "
+                                f"--models {model} --out {run_dir}` first")
+    grid = [tuple(int(part[len(prefix):]) for part, prefix in zip(p.stem.split("__")[1:], ("mean", "train")))
+            for p in saved]
+    bag_mean = min(m for m, _ in grid) if bag_mean is None else bag_mean
+    train_bags = max(n for m, n in grid if m == bag_mean) if train_bags is None else train_bags
+    net, point = load_point_model(run_dir, model, bag_mean, train_bags)
+    images = {split: read_mnist(mnist_dir, split) for split in ("train", "test")}
+    _, test = point_bags(point, images)
+    probs, scores = predict(net, [torch.from_numpy(b) for b in test.bags], batch_size=64)
+    if scores[0] is None:
+        raise ValueError(f"model {model!r} has no instance scores to draw")
+    attention = model in ATTENTION_KEYS
+    if bag is None:
+        bag = next((i for i in range(len(test)) if test.labels[i] == 1 and len(test.bags[i]) <= max_shown), 0)
+    if not 0 <= bag < len(test):
+        raise ValueError(f"--bag must be in 0..{len(test) - 1}, got {bag}")
+    from abmil.report.plots import plot_bag_attention
+
+    raw = images["test"][0][test.indices[bag]]
+    name = "attention weight" if attention else "instance probability"
+    out = Path(out) if out is not None else run_dir / f"explain_{model}__mean{bag_mean}__train{train_bags}__bag{bag}.png"
+    plot_bag_attention(raw, scores[bag].numpy(), test.instance_labels[bag] == 1, out, score_name=name,
+                       title=f"{model}, mean bag size {bag_mean}, {train_bags} training bags: test bag {bag} "
+                             f"(label {int(test.labels[bag])}, predicted P(positive) = {float(probs[bag]):.3f})")
+    inst = instance_auc(scores, test.instance_labels, attention=attention)
+    pos = [i for i in range(len(test)) if test.labels[i] == 1]
+    top_is_nine = np.mean([test.instance_labels[i][int(torch.argmax(scores[i]))] == 1 for i in pos])
+    return "\n".join([
+        f"test bag {bag}: " + ", ".join(f"{d}:{s:.3f}" for d, s in zip(test.digits[bag], scores[bag].tolist())),
+        f"over the {len(test)} test bags: bag AUC {roc_auc_score(test.labels, probs.numpy()):.3f}; "
+        f"{name} vs 'is a 9' instance AUC {inst:.3f} (weights scaled by bag size)" if attention else
+        f"over the {len(test)} test bags: bag AUC {roc_auc_score(test.labels, probs.numpy()):.3f}; "
+        f"{name} vs 'is a 9' instance AUC {inst:.3f}",
+        f"in {100 * top_is_nine:.1f}% of the {len(pos)} positive test bags the top-scored instance is a 9",
+        f"wrote {out}",
+    ])
