@@ -9,6 +9,8 @@ the shipped Musk1 bags (the runs still index into the full dataset).
 """
 from __future__ import annotations
 
+import itertools
+
 from functools import lru_cache
 
 import numpy as np
@@ -21,7 +23,7 @@ from abmil.train.config import TrainConfig
 from abmil.train.cv import cv_splits, fold_standardiser, run_cv
 from abmil.train.fit import fit, predict
 from abmil.train.presets import benchmark_config
-from abmil.train.stacked import RunSpec, StackedTrainer, size_buckets
+from abmil.train.stacked import RunSpec, StackedTrainer, size_segments
 
 IN_DIM = 166
 N_RUNS = 4
@@ -153,58 +155,54 @@ def test_inactive_runs_untouched_at_epoch_end():
     assert len(ds.bags) == 92
 
 
-# ----------------------------------------------------------------------------- size_buckets
+# ----------------------------------------------------------------------------- size_segments
 def _cost(groups, sizes, overhead):
     return sum(overhead + len(g) * sizes[g].max() for g in groups)
 
 
-def _set_partitions(items):
-    if not items:
-        yield []
-        return
-    first, rest = items[0], items[1:]
-    for part in _set_partitions(rest):
-        yield [[first]] + part
-        for i in range(len(part)):
-            yield part[:i] + [[first] + part[i]] + part[i + 1:]
+def _range_partitions(k):
+    """Every split of 0..k-1 into contiguous ranges."""
+    for cuts in itertools.product([False, True], repeat=max(k - 1, 0)):
+        bounds = [0, *(i + 1 for i, c in enumerate(cuts) if c), k]
+        yield [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _check_partition(groups, k):
     assert all(len(g) > 0 for g in groups)
     flat = np.concatenate(groups)
-    assert np.array_equal(np.sort(flat), np.arange(k))
+    assert np.array_equal(flat, np.arange(k))  # contiguous ranges, in order
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_size_buckets_partition(seed):
+def test_size_segments_partition(seed):
     rng = np.random.default_rng(seed)
     k = int(rng.integers(1, 40))
     sizes = rng.integers(1, 200, size=k)
     for overhead in (0.0, 1.0, 30.0, 1e6):
-        groups = size_buckets(sizes, overhead)
+        groups = size_segments(sizes, overhead)
         _check_partition(groups, k)
-    assert len(size_buckets(sizes, 1e9)) == 1
+    assert len(size_segments(sizes, 1e9)) == 1
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_size_buckets_optimal_brute_force(seed):
+def test_size_segments_optimal_brute_force(seed):
     rng = np.random.default_rng(100 + seed)
     k = int(rng.integers(1, 8))
     sizes = rng.integers(1, 12, size=k) * int(rng.choice([1, 10]))  # with ties
     for overhead in (0.0, 0.5, 3.0, 17.0, 100.0):
-        groups = size_buckets(sizes, overhead)
+        groups = size_segments(sizes, overhead)
         _check_partition(groups, k)
-        best = min(_cost([np.array(g) for g in p], sizes, overhead) for p in _set_partitions(list(range(k))))
+        best = min(_cost([np.array(g) for g in p], sizes, overhead) for p in _range_partitions(k))
         assert _cost(groups, sizes, overhead) == pytest.approx(best), (sizes, overhead)
 
 
-def test_size_buckets_small_cases():
-    assert [g.tolist() for g in size_buckets(np.array([5]), 10.0)] == [[0]]
+def test_size_segments_small_cases():
+    assert [g.tolist() for g in size_segments(np.array([5]), 10.0)] == [[0]]
     # cheap groups: every distinct size alone
-    groups = size_buckets(np.array([1, 100, 1000]), 0.0)
+    groups = size_segments(np.array([1, 100, 1000]), 0.0)
     assert sorted(g.tolist() for g in groups) == [[0], [1], [2]]
     # expensive groups: one group
-    assert [sorted(g.tolist()) for g in size_buckets(np.array([1, 100, 1000]), 1e4)] == [[0, 1, 2]]
+    assert [sorted(g.tolist()) for g in size_segments(np.array([1, 100, 1000]), 1e4)] == [[0, 1, 2]]
 
 
 # ----------------------------------------------------------------------------- determinism

@@ -37,9 +37,10 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     groups = [{"params": decayed, "weight_decay": config.weight_decay}]
     if other:
         groups.append({"params": other, "weight_decay": 0.0})
+    # torch's fused kernels: one pass over the weights per step instead of several (same formulas).
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
-    return torch.optim.Adam(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, fused=True)
+    return torch.optim.Adam(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=True)
 
 
 def fit(model: nn.Module, bags: Sequence[Tensor], labels: Tensor, config: TrainConfig, *, seed: int,
