@@ -7,6 +7,10 @@
                                [--repeats 5] [--mnist-dir DIR] [--download] [--out DIR] [--jobs N]
     abmil explain mnist-bags --run DIR [--model attention] [--bag-mean 10] [--train-bags N] [--bag K] [--out PNG]
     abmil demo [--out DIR]
+    abmil train --manifest CSV [--features DIR] --out RUN [--model gated|attention] [--epochs N] [--val-split F]
+                [--lr] [--seed] [--batch-size B | --batch-instances N] [--device cpu] [--bf16] [--resume]
+    abmil predict --run RUN --manifest CSV [--features DIR] --out preds.csv
+    abmil heatmap --run RUN --slide FILE.h5 [--thumbnail IMG --downsample K] --out heat.png
 
 Bad input (unknown names, a malformed data file, ...) prints one line ``abmil: error: ...`` on stderr and exits
 with status 2 before anything is written.
@@ -134,8 +138,73 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     demo.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     demo.set_defaults(handler=_demo)
-    # Room for: train, predict, heatmap (commands.add_parser(...) with their own handler).
+    _wsi_commands(commands)
     return parser
+
+
+def _wsi_commands(commands) -> None:
+    """train / predict / heatmap: attention MIL on whole-slide feature bags (abmil.train.wsi)."""
+    train = commands.add_parser(
+        "train", help="train attention MIL on whole-slide feature bags (HDF5 / .pt + manifest)",
+        description="Train a gated-attention MIL classifier on pre-extracted patch features, one slide per "
+                    "step by default. Writes OUT/checkpoint.json and safetensors weights after every epoch; "
+                    "--resume continues a stopped run to the weights an uninterrupted run would have. Under "
+                    "`torchrun --nproc-per-node K -m abmil train ...` K processes share every step: the same "
+                    "run as one process with --batch-size K*b (or --batch-instances K*N).")
+    train.add_argument("--manifest", required=True, metavar="CSV", help="slide_id,label[,split][,path] per slide")
+    train.add_argument("--features", default=None, metavar="DIR",
+                       help="folder of <slide_id>.h5/.pt files (default: the manifest's folder)")
+    train.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoints)")
+    train.add_argument("--model", choices=("gated", "attention"), default="gated",
+                       help="attention pooling (default gated)")
+    train.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
+    train.add_argument("--val-split", type=float, default=None, metavar="FRACTION",
+                       help="hold out this fraction of the training slides, per class (default: the manifest's "
+                            "split column: train / val rows; no validation without one)")
+    train.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4, CLAM's)")
+    train.add_argument("--weight-decay", type=float, default=1e-5, help="L2 (default 1e-5, CLAM's)")
+    train.add_argument("--dropout", type=float, default=0.25, help="dropout after the first layer (default 0.25)")
+    train.add_argument("--hidden", type=int, default=512, help="first layer width (default 512)")
+    train.add_argument("--att-dim", type=int, default=256, help="attention hidden size (default 256)")
+    train.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    train.add_argument("--batch-size", type=int, default=None, metavar="B",
+                       help="slides per step and process (default 1, the paper's)")
+    train.add_argument("--batch-instances", type=int, default=None, metavar="N",
+                       help="group consecutive slides per step up to N instances per process")
+    train.add_argument("--chunk-size", type=int, default=16384,
+                       help="slides above this many patches are pooled in chunks (default 16384)")
+    train.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
+    train.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.set_defaults(handler=_train)
+
+    predict = commands.add_parser(
+        "predict", help="class probabilities per slide and attention per patch from a trained run",
+        description="Write OUT (CSV: slide_id, label, prob_<class>..., predicted) and, beside it, "
+                    "OUT's stem + .attention.h5 (per slide: attention, attention_logits, coords).")
+    predict.add_argument("--run", required=True, metavar="RUN", help="an `abmil train` --out folder")
+    predict.add_argument("--manifest", required=True, metavar="CSV", help="slides to predict")
+    predict.add_argument("--features", default=None, metavar="DIR", help="feature folder (default: the manifest's)")
+    predict.add_argument("--out", required=True, metavar="CSV", help="predictions CSV")
+    predict.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
+    predict.set_defaults(handler=_predict)
+
+    heat = commands.add_parser(
+        "heatmap", help="paint a trained run's attention over one slide (PNG)",
+        description="Paint each patch's attention (rank percentile within the slide) at its coords, over a "
+                    "thumbnail of the slide or a white canvas, with a colour bar.")
+    heat.add_argument("--run", required=True, metavar="RUN", help="an `abmil train` --out folder")
+    heat.add_argument("--slide", required=True, metavar="FILE.h5", help="the slide's features with coords")
+    heat.add_argument("--thumbnail", default=None, metavar="IMG", help="background image of the slide")
+    heat.add_argument("--downsample", type=float, default=None, metavar="K",
+                      help="level-0 pixels per thumbnail pixel (needed with --thumbnail)")
+    heat.add_argument("--patch-size", type=int, default=None, metavar="PX",
+                      help="patch side in level-0 pixels (default: from the file's attributes or coords grid)")
+    heat.add_argument("--scale", choices=("rank", "minmax"), default="rank",
+                      help="colour scale: rank percentile (default, as CLAM) or min-max")
+    heat.add_argument("--out", required=True, metavar="PNG", help="output PNG")
+    heat.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
+    heat.set_defaults(handler=_heatmap)
 
 
 def _int_list(text: str) -> list[int]:
@@ -204,6 +273,47 @@ def _demo(args: argparse.Namespace) -> int:
     from abmil.experiments.benchmarks import demo
 
     print(demo(args.out, folds=args.folds, seed=args.seed, progress=not args.no_progress))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from abmil.data.features import FeatureBagDataset
+    from abmil.train.distributed import world_from_env
+    from abmil.train.wsi import WSIConfig, train_feature_model
+
+    config = WSIConfig(pooling=args.model, hidden=args.hidden, att_dim=args.att_dim, dropout=args.dropout,
+                       lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs, batch_size=args.batch_size,
+                       batch_instances=args.batch_instances, val_split=args.val_split, seed=args.seed,
+                       chunk_size=args.chunk_size, bf16=args.bf16)
+    dataset = FeatureBagDataset(args.manifest, args.features)
+
+    def show(record: dict) -> None:
+        print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
+              flush=True)
+
+    info = train_feature_model(dataset, args.out, config, device=args.device, resume=args.resume, on_epoch=show)
+    if world_from_env().is_main:
+        print(f"wrote {args.out}/checkpoint.json, {info['weights']} (epoch {info['epoch']})")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from abmil.data.features import FeatureBagDataset
+    from abmil.train.wsi_predict import load_run, predict_dataset, write_predictions
+
+    run = load_run(args.run, args.device)
+    dataset = FeatureBagDataset(args.manifest, args.features, classes=run.classes)
+    preds = predict_dataset(run, dataset)
+    h5 = write_predictions(preds, run.classes, args.out)
+    print(f"wrote {args.out} ({len(preds)} slides), {h5}")
+    return 0
+
+
+def _heatmap(args: argparse.Namespace) -> int:
+    from abmil.explain.slide import slide_heatmap
+
+    print(slide_heatmap(args.run, args.slide, args.out, thumbnail=args.thumbnail, downsample=args.downsample,
+                        patch_size=args.patch_size, device=args.device, normalise=args.scale))
     return 0
 
 

@@ -1,0 +1,115 @@
+"""Run checkpoints without pickle: tensors in safetensors, everything else in JSON.
+
+    RUN/checkpoint.json                 what the run is and how far it got (the commit point)
+    RUN/weights-e0003.safetensors       model state dict after epoch 3
+    RUN/optimizer-e0003.safetensors     optimizer state tensors ("state.<param>.<name>")
+
+Each file is written atomically, the tensor files first under names carrying the epoch, then
+``checkpoint.json`` naming them, then older epochs' files are removed. A process killed at any
+moment leaves either the previous checkpoint or the new one, complete, never a mix.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from ..errors import DataError
+from ..io import atomic_open, write_json_atomic
+
+CHECKPOINT = "checkpoint.json"
+FORMAT = "abmil-checkpoint-1"
+
+
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    # safetensors refuses views sharing storage; contiguous CPU copies are what it stores anyway
+    data = st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return st_load(path.read_bytes())
+    except FileNotFoundError:
+        raise DataError("checkpoint file missing", path=str(path)) from None
+    except Exception as e:  # safetensors raises its own error types on corrupt headers
+        raise DataError(f"not a readable safetensors file ({e})", path=str(path)) from None
+
+
+def optimizer_to_safetensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors ``{"state.<param>.<name>": tensor}`` and a
+    JSON-able rest: param_groups, plus any non-tensor per-parameter state."""
+    tensors, extra = {}, {}
+    for pid, entries in state["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{pid}.{name}"] = value
+            else:
+                extra.setdefault(str(pid), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalar_state": extra}
+
+
+def optimizer_from_safetensors(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """Inverse of :func:`optimizer_to_safetensors`: a dict for ``optimizer.load_state_dict``."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = value
+    for pid, entries in meta.get("scalar_state", {}).items():
+        state.setdefault(int(pid), {}).update(entries)
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("betas"), list):  # JSON turned the tuple into a list
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    info: dict) -> None:
+    """Write the model and optimizer of a finished epoch ``info["epoch"]`` (completed epochs)
+    and ``info`` (JSON-able: model spec, classes, training settings, history...)."""
+    run = Path(run_dir)
+    epoch = int(info["epoch"])
+    weights, optim = f"weights-e{epoch:04d}.safetensors", f"optimizer-e{epoch:04d}.safetensors"
+    _write_tensors(run / weights, model.state_dict())
+    opt_tensors, opt_meta = optimizer_to_safetensors(optimizer.state_dict())
+    _write_tensors(run / optim, opt_tensors)
+    write_json_atomic(run / CHECKPOINT, {**info, "format": FORMAT, "weights": weights, "optimizer": optim,
+                                         "optimizer_meta": opt_meta})
+    for old in list(run.glob("weights-e*.safetensors")) + list(run.glob("optimizer-e*.safetensors")):
+        if old.name not in (weights, optim):
+            old.unlink(missing_ok=True)
+
+
+def read_checkpoint(run_dir: str | os.PathLike) -> dict | None:
+    """The run's ``checkpoint.json``, or None when it has none yet."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"unreadable checkpoint ({e})", path=str(path)) from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise DataError(f"not an abmil checkpoint (format {info.get('format') if isinstance(info, dict) else None!r})",
+                        path=str(path))
+    return info
+
+
+def load_weights(run_dir: str | os.PathLike, info: dict) -> dict[str, torch.Tensor]:
+    """The model state dict a checkpoint names."""
+    return _read_tensors(Path(run_dir) / info["weights"])
+
+
+def load_optimizer_state(run_dir: str | os.PathLike, info: dict) -> dict:
+    """The optimizer state dict a checkpoint names."""
+    return optimizer_from_safetensors(_read_tensors(Path(run_dir) / info["optimizer"]), info["optimizer_meta"])

@@ -1,0 +1,63 @@
+"""Tiny whole-slide feature datasets on disk, CLAM layout, for the WSI training / CLI / DDP tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+DIM = 16
+PATCH = 256
+
+
+def write_slide(path: Path, features: np.ndarray, coords: np.ndarray | None = None) -> None:
+    """As CLAM's save_hdf5: root ``features`` (n, D) and ``coords`` (n, 2), row-chunked, resizable."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=features, chunks=(1, features.shape[1]),
+                         maxshape=(None, features.shape[1]))
+        if coords is not None:
+            f.create_dataset("coords", data=coords, chunks=(1, 2), maxshape=(None, 2))
+
+
+def grid(n: int, cols: int = 8) -> np.ndarray:
+    """(n, 2) level-0 corners of a patch grid, row-major."""
+    k = np.arange(n)
+    return np.stack([(k % cols) * PATCH, (k // cols) * PATCH], 1).astype(np.int64)
+
+
+def slide_features(n: int, label: int, rng: np.random.Generator, dim: int = DIM) -> np.ndarray:
+    """Noise, plus for class c > 0 a few instances shifted along feature c (the evidence)."""
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    if label > 0:
+        hot = rng.choice(n, size=max(1, n // 8), replace=False)
+        x[hot, label] += 3.0
+    return x
+
+
+def make_dataset(root: Path, n_slides: int = 8, *, classes: tuple[str, ...] = ("normal", "tumor"),
+                 sizes: tuple[int, int] = (20, 60), split: list[str] | None = None, seed: int = 0,
+                 big: int | None = None, dim: int = DIM) -> tuple[Path, Path]:
+    """Write ``n_slides`` CLAM HDF5 slides under ``root/features`` and ``root/manifest.csv``.
+
+    Labels cycle through ``classes``; ``big``: the first slide gets this many instances
+    (to exercise chunked pooling). Returns (manifest, features_dir)."""
+    rng = np.random.default_rng(seed)
+    features = root / "features"
+    features.mkdir(parents=True, exist_ok=True)
+    lines = ["slide_id,label" + (",split" if split else "")]
+    for i in range(n_slides):
+        label = i % len(classes)
+        n = big if (big and i == 0) else int(rng.integers(*sizes))
+        write_slide(features / f"s{i:02d}.h5", slide_features(n, label, rng, dim), grid(n))
+        lines.append(f"s{i:02d},{classes[label]}" + (f",{split[i]}" if split else ""))
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest, features
+
+
+def load_weights(run: Path) -> dict[str, torch.Tensor]:
+    """The model weights of a run's last checkpoint."""
+    from abmil.train.checkpoint import load_weights as _load, read_checkpoint
+
+    return _load(run, read_checkpoint(run))
