@@ -286,3 +286,19 @@ def test_set_dropout_key_reaches_every_layer():
     x = torch.ones(8, 64)
     masks = [m.train()(x) != 0 for m in layers]
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+
+
+@pytest.mark.parametrize("key", ["instance-max", "embedding-max", "mi-net-ds", "mi-net-rc"])
+def test_baselines_start_as_keras_dense_layers(key):
+    """Wang et al.'s Keras baselines: Glorot-uniform kernels, zero biases (not torch's default init)."""
+    import math
+
+    torch.manual_seed(0)
+    model = benchmark_model(key, 166)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears
+    for m in linears:
+        bound = math.sqrt(6.0 / (m.in_features + m.out_features))
+        assert m.weight.abs().max().item() <= bound
+        assert m.weight.abs().max().item() > 0.9 * bound  # uniform over the whole Glorot range
+        assert torch.count_nonzero(m.bias) == 0

@@ -112,6 +112,35 @@ def build_parser() -> argparse.ArgumentParser:
     mnist.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     mnist.set_defaults(handler=_reproduce_mnist_bags)
 
+    histo = experiments.add_parser(
+        "histology", help="Tables 2-3: Breast (UCSB) / Colon (Warwick) H&E images, 10-fold CV x 5",
+        description="Tables 2-3 of the paper: a patch CNN with instance/embedding max/mean, attention or gated "
+                    "pooling, trained per fold with H&E/flip augmentation, a 20% validation split and early "
+                    "stopping; accuracy, precision, recall, F-score, AUC per fold (colon: also attention vs the "
+                    "epithelial-nucleus labels). Writes OUT/results.{json,csv,md} when a model's folds are all "
+                    "done, OUT/units/*.json after every fold and OUT/models/*.safetensors (fold 0 of repeat 0); "
+                    "rerunning with the same OUT and settings skips the finished folds.")
+    histo.add_argument("--dataset", required=True, choices=("breast", "colon"),
+                       help="breast: UCSB Bisque images, 32x32 grid patches; colon: Warwick CRCHistoPhenotypes "
+                            "Classification folders, 27x27 patches on every annotated nucleus")
+    histo.add_argument("--data-dir", required=True, metavar="DIR",
+                       help="the Bisque (breast) or Classification (colon) folder, or the folder holding it")
+    histo.add_argument("--models", type=_csv_list, default=None, metavar="A,B,...",
+                       help="model keys (default all six: instance-max,instance-mean,embedding-max,"
+                            "embedding-mean,attention,gated)")
+    histo.add_argument("--repeats", type=int, default=5, help="CV repetitions (default 5)")
+    histo.add_argument("--folds", type=int, default=10, help="CV folds (default 10)")
+    histo.add_argument("--seed", type=int, default=0, help="seed of the splits and the runs (default 0)")
+    histo.add_argument("--epochs", type=int, default=200,
+                       help="cap on training epochs; early stopping usually ends a fold sooner (default 200)")
+    histo.add_argument("--patience", type=int, default=25,
+                       help="stop after this many epochs without a better validation score (default 25)")
+    histo.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    histo.add_argument("--jobs", type=int, default=1, help="worker processes, one CPU core each (default 1)")
+    histo.add_argument("--out", default=None, metavar="DIR", help="output directory (default runs/histology-DATASET)")
+    histo.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    histo.set_defaults(handler=_reproduce_histology)
+
     explain = commands.add_parser("explain", help="draw what a trained model attends to",
                                   description="Draw a trained model's attention on the data it was tested on.")
     explainers = explain.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
@@ -130,13 +159,34 @@ def build_parser() -> argparse.ArgumentParser:
     ex_mnist.add_argument("--out", default=None, metavar="PNG", help="output PNG (default RUN/explain_<point>.png)")
     ex_mnist.set_defaults(handler=_explain_mnist_bags)
 
-    demo = commands.add_parser("demo", help="a quick look: Musk1, attention vs gated attention, top instances",
-                               description="Musk1, attention and gated attention, one 10-fold CV repeat, beside the "
-                                           "paper; then the highest-attention instances of one positive bag.")
+    ex_histo = explainers.add_parser(
+        "histology", help="paint a histology model's attention (or instance probabilities) over an H&E image",
+        description="Cut an image into the patches the model was trained on (32x32 grid; 27x27 on each nucleus "
+                    "for an annotated Warwick image), run the saved fold-0 model of an `abmil reproduce histology` "
+                    "run and paint attention (attention models, min-max scaled) or instance probabilities "
+                    "(Instance+ models) per patch, with a colour bar. Epithelial nuclei are circled on colon images.")
+    ex_histo.add_argument("--run", required=True, metavar="DIR", help="the --out directory of reproduce histology")
+    ex_histo.add_argument("--model", default="attention", help="model key (default attention)")
+    ex_histo.add_argument("--image", default=None, metavar="PATH",
+                          help="image to paint (default: the first positive test image of the saved fold)")
+    ex_histo.add_argument("--out", default=None, metavar="PNG",
+                          help="output PNG (default RUN/heatmap_<model>__<image>.png)")
+    ex_histo.add_argument("--no-markers", action="store_true", help="do not circle the epithelial nuclei")
+    ex_histo.add_argument("--downsample", type=float, default=1.0, help="image pixels per PNG pixel (default 1)")
+    ex_histo.set_defaults(handler=_explain_histology)
+
+    demo = commands.add_parser("demo", help="a quick look: Musk1 attention vs gated (default), or histology",
+                               description="benchmarks (default): Musk1, attention and gated attention, one 10-fold "
+                                           "CV repeat, beside the paper, then the highest-attention instances of one "
+                                           "positive bag. histology: a shipped H&E image cut into bags, a few "
+                                           "epochs, an attention heatmap PNG.")
     demo.add_argument("--out", default=None, metavar="DIR", help="also write results.{json,csv,md} to DIR")
     demo.add_argument("--folds", type=int, default=10, help=argparse.SUPPRESS)
     demo.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     demo.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    demo.add_argument("which", nargs="?", choices=("benchmarks", "histology"), default="benchmarks",
+                      help="benchmarks (default): Musk1, attention vs gated; histology: one H&E image -> bags -> "
+                           "a few epochs -> a heatmap PNG (a demonstration, not a result)")
     demo.set_defaults(handler=_demo)
     _wsi_commands(commands)
     return parser
@@ -269,7 +319,36 @@ def _reproduce_benchmarks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce_histology(args: argparse.Namespace) -> int:
+    from abmil.experiments.benchmarks import format_row
+    from abmil.experiments.histology import HISTOLOGY_MODELS, reproduce_histology
+
+    out = args.out or f"runs/histology-{args.dataset}"
+    rows = reproduce_histology(args.dataset, args.data_dir, models=args.models or list(HISTOLOGY_MODELS),
+                               repeats=args.repeats, folds=args.folds, seed=args.seed, epochs=args.epochs,
+                               patience=args.patience, augment=not args.no_augment, out_dir=out,
+                               progress=not args.no_progress, jobs=args.jobs)
+    for row in rows:
+        print(f"{row.metric:>12}: {format_row(row)}")
+    print(f"wrote {out}/results.md, results.json, results.csv" if rows else
+          f"no model finished all its folds yet; finished folds are in {out}/units")
+    return 0
+
+
+def _explain_histology(args: argparse.Namespace) -> int:
+    from abmil.experiments.histology import explain_histology
+
+    print(explain_histology(args.run, model=args.model, image=args.image, out=args.out,
+                            markers=not args.no_markers, downsample=args.downsample))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
+    if args.which == "histology":
+        from abmil.experiments.histology_demo import demo_histology
+
+        print(demo_histology(args.out, seed=args.seed))
+        return 0
     from abmil.experiments.benchmarks import demo
 
     print(demo(args.out, folds=args.folds, seed=args.seed, progress=not args.no_progress))

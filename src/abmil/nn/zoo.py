@@ -16,6 +16,7 @@ from __future__ import annotations
 from torch import nn
 
 from .encoders import MLPEncoder
+from .init import keras_init_
 from .lenet import LeNetEncoder
 from .models import DeepSupervisedMINet, EmbeddingMIL, InstanceMIL, ResidualMINet, make_pool
 
@@ -36,19 +37,21 @@ def benchmark_model(name: str, in_dim: int, *, attention_dropout: float = 0.2) -
     Attention models follow Ilse et al.: fc-256, fc-128, fc-64 (ReLU, dropout after each),
     attention with L = 64, fc-1. The baselines follow Wang et al.'s released code: the same
     256-128-64 stack with one dropout(0.5) after the last layer (mi-Net, MI-Net), a dropout and
-    pooled head after every layer (DS), or a 128-128-128 stack with summed pooled outputs (RC).
+    pooled head after every layer (DS), or a 128-128-128 stack with summed pooled outputs (RC), initialised as
+    Keras initialises them (:func:`abmil.nn.init.keras_init_`).
     """
     check_model_key(name)
     if name in ATTENTION_KEYS:
         return EmbeddingMIL(MLPEncoder(in_dim, (256, 128, 64), dropout=attention_dropout),
                             make_pool(name, 64, att_dim=64))
     if name == "mi-net-ds":
-        return DeepSupervisedMINet(in_dim, (256, 128, 64), pool="max", dropout=0.5)
+        return keras_init_(DeepSupervisedMINet(in_dim, (256, 128, 64), pool="max", dropout=0.5))
     if name == "mi-net-rc":
-        return ResidualMINet(in_dim, 128, 3, pool="max", dropout=0.5)
+        return keras_init_(ResidualMINet(in_dim, 128, 3, pool="max", dropout=0.5))
     level, pool = name.split("-")
     encoder = MLPEncoder(in_dim, (256, 128, 64), dropout=0.5, dropout_after=[2])
-    return EmbeddingMIL(encoder, make_pool(pool, 64)) if level == "embedding" else InstanceMIL(encoder, pool)
+    model = EmbeddingMIL(encoder, make_pool(pool, 64)) if level == "embedding" else InstanceMIL(encoder, pool)
+    return keras_init_(model)
 
 
 #: The MNIST-bags rows of the paper's figures (instance/embedding x max/mean, attention, gated attention).
@@ -63,9 +66,29 @@ def mnist_bags_model(name: str) -> nn.Module:
     """
     if name not in MNIST_BAGS_KEYS:
         raise ValueError(f"unknown MNIST-bags model {name!r}: expected one of {', '.join(MNIST_BAGS_KEYS)}")
+    return _six_model(name, LeNetEncoder())
+
+
+def _six_model(name: str, encoder: nn.Module) -> nn.Module:
+    """One of the six rows of the MNIST-bags figures and Tables 2-3 on ``encoder`` (attention L = 128)."""
     level, _, pool = name.partition("-")
     if name in ATTENTION_KEYS:
-        return EmbeddingMIL(LeNetEncoder(), make_pool(name, LeNetEncoder.out_dim, att_dim=128))
+        return EmbeddingMIL(encoder, make_pool(name, encoder.out_dim, att_dim=128))
     if level == "embedding":
-        return EmbeddingMIL(LeNetEncoder(), make_pool(pool, LeNetEncoder.out_dim))
-    return InstanceMIL(LeNetEncoder(), pool)
+        return EmbeddingMIL(encoder, make_pool(pool, encoder.out_dim))
+    return InstanceMIL(encoder, pool)
+
+
+def histology_model(name: str, patch_size: int, *, dropout: float | None = None) -> nn.Module:
+    """A model for the histopathology experiments (Tables 2-3): the patch CNN (512-d embeddings), then the pooling.
+
+    ``name``: one of :data:`MNIST_BAGS_KEYS` (the six rows of Tables 2-3: instance/embedding x max/mean, attention,
+    gated). ``patch_size``: 32 (breast, UCSB) or 27 (colon, Warwick); any size >= 10 builds. Attention models use
+    L = 128 (protocols.md section 4); Instance+ models score each patch with a fc-1 head and pool the probabilities.
+    ``dropout``: the patch CNN's rate (default :data:`abmil.nn.patch_cnn.PATCH_CNN_DROPOUT`).
+    """
+    from .patch_cnn import PATCH_CNN_DROPOUT, PatchCNN
+
+    if name not in MNIST_BAGS_KEYS:
+        raise ValueError(f"unknown histology model {name!r}: expected one of {', '.join(MNIST_BAGS_KEYS)}")
+    return _six_model(name, PatchCNN(patch_size, PATCH_CNN_DROPOUT if dropout is None else dropout))

@@ -1,0 +1,476 @@
+"""Reproduce Tables 2-3 of Ilse et al. (ICML 2018): Breast Cancer (UCSB) and Colon Cancer (Warwick) under CV.
+
+One *unit* = one (model, repeat, fold): a fresh patch-CNN model (:func:`abmil.nn.zoo.histology_model`) trained on the
+training folds with on-the-fly augmentation, a validation split and early stopping
+(:func:`abmil.train.early_stopping.fit_early_stopping`; :func:`abmil.train.presets.histology_config` /
+:func:`~abmil.train.presets.histology_stopping`), then scored on the test fold: accuracy, precision, recall, F-score
+and AUC (:func:`abmil.report.metrics.bag_metrics`). Colon also gets the localisation measure ``instance_auc``: the AUC
+over all test instances of the attention weight x bag size (attention models) or the instance probability
+(Instance+ models) against the epithelial-nucleus labels.
+
+Protocol (shared/paper/protocols.md section 4; most of it unconfirmed for the paper): stratified 10-fold CV repeated
+5 times (:func:`abmil.train.cv.cv_splits`); bags and patches from :mod:`abmil.data.histology`; metric ± over the
+per-repeat means (over folds with one repeat), the paper's number beside each cell.
+
+Output directory (every file written atomically; a killed run resumes from the finished units)::
+
+    out_dir/results.json, results.csv, results.md   models whose every unit is finished, rewritten after each unit
+    out_dir/units/{model}__rep{r}__fold{f}.json     one unit: settings, test bags, probabilities, metrics, history
+    out_dir/models/{model}.safetensors              the repeat-0 fold-0 weights (for heatmaps of its test images)
+
+A unit file is reused only when everything that determines its numbers (settings, a fingerprint of the patches)
+matches; otherwise it is recomputed and replaced.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from abmil.data.histology import PatchBag, load_colon_crc, load_ucsb_breast, read_rgb
+from abmil.data.histology_training import BagAugmenter, FloatBags
+from abmil.data.patches import BREAST_PATCH_SIZE, COLON_PATCH_SIZE
+from abmil.errors import DataError
+from abmil.experiments.mnist_bags import instance_auc
+from abmil.io import write_json_atomic
+from abmil.nn.zoo import ATTENTION_KEYS, histology_model
+from abmil.report import paper
+from abmil.report.metrics import BAG_METRICS, bag_metrics
+from abmil.report.results import ResultRow, summarise, write_results
+from abmil.train.config import TrainConfig
+from abmil.train.cv import Split, cv_splits
+from abmil.train.early_stopping import EarlyStopping, fit_early_stopping, validation_split
+from abmil.train.fit import predict
+from abmil.train.presets import histology_config, histology_stopping
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_EPOCHS",
+    "HISTOLOGY_MODELS",
+    "HistologyData",
+    "explain_histology",
+    "load_histology",
+    "load_unit_model",
+    "reproduce_histology",
+]
+
+DATASETS: tuple[str, ...] = ("breast", "colon")
+#: Tables 2-3's rows, in the paper's order.
+HISTOLOGY_MODELS: tuple[str, ...] = paper.HISTOLOGY_ROWS
+DEFAULT_EPOCHS = 200  # gmum's cap; early stopping usually ends a run well before
+UNIT_FORMAT = 1  # bump when a unit file's content changes meaning
+_PATCH_SIZE = {"breast": BREAST_PATCH_SIZE, "colon": COLON_PATCH_SIZE}
+_FOLDER = {"breast": "Bisque", "colon": "Classification"}
+_TITLE = {"breast": "Breast Cancer (UCSB), Ilse et al. 2018 Table 2",
+          "colon": "Colon Cancer (Warwick CRCHistoPhenotypes), Ilse et al. 2018 Table 3"}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class HistologyData:
+    """One dataset as patch bags, plus what the colon augmentation needs.
+
+    Attributes:
+        dataset: "breast" or "colon".
+        bags: one :class:`PatchBag` per image (patches (n, 3, s, s) uint8).
+        labels: (n_bags,) int64 bag labels.
+        images: colon only, each bag's (500, 500, 3) uint8 image (nucleus centres are jittered and re-cut).
+        patch_size: 32 (breast) or 27 (colon).
+        root: the folder read.
+    """
+
+    dataset: str
+    bags: list[PatchBag]
+    labels: np.ndarray
+    images: list[np.ndarray] | None
+    patch_size: int
+    root: str
+
+    def fingerprint(self) -> str:
+        """SHA-256 over every bag's id, label, patches, coordinates and instance labels."""
+        h = hashlib.sha256()
+        for b in self.bags:
+            h.update(f"{b.bag_id}:{b.label}:{b.patches.shape}".encode())
+            h.update(np.ascontiguousarray(b.patches).tobytes())
+            h.update(np.ascontiguousarray(b.coords).tobytes())
+            if b.instance_labels is not None:
+                h.update(np.ascontiguousarray(b.instance_labels).tobytes())
+        return h.hexdigest()
+
+
+def _resolve_root(dataset: str, data_dir: str | Path) -> Path:
+    """``data_dir`` itself, or its ``Bisque`` / ``Classification`` sub-folder when it is the folder above."""
+    root = Path(data_dir)
+    sub = root / _FOLDER[dataset]
+    return sub if sub.is_dir() else root
+
+
+def load_histology(dataset: str, data_dir: str | Path) -> HistologyData:
+    """Read the whole dataset (every file decoded and checked) into patch bags.
+
+    ``data_dir``: the UCSB ``Bisque`` folder (breast) or the Warwick ``Classification`` folder (colon), or the folder
+    holding it. Raises :class:`DataError` naming the file on any bad input (see :mod:`abmil.data.histology`).
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    root = _resolve_root(dataset, data_dir)
+    if dataset == "breast":
+        bags = load_ucsb_breast(root)
+        images = None
+    else:
+        bags = load_colon_crc(root)
+        images = [read_rgb(b.path) for b in bags]
+    labels = np.array([b.label for b in bags], dtype=np.int64)
+    return HistologyData(dataset, bags, labels, images, _PATCH_SIZE[dataset], str(root))
+
+
+def _check_splittable(data: HistologyData, folds: int) -> None:
+    """Every test fold must hold both classes, or precision, recall and AUC are undefined on it."""
+    counts = {c: int((data.labels == c).sum()) for c in (0, 1)}
+    if min(counts.values()) < folds:
+        raise DataError(f"{len(data.bags)} bags ({counts[1]} positive, {counts[0]} negative) cannot be split into "
+                        f"{folds} stratified folds that each hold both classes", path=data.root)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Units
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One trained model of the protocol."""
+
+    model: str
+    repeat: int
+    fold: int
+    run_seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}__rep{self.repeat}__fold{self.fold}"
+
+
+def _settings(dataset: str, unit: Unit, *, folds: int, repeats: int, seed: int, config: TrainConfig,
+              stopping: EarlyStopping, augment: bool, patch_size: int, fingerprint: str, n_bags: int) -> dict[str, Any]:
+    """Everything that determines a unit's numbers; a cached unit is reused only when all of it matches."""
+    return json.loads(json.dumps({
+        "format": UNIT_FORMAT, "dataset": dataset, "model": unit.model, "repeat": unit.repeat, "fold": unit.fold,
+        "run_seed": unit.run_seed, "folds": folds, "repeats": repeats, "seed": seed, "config": config.to_dict(),
+        "stopping": stopping.to_dict(), "augment": augment, "patch_size": patch_size, "data_sha256": fingerprint,
+        "n_bags": n_bags,
+    }))
+
+
+def _read_unit(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(record, dict) and record.get("settings") == settings and isinstance(record.get("metrics"), dict)
+    return record if ok else None
+
+
+_STATE: dict[str, Any] = {}  # the data and settings, inherited by forked workers (nothing big is pickled)
+
+
+def _train_unit(unit: Unit) -> dict[str, Any]:
+    """Train and test one unit; write its unit file (and, for repeat 0 fold 0, its weights)."""
+    data: HistologyData = _STATE["data"]
+    split: Split = _STATE["splits"][(unit.repeat, unit.fold)]
+    config, stopping, out = _STATE["config"], _STATE["stopping"], _STATE["out"]
+    tr_pos, val_pos = validation_split(data.labels[split.train], stopping.val_fraction, unit.run_seed)
+    train_idx, val_idx, test_idx = split.train[tr_pos], split.train[val_pos], split.test
+    train_bags = [data.bags[i] for i in train_idx]
+    augment = None
+    if _STATE["augment"]:
+        images = None if data.images is None else [data.images[i] for i in train_idx]
+        augment = BagAugmenter(train_bags, images=images)
+    torch.manual_seed(unit.run_seed)
+    model = histology_model(unit.model, data.patch_size)
+    start = time.perf_counter()
+    history = fit_early_stopping(model, FloatBags(train_bags), data.labels[train_idx], config, seed=unit.run_seed,
+                                 val_bags=FloatBags([data.bags[i] for i in val_idx]),
+                                 val_labels=data.labels[val_idx], stopping=stopping, augment=augment)
+    seconds = time.perf_counter() - start
+    probs, scores = predict(model, FloatBags([data.bags[i] for i in test_idx]), batch_size=1)
+    probs_np = probs.double().numpy()
+    metrics = bag_metrics(data.labels[test_idx], probs_np)
+    if data.dataset == "colon":
+        inst = instance_auc(scores, [data.bags[i].instance_labels for i in test_idx],
+                            attention=unit.model in ATTENTION_KEYS)
+        metrics["instance_auc"] = math.nan if inst is None else inst
+    record = {
+        "settings": _STATE["settings"][unit.key],
+        "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()},
+        "train": [data.bags[i].bag_id for i in train_idx],
+        "val": [data.bags[i].bag_id for i in val_idx],
+        "test": [data.bags[i].bag_id for i in test_idx],
+        "test_labels": data.labels[test_idx].tolist(),
+        "test_probs": probs_np.round(6).tolist(),
+        "history": history.to_dict(),
+        "train_seconds": seconds,
+        "seconds_per_epoch": seconds / max(history.epochs_run, 1),
+    }
+    if unit.repeat == 0 and unit.fold == 0:
+        _save_model(out / "models" / f"{unit.model}.safetensors", model, record["settings"],
+                    {"test": record["test"], "test_labels": record["test_labels"],
+                     "test_paths": [data.bags[i].path for i in test_idx]})
+    write_json_atomic(out / "units" / f"{unit.key}.json", record)
+    return record
+
+
+def _work(unit: Unit) -> tuple[Unit, dict[str, Any]]:
+    torch.set_num_threads(_STATE["threads"])
+    return unit, _train_unit(unit)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Saved models
+
+
+def _save_model(path: Path, model: torch.nn.Module, settings: dict[str, Any], test: dict[str, list]) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    meta = {"settings": json.dumps(settings), **{k: json.dumps(v) for k, v in test.items()}}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def load_unit_model(run_dir: str | Path, model: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The saved repeat-0 fold-0 model of a run, in eval mode, and its metadata ``{"settings": the unit's settings,
+    "test": test bag ids, "test_labels": their labels, "test_paths": their image files}`` (weights read with
+    safetensors only)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / "models" / f"{model}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved model {path}: run `abmil reproduce histology --models {model} "
+                                f"--out {run_dir}` first (fold 0 of repeat 0 saves one)")
+    with safe_open(str(path), framework="pt") as f:
+        meta = {k: json.loads(v) for k, v in f.metadata().items()}
+    net = histology_model(model, int(meta["settings"]["patch_size"]))
+    net.load_state_dict(load_file(str(path)))
+    return net.eval(), meta
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Summary
+
+
+def _rows(dataset: str, models: Sequence[str], units: Sequence[Unit], records: dict[str, dict[str, Any]], *,
+          repeats: int, folds: int, epochs: int, patience: int) -> list[ResultRow]:
+    """One row per (model, metric) for every model whose units are all finished."""
+    rows = []
+    metrics = BAG_METRICS + (("instance_auc",) if dataset == "colon" else ())
+    for model in models:
+        mine = [u for u in units if u.model == model]
+        if not all(u.key in records for u in mine):
+            continue
+        recs = [records[u.key] for u in mine]
+        run = {"seconds": round(sum(r["train_seconds"] for r in recs), 1),
+               "mean_epochs_run": float(np.mean([r["history"]["epochs_run"] for r in recs])),
+               "mean_seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in recs]))}
+        for metric in metrics:
+            pairs = [(u.repeat, r["metrics"].get(metric)) for u, r in zip(mine, recs)]
+            pairs = [(rep, v) for rep, v in pairs if v is not None]  # undefined (e.g. one-class fold) -> skipped
+            if not pairs:
+                continue
+            rows.append(summarise(
+                [v for _, v in pairs], dataset=dataset, model=model, metric=metric, experiment="histology",
+                std_over="repeats" if repeats > 1 else "folds", repeat_ids=[rep for rep, _ in pairs],
+                # Flat extras must be equal across the rows of a call (results.md tables rows per flat setting).
+                extra={"folds": folds, "max_epochs": epochs, "patience": patience, "run": run},
+            ))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The experiment
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _command(dataset, data_dir, models, repeats, folds, seed, epochs, patience, augment, out) -> str:
+    args = ["abmil", "reproduce", "histology", "--dataset", dataset, "--data-dir", str(data_dir),
+            "--models", ",".join(models), "--repeats", str(repeats), "--folds", str(folds), "--seed", str(seed),
+            "--epochs", str(epochs), "--patience", str(patience)]
+    if not augment:
+        args.append("--no-augment")
+    return shlex.join(args + ["--out", str(out)])
+
+
+def reproduce_histology(
+    dataset: str,
+    data_dir: str | Path,
+    *,
+    models: Sequence[str] = HISTOLOGY_MODELS,
+    repeats: int = 5,
+    folds: int = 10,
+    seed: int = 0,
+    epochs: int = DEFAULT_EPOCHS,
+    patience: int = 25,
+    augment: bool = True,
+    out_dir: str | Path = "runs/histology",
+    progress: bool = True,
+    jobs: int = 1,
+) -> list[ResultRow]:
+    """Run the paper's CV protocol on one histology dataset; write results.{json,csv,md} beside Table 2 or 3.
+
+    Args:
+        dataset: "breast" (UCSB, 32x32 grid patches) or "colon" (Warwick, 27x27 nucleus-centred patches).
+        data_dir: the ``Bisque`` / ``Classification`` folder, or the folder holding it.
+        models: keys of :data:`HISTOLOGY_MODELS`.
+        repeats, folds, seed: stratified ``folds``-fold CV repeated ``repeats`` times (:func:`cv_splits`).
+        epochs: the cap on epochs (early stopping with ``patience`` usually ends sooner).
+        augment: H&E jitter + square symmetries (+ colon centre jitter) at each visit of a training bag.
+        out_dir: where results.*, units/ and models/ go (created; an existing one is resumed from).
+        progress: a tqdm bar over units on stderr.
+        jobs: worker processes (one CPU core and torch thread each); the numbers do not change.
+
+    Returns:
+        rows (model x metric) of the models whose units are all finished; ``std`` over per-repeat means (over
+        folds when ``repeats == 1``), ``extra["std_folds"]`` over all units, ``extra["run"]`` timings.
+
+    Raises:
+        ValueError: a bad argument; DataError (a ValueError) naming the file: a missing, truncated or malformed image
+        or annotation, an image smaller than a patch, too few bags of a class for ``folds``. All before anything is
+        written to ``out_dir``.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
+    bad = [m for m in models if m not in HISTOLOGY_MODELS]
+    if not models or bad:
+        raise ValueError(f"unknown histology model(s) {bad}: expected some of {', '.join(HISTOLOGY_MODELS)}")
+    repeats = _check_int(repeats, "repeats", 1)
+    folds = _check_int(folds, "folds", 2)
+    seed = _check_int(seed, "seed", 0)
+    epochs = _check_int(epochs, "epochs", 1)
+    patience = _check_int(patience, "patience", 1)
+    jobs = _check_int(jobs, "jobs", 1)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {out} exists and is not a directory")
+
+    data = load_histology(dataset, data_dir)  # every file decoded and checked before anything is written
+    _check_splittable(data, folds)
+    config, stopping = histology_config(epochs=epochs), histology_stopping(patience=patience)
+    splits = {(s.repeat, s.fold): s for s in cv_splits(data.labels, folds=folds, repeats=repeats, seed=seed)}
+    units = [Unit(m, r, f, splits[(r, f)].seed) for m in models for r in range(repeats) for f in range(folds)]
+    fingerprint = data.fingerprint()
+    settings = {u.key: _settings(dataset, u, folds=folds, repeats=repeats, seed=seed, config=config,
+                                 stopping=stopping, augment=bool(augment), patch_size=data.patch_size,
+                                 fingerprint=fingerprint, n_bags=len(data.bags)) for u in units}
+    records = {}
+    for u in units:
+        rec = _read_unit(out / "units" / f"{u.key}.json", settings[u.key])
+        if rec is not None:
+            records[u.key] = rec
+    todo = [u for u in units if u.key not in records]
+    command = _command(dataset, data.root, models, repeats, folds, seed, epochs, patience, augment, out)
+
+    def publish() -> list[ResultRow]:
+        rows = _rows(dataset, models, units, records, repeats=repeats, folds=folds, epochs=epochs,
+                     patience=patience)
+        if rows:
+            write_results(out, rows, title=f"Histopathology: {_TITLE[dataset]}", command=command, seed=seed,
+                          table_layout="metrics", experiment="histology")
+        return rows
+
+    (out / "units").mkdir(parents=True, exist_ok=True)
+    _STATE.update(data=data, splits=splits, config=config, stopping=stopping, out=out, augment=bool(augment),
+                  settings=settings, threads=1 if jobs > 1 else torch.get_num_threads())
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"{dataset} units", unit="fold", file=sys.stderr, dynamic_ncols=True)
+    pool = None
+    try:
+        if jobs == 1 or len(todo) <= 1:
+            results = (_work(u) for u in todo)
+        else:
+            pool = mp.get_context("fork").Pool(min(jobs, len(todo)))
+            results = pool.imap_unordered(_work, todo)
+        for unit, record in results:
+            records[unit.key] = record
+            publish()
+            if bar is not None:
+                m = record["metrics"]
+                bar.set_postfix_str(f"{unit.key}: acc {m['accuracy']:.2f}, "
+                                    f"{record['history']['epochs_run']} ep, {record['train_seconds']:.0f} s")
+                bar.update(1)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        _STATE.clear()
+        if bar is not None:
+            bar.close()
+    return publish()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Heatmaps of a run
+
+
+def explain_histology(run_dir: str | Path, *, model: str = "attention", image: str | Path | None = None,
+                      out: str | Path | None = None, markers: bool = True, downsample: float = 1.0) -> str:
+    """Paint the per-patch scores of a run's saved model (repeat 0, fold 0) over one image; return a short report.
+
+    ``image`` defaults to the first positive test image of that fold (an image the model did not train on).
+    ``markers``: circle the epithelial nuclei (annotated colon images). The PNG goes to ``out`` (default
+    ``RUN/heatmap_<model>__<image>.png``).
+    """
+    from abmil.explain.histology import heatmap_for_image
+
+    net, meta = load_unit_model(run_dir, model)
+    if image is None:
+        paths, labels = meta.get("test_paths"), meta.get("test_labels")
+        if not paths:
+            raise ValueError(f"the saved {model!r} model does not list its test images: pass --image PATH")
+        image = next((p for p, y in zip(paths, labels) if y == 1), paths[0])
+    image = Path(image)
+    out = Path(out) if out is not None else Path(run_dir) / f"heatmap_{model}__{image.stem}.png"
+    heat = heatmap_for_image(net, image, out, patch_size=int(meta["settings"]["patch_size"]), markers=markers,
+                             downsample=downsample)
+    seen = "a test image of fold 0" if image.stem in meta.get("test", []) else (
+        "a TRAINING image of fold 0" if image.stem in _training_ids(run_dir, model) else "an image outside the run")
+    lines = [f"{image} ({seen}): {len(heat.scores)} patches of {heat.patch_size}x{heat.patch_size}, "
+             f"P(positive) = {heat.prob:.3f}" + (f", label {heat.bag.label}" if heat.bag.label in (0, 1) else "")]
+    if heat.bag.instance_labels is not None and 0 < heat.bag.instance_labels.sum() < len(heat.bag):
+        from sklearn.metrics import roc_auc_score
+
+        auc = roc_auc_score(heat.bag.instance_labels, heat.scores)
+        lines.append(f"{heat.score_kind} vs the epithelial-nucleus labels of this image: AUC {auc:.3f}")
+    lines.append(f"wrote {out}")
+    return "\n".join(lines)
+
+
+def _training_ids(run_dir: str | Path, model: str) -> list[str]:
+    try:
+        unit = json.loads((Path(run_dir) / "units" / f"{model}__rep0__fold0.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return list(unit.get("train", [])) + list(unit.get("val", []))

@@ -1,0 +1,33 @@
+"""Bag-level metrics of Tables 2-3 (accuracy, precision, recall, F-score, AUC), computed with scikit-learn."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+__all__ = ["BAG_METRICS", "bag_metrics"]
+
+BAG_METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "auc")
+
+
+def bag_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """The five metrics of one test fold: labels (n,) 0/1, probs (n,) P(positive) -> {metric: value}.
+
+    Predictions are ``probs >= threshold`` (the reference code's rule). Precision, recall and F-score of the positive
+    class; 0 where undefined (no predicted or no true positive; sklearn ``zero_division=0``). AUC is NaN when the
+    fold holds one class only (it is undefined, and a summary should skip it rather than count it as 0 or 1).
+    """
+    y = np.asarray(labels).astype(int).ravel()
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    if y.shape != p.shape or y.size == 0:
+        raise ValueError(f"labels {y.shape} and probs {p.shape} must be the same non-empty shape")
+    pred = (p >= threshold).astype(int)
+    kw = {"zero_division": 0, "labels": [0, 1], "pos_label": 1, "average": "binary"}
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "precision": float(precision_score(y, pred, **kw)),
+        "recall": float(recall_score(y, pred, **kw)),
+        "f1": float(f1_score(y, pred, **kw)),
+        "auc": float(roc_auc_score(y, p)) if 0 < y.sum() < y.size else math.nan,
+    }

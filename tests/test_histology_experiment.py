@@ -1,0 +1,208 @@
+"""The histology experiment end to end on real images: CV units, results files, resume, input errors, heatmaps, demo.
+
+Fixtures are built in tmp_path in the published layouts from the real images of /work/shared/data: UCSB TIFFs
+cropped to 96x128 px (10-12 tissue tiles) under their own names, and six Warwick ``img{i}`` folders copied unchanged. Tests
+that need them skip when that folder is absent.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from abmil.errors import DataError
+from abmil.experiments import histology as hx
+from abmil.experiments.histology import explain_histology, load_unit_model, reproduce_histology
+from abmil.experiments.histology_demo import DEMO_IMAGE, demo_bags, demo_histology, demo_image_path
+from abmil.explain.heatmap import COLORBAR_PX, heatmap_layout
+from abmil.explain.histology import heatmap_for_image
+from abmil.report import paper
+from abmil.report.results import CORE_KEYS, read_results
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BISQUE = SHARED_DATA / "ucsb_breast_images" / "Bisque"
+CLASSIFICATION = SHARED_DATA / "colon_crc" / "Classification"
+BREAST_FILES = [f"ytma10_010704_{kind}{i}_ccd.tif" for kind in ("benign", "malignant") for i in (1, 2, 3)]
+# three negative folders with few nuclei (6, 8, 11) and three positive ones (88, 96, 102 nuclei)
+COLON_FOLDERS = ("img96", "img74", "img35", "img38", "img72", "img32")
+FAST = {"repeats": 1, "folds": 2, "epochs": 2, "patience": 1, "progress": False}
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data absent: {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def breast_root(tmp_path_factory) -> Path:
+    """``root/Bisque/`` with 3 benign + 3 malignant real UCSB images, each cropped to rows 384:480, cols 384:512
+    (10-12 tissue tiles of 32x32 each)."""
+    src = _need(BISQUE)
+    root = tmp_path_factory.mktemp("ucsb")
+    (root / "Bisque").mkdir()
+    for name in BREAST_FILES:
+        with Image.open(src / name) as im:
+            im.convert("RGB").crop((384, 384, 512, 480)).save(root / "Bisque" / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def colon_root(tmp_path_factory) -> Path:
+    """``root/Classification/img{i}/`` for six real folders, files copied unchanged."""
+    src = _need(CLASSIFICATION)
+    root = tmp_path_factory.mktemp("warwick") / "Classification"
+    for name in COLON_FOLDERS:
+        (root / name).mkdir(parents=True)
+        for f in (src / name).iterdir():
+            shutil.copyfile(f, root / name / f.name)  # copyfile: the shared files are read-only
+    return root
+
+
+def _copy(tree: Path, dst: Path) -> Path:
+    shutil.copytree(tree, dst)
+    return dst
+
+
+# --------------------------------------------------------------------------------------------- a full small run
+
+def test_breast_run_files_schema_and_resume(breast_root, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    models = ("attention", "instance-mean")
+    rows = reproduce_histology("breast", breast_root, models=models, out_dir=out, **FAST)
+
+    assert sorted(p.name for p in out.iterdir()) == ["models", "results.csv", "results.json", "results.md", "units"]
+    assert sorted(p.name for p in (out / "units").iterdir()) == sorted(
+        f"{m}__rep0__fold{f}.json" for m in models for f in (0, 1))
+    assert sorted(p.name for p in (out / "models").iterdir()) == [f"{m}.safetensors" for m in sorted(models)]
+
+    # one row per (model, metric); the core schema first; the paper's number beside ours
+    assert [(r.model, r.metric) for r in rows] == [(m, x) for m in models for x in paper.HISTOLOGY_METRICS]
+    raw = json.loads((out / "results.json").read_text())
+    assert all(list(d)[:len(CORE_KEYS)] == list(CORE_KEYS) for d in raw)
+    for r in rows:
+        assert r.dataset == "breast" and r.n_runs == 2 and 0.0 <= r.mean <= 1.0
+        assert (r.paper_mean, r.paper_std) == paper.paper_value("histology", "breast", r.model, r.metric)
+        assert r.extra["std_over"] == "folds" and r.extra["max_epochs"] == 2 and r.extra["patience"] == 1
+    assert [(r.model, r.metric, r.mean) for r in read_results(out / "results.csv")] == [
+        (r.model, r.metric, r.mean) for r in rows]
+    md = (out / "results.md").read_text()
+    assert "### Breast Cancer" in md and "| Attention | ours " in md and "paper 0.745 ± 0.018" in md
+    assert "Gated-Attention (paper only)" in md and "--dataset breast" in md
+
+    unit = json.loads((out / "units" / "attention__rep0__fold1.json").read_text())
+    assert set(unit["metrics"]) == set(paper.HISTOLOGY_METRICS)
+    assert len(unit["test"]) == len(unit["test_probs"]) == 3 and len(unit["val"]) >= 1
+    assert set(unit["train"]).isdisjoint(unit["val"]) and set(unit["train"] + unit["val"]).isdisjoint(unit["test"])
+    assert unit["history"]["epochs_run"] <= 2 and unit["train_seconds"] > 0
+
+    # resume: every unit is cached, nothing is trained again, the same rows come back
+    def boom(unit):
+        raise AssertionError(f"retrained {unit.key}")
+
+    monkeypatch.setattr(hx, "_train_unit", boom)
+    again = reproduce_histology("breast", breast_root / "Bisque", models=models, out_dir=out, **FAST)
+    assert [(r.model, r.metric, r.mean, r.std) for r in again] == [(r.model, r.metric, r.mean, r.std) for r in rows]
+    # other settings are not the cached ones: the unit would be trained again
+    with pytest.raises(AssertionError, match="retrained attention__rep0__fold0"):
+        reproduce_histology("breast", breast_root, models=models, out_dir=out, **{**FAST, "epochs": 3})
+
+    # the saved fold-0 model paints a heatmap of one of its test images
+    net, meta = load_unit_model(out, "attention")
+    image = breast_root / "Bisque" / f"{meta['test'][0]}.tif"
+    heat = heatmap_for_image(net, image, tmp_path / "breast.png")
+    layout = heatmap_layout(heat.coords[:, ::-1], 32, image_shape=(96, 128), title="x")
+    with Image.open(heat.out) as im:
+        assert im.size == (layout.width, layout.height) and layout.width >= 128 + COLORBAR_PX
+    assert heat.score_kind == "attention" and heat.scores.shape == (len(heat.bag),) and len(heat.bag) >= 10
+    assert heat.bag.label == int("malignant" in image.name)
+
+
+def test_colon_run_localisation_and_marked_heatmap(colon_root, tmp_path):
+    out = tmp_path / "run"
+    rows = reproduce_histology("colon", colon_root, models=["attention"], out_dir=out, **{**FAST, "epochs": 1})
+    assert [r.metric for r in rows] == [*paper.HISTOLOGY_METRICS, "instance_auc"]
+    inst = rows[-1]
+    assert inst.paper_mean is None and 0.0 <= inst.mean <= 1.0 and inst.n_runs == 2
+    assert "Instance AUC" in (out / "results.md").read_text()
+
+    text = explain_histology(out, out=tmp_path / "explained.png")  # default: a positive test image of fold 0
+    assert "a test image of fold 0" in text and "label 1" in text and (tmp_path / "explained.png").is_file()
+
+    net, _ = load_unit_model(out, "attention")
+    heat = heatmap_for_image(net, colon_root / "img38" / "img38.bmp", tmp_path / "colon.png")
+    assert heat.patch_size == 27 and heat.scores.shape == (88,) and heat.bag.label == 1
+    png = np.asarray(Image.open(heat.out).convert("RGB"))
+    layout = heatmap_layout(heat.coords[:, ::-1], 27, image_shape=(500, 500), title="x")
+    assert png.shape == (layout.height, layout.width, 3) and layout.width >= 500 + COLORBAR_PX
+    # each epithelial nucleus is marked: a black dot at its centre
+    centres = heat.bag.centres[heat.bag.instance_labels == 1]
+    z = layout.zoom
+    dots = [png[layout.top + int((r + 0.5) * z), int((c + 0.5) * z)].tolist() == [0, 0, 0] for r, c in centres]
+    assert len(centres) == 26 and np.mean(dots) > 0.9
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF")  # Pillow, on the truncated TIFF
+def test_bad_data_names_the_file_and_writes_nothing(breast_root, colon_root, tmp_path):
+    out = tmp_path / "never"
+
+    truncated = _copy(breast_root / "Bisque", tmp_path / "trunc" / "Bisque")
+    victim = truncated / BREAST_FILES[4]
+    victim.write_bytes(victim.read_bytes()[:2000])
+    with pytest.raises(DataError, match=BREAST_FILES[4]):
+        reproduce_histology("breast", truncated, out_dir=out, **FAST)
+
+    small = _copy(breast_root / "Bisque", tmp_path / "small" / "Bisque")
+    Image.new("RGB", (20, 20), (120, 60, 140)).save(small / BREAST_FILES[0])
+    with pytest.raises(DataError, match=f"{BREAST_FILES[0]}.*smaller than one 32x32 patch"):
+        reproduce_histology("breast", small, out_dir=out, **FAST)
+
+    no_detection = _copy(colon_root, tmp_path / "nodet" / "Classification")
+    scipy.io.savemat(str(no_detection / "img74" / "img74_others.mat"), {"points": np.zeros((2, 2))})
+    with pytest.raises(DataError, match="img74_others.mat.*no 'detection'"):
+        reproduce_histology("colon", no_detection, out_dir=out, **FAST)
+
+    with pytest.raises(DataError, match="cannot be split into 4 stratified folds"):
+        reproduce_histology("breast", breast_root, out_dir=out, **{**FAST, "folds": 4})
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"dataset": "lung"}, "dataset must be one of breast, colon"),
+    ({"models": ["mi-net-ds"]}, "unknown histology model"),
+    ({"folds": 1}, "folds must be an integer >= 2"),
+    ({"epochs": 0}, "epochs must be an integer >= 1"),
+    ({"jobs": 0}, "jobs must be an integer >= 1"),
+])
+def test_bad_arguments_write_nothing(kwargs, message, tmp_path):
+    args = {"dataset": "breast", "data_dir": tmp_path / "nowhere", "out_dir": tmp_path / "out", **FAST, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        reproduce_histology(**args)
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------- demo
+
+def test_demo_image_ships_and_bags_follow_the_rule():
+    path = demo_image_path()
+    assert path.name == DEMO_IMAGE and path.is_file() and path.stat().st_size < 1_000_000
+    readme = (path.parent / "README.md").read_text()
+    assert DEMO_IMAGE in readme and "CC0" in readme
+    bags = demo_bags(path)
+    assert len(bags) == 60 and sum(b.label for b in bags) == 24
+    assert all(b.label == b.instance_labels.max() for b in bags)
+
+
+def test_demo_end_to_end(tmp_path):
+    text = demo_histology(tmp_path, epochs=1)
+    assert "NOT A RESULT" in text and "COLOUR RULE" in text and "60 bags, 24 positive" in text
+    for name in ("heatmap.png", "rule.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.size[0] >= 1110 + COLORBAR_PX and im.size[1] >= 1483
