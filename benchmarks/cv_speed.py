@@ -22,9 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from abmil.data.benchmarks import load_benchmark
+from reference_data import BagList  # benchmarks/, beside this script
 from abmil.nn.zoo import benchmark_model
 from abmil.train.cv import cv_splits, fold_standardiser, run_cv
 from abmil.train.presets import benchmark_config
@@ -52,17 +53,6 @@ class ReferenceGatedMLP(nn.Module):
         return y_prob, torch.ge(y_prob, 0.5).float(), a
 
 
-class _Bags(Dataset):
-    def __init__(self, bags, labels):
-        self.bags, self.labels = bags, labels
-
-    def __len__(self):
-        return len(self.bags)
-
-    def __getitem__(self, i):
-        return self.bags[i], self.labels[i]
-
-
 def reference_cv(ds, splits, cfg) -> np.ndarray:
     accs = []
     for s in splits:
@@ -75,7 +65,7 @@ def reference_cv(ds, splits, cfg) -> np.ndarray:
         other = [p for p in model.parameters() if p.dim() < 2]
         opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other}],
                               lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-        loader = DataLoader(_Bags([bags[i] for i in s.train], labels[s.train]), batch_size=1, shuffle=True)
+        loader = DataLoader(BagList([bags[i] for i in s.train], labels[s.train]), batch_size=1, shuffle=True)
         step = 0
         for _ in range(cfg.epochs):
             model.train()

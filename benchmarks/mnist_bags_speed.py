@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from abmil.data.mnist import read_mnist
+from reference_data import BagList  # benchmarks/, beside this script
 from abmil.experiments.mnist_bags import Point, bag_spread, point_bags
 from abmil.nn.zoo import mnist_bags_model
 from abmil.train.fit import fit, predict
@@ -55,23 +56,12 @@ class ReferenceAttention(nn.Module):
         return prob, (prob >= 0.5).float(), a
 
 
-class _Bags(Dataset):
-    def __init__(self, bags, labels):
-        self.bags, self.labels = bags, labels
-
-    def __len__(self):
-        return len(self.bags)
-
-    def __getitem__(self, i):
-        return self.bags[i], self.labels[i]
-
-
 def reference_run(point: Point, images) -> float:
     train, test = point_bags(point, images)
     torch.manual_seed(point.run_seed)
     model = ReferenceAttention()
     opt = torch.optim.Adam(model.parameters(), lr=5e-4, betas=(0.9, 0.999), weight_decay=1e-4)
-    loader = DataLoader(_Bags([torch.from_numpy(b) for b in train.bags], torch.as_tensor(train.labels).float()),
+    loader = DataLoader(BagList([torch.from_numpy(b) for b in train.bags], torch.as_tensor(train.labels).float()),
                         batch_size=1, shuffle=True)
     for _ in range(point.epochs):
         model.train()
