@@ -419,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
-        hint = f"; finished cells are kept in {out}/cells - rerun the same command to resume" if out else ""
+        again = "rerun it with --resume" if args.command == "train" else "rerun the same command"
+        hint = f"; what finished is kept in {out} - {again} to continue" if out else ""
         _error(f"interrupted{hint}")
         return 130
 
