@@ -234,3 +234,25 @@ def test_peak_memory_is_bounded_by_the_chunk():
     assert plain_mib > 100, rows  # 60k x 128 activations, several times over
     assert chunked_mib < plain_mib / 5, rows
     assert abs(rows["plain-train"]["prob"] - rows["chunked-train"]["prob"]) < 1e-5
+
+
+def test_backward_under_bf16_autocast_matches_float32():
+    """The recompute in backward runs under the forward's autocast state (bf16 h against bf16 z and g)."""
+    from abmil.nn.encoders import MLPEncoder
+
+    torch.manual_seed(0)
+    enc, pool = MLPEncoder(64, (32,)), AttentionPool(32, 16, gated=True)
+    params = list(enc.parameters()) + list(pool.parameters())
+    x = torch.randn(1000, 64)
+
+    def grads(bf16: bool) -> torch.Tensor:
+        for p in params:
+            p.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            z, _ = chunked_attention(x, enc, pool, chunk_size=100)
+            loss = z.float().square().sum()
+        loss.backward()
+        return torch.cat([p.grad.flatten().float() for p in params])
+
+    full, half = grads(False), grads(True)
+    assert ((half - full).norm() / full.norm()).item() < 0.05

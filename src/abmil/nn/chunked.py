@@ -152,6 +152,10 @@ class _ChunkedAttention(torch.autograd.Function):
         # the RNG state, so that dropout inside f draws the same masks when backward recomputes
         ctx.cpu_rng = torch.get_rng_state()
         ctx.cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None
+        # ... and the autocast state: backward runs outside autocast unless told, and its recompute must make the
+        # same dtypes as forward did (bf16 h against bf16 z and g)
+        device = x.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         state = OnlineSoftmaxPool()
         logits = None  # (n,) allocated once: see _LogitBuffer for why not a list of chunks
         for start in range(0, x.shape[0], chunk_size):
@@ -180,7 +184,9 @@ class _ChunkedAttention(torch.autograd.Function):
         grads = [torch.zeros_like(p) for p in param_tensors]
         grad_x = torch.empty_like(x) if need_x else None
         devices = [x.device] if x.is_cuda else []
-        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+        device, autocast_on, autocast_dtype = ctx.autocast
+        with torch.random.fork_rng(devices=devices), torch.enable_grad(), \
+                torch.autocast(device, dtype=autocast_dtype, enabled=autocast_on):
             torch.set_rng_state(ctx.cpu_rng)
             if ctx.cuda_rng is not None:
                 torch.cuda.set_rng_state(ctx.cuda_rng, x.device)
