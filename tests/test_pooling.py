@@ -357,3 +357,26 @@ def test_collate_then_pool_equals_alone():
     for i, b in enumerate(bags):
         zi, _ = pool(b, alone_index(b.shape[0]), 1)
         assert maxdiff(z[i], zi[0]) < TOL
+
+
+def test_attention_pool_under_bf16_autocast_keeps_float32_sums():
+    """Segment sums and the segment softmax accumulate in float32 for bf16 inputs: summed in bf16, a
+    1000-instance bag's gradients were off by more than their own norm."""
+    from abmil.nn.encoders import MLPEncoder
+
+    torch.manual_seed(0)
+    enc, pool = MLPEncoder(64, (32,)), AttentionPool(32, 16, gated=True)
+    params = list(enc.parameters()) + list(pool.parameters())
+    x, bag_index = torch.randn(1000, 64), torch.zeros(1000, dtype=torch.long)
+
+    def grads(bf16: bool) -> torch.Tensor:
+        for p in params:
+            p.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            z, weights = pool(enc(x), bag_index, 1)
+            z.float().square().sum().backward()
+        assert abs(weights.float().sum().item() - 1.0) < 1e-2
+        return torch.cat([p.grad.flatten().float() for p in params])
+
+    full, half = grads(False), grads(True)
+    assert ((half - full).norm() / full.norm()).item() < 0.05

@@ -23,9 +23,14 @@ def _expand(bag_index: Tensor, like: Tensor) -> Tensor:
 
 
 def segment_sum(x: Tensor, bag_index: Tensor, n_bags: int) -> Tensor:
-    """Sum within each bag. ``x`` (n_instances, *rest) → (n_bags, *rest)."""
-    out = x.new_zeros((n_bags, *x.shape[1:]))
-    return out.index_add(0, bag_index, x)
+    """Sum within each bag. ``x`` (n_instances, *rest) → (n_bags, *rest).
+
+    Half-precision inputs (bf16/fp16, e.g. under autocast) are accumulated in float32: summed one by one in bf16, a
+    bag's 1000 attention-weighted terms lose most of their mass to rounding.
+    """
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    out = x.new_zeros((n_bags, *x.shape[1:]), dtype=acc)
+    return out.index_add(0, bag_index, x.to(acc)).to(x.dtype)
 
 
 def segment_count(bag_index: Tensor, n_bags: int) -> Tensor:
@@ -51,6 +56,8 @@ def segment_softmax(logits: Tensor, bag_index: Tensor, n_bags: int) -> Tensor:
     Each bag's maximum is subtracted before ``exp`` (it cancels in the ratio), so logits of
     ±1e4 neither overflow nor underflow to 0/0.
     """
+    if logits.dtype in (torch.float16, torch.bfloat16):  # forward and backward sums in float32 (see segment_sum)
+        return segment_softmax(logits.float(), bag_index, n_bags).to(logits.dtype)
     bag_max = segment_max(logits.detach(), bag_index, n_bags)
     e = torch.exp(logits - bag_max[bag_index])
     return e / segment_sum(e, bag_index, n_bags)[bag_index]
