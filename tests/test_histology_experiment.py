@@ -206,3 +206,21 @@ def test_demo_end_to_end(tmp_path):
     for name in ("heatmap.png", "rule.png"):
         with Image.open(tmp_path / name) as im:
             assert im.size[0] >= 1110 + COLORBAR_PX and im.size[1] >= 1483
+
+
+def test_cli_truncated_image_exits_2_naming_it(breast_root, tmp_path):
+    import subprocess
+    import sys
+
+    truncated = _copy(breast_root / "Bisque", tmp_path / "trunc" / "Bisque")
+    victim = truncated / BREAST_FILES[1]
+    victim.write_bytes(victim.read_bytes()[:2000])
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "abmil", "reproduce", "histology", "--dataset", "breast",
+                           "--data-dir", str(truncated), "--repeats", "1", "--folds", "2", "--epochs", "1",
+                           "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    # the last line is ours (libtiff may print its own "Read error" lines from C before it)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("abmil: error:") and BREAST_FILES[1] in last
+    assert not out.exists()

@@ -32,6 +32,7 @@ need the optional ``openslide`` package (imported only when such a file is read)
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,7 +123,9 @@ def read_rgb(path: str | Path, *, level: int = 0) -> np.ndarray:
     if path.suffix.lower() == ".svs":
         return _read_svs(path, level)
     try:
-        with Image.open(path) as im:
+        # Pillow's warnings about a damaged file (e.g. "Corrupt EXIF data") would only precede our own error
+        with warnings.catch_warnings(), Image.open(path) as im:
+            warnings.simplefilter("ignore", UserWarning)
             im.load()  # decode now: a truncated file fails here, not later
             if im.mode not in _RGB_CONVERTIBLE:
                 raise DataError(f"unsupported image mode {im.mode!r} (want 8-bit RGB)", path=str(path))
