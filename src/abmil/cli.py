@@ -240,11 +240,19 @@ def _wsi_commands(commands) -> None:
     predict.set_defaults(handler=_predict)
 
     heat = commands.add_parser(
-        "heatmap", help="paint a trained run's attention over one slide (PNG)",
-        description="Paint each patch's attention (rank percentile within the slide) at its coords, over a "
-                    "thumbnail of the slide or a white canvas, with a colour bar.")
-    heat.add_argument("--run", required=True, metavar="RUN", help="an `abmil train` --out folder")
-    heat.add_argument("--slide", required=True, metavar="FILE.h5", help="the slide's features with coords")
+        "heatmap", help="paint a trained run's attention over one slide or H&E image (PNG)",
+        description="Paint each patch's attention at its coords with a colour bar: over a thumbnail of the slide "
+                    "or a white canvas (--slide: rank percentile within the slide), or over an H&E image cut into "
+                    "the patches of a histology run (--image: min-max scaled; epithelial nuclei circled on "
+                    "annotated Warwick images).")
+    heat.add_argument("--run", required=True, metavar="RUN",
+                      help="an `abmil train` --out folder (with --slide) or an `abmil reproduce histology` --out "
+                           "folder (with --image)")
+    source = heat.add_mutually_exclusive_group(required=True)
+    source.add_argument("--slide", metavar="FILE.h5", help="the slide's features with coords")
+    source.add_argument("--image", metavar="IMG",
+                        help="an H&E image: cut into the run's patches and painted, as `abmil explain histology`")
+    heat.add_argument("--model", default="attention", help="with --image: the histology model key (default attention)")
     heat.add_argument("--thumbnail", default=None, metavar="IMG", help="background image of the slide")
     heat.add_argument("--downsample", type=float, default=None, metavar="K",
                       help="level-0 pixels per thumbnail pixel (needed with --thumbnail)")
@@ -389,6 +397,12 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _heatmap(args: argparse.Namespace) -> int:
+    if args.image is not None:
+        from abmil.experiments.histology import explain_histology
+
+        print(explain_histology(args.run, model=args.model, image=args.image, out=args.out,
+                                downsample=args.downsample or 1.0))
+        return 0
     from abmil.explain.slide import slide_heatmap
 
     print(slide_heatmap(args.run, args.slide, args.out, thumbnail=args.thumbnail, downsample=args.downsample,
