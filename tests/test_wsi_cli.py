@@ -82,6 +82,21 @@ def test_predict_writes_csv_and_attention_h5(trained, tmp_path, capsys):
         assert g.attrs["predicted"] == rows[0]["predicted"]
 
 
+def test_predict_on_unlabelled_slides(trained, tmp_path, capsys):
+    root, manifest, features = trained
+    unlabelled = tmp_path / "new.csv"
+    unlabelled.write_text("slide_id,label\ns00,\ns01,tumor\n")
+    out = tmp_path / "preds.csv"
+    assert main(["predict", "--run", str(root / "run"), "--manifest", str(unlabelled), "--features", str(features),
+                 "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["slide_id"], r["label"]) for r in rows] == [("s00", ""), ("s01", "tumor")]
+    assert all(r["predicted"] in ("normal", "tumor") for r in rows)
+    # training still needs every label
+    fail(capsys, ["train", "--manifest", str(unlabelled), "--features", str(features), "--out", str(tmp_path / "r"),
+                  *TRAIN], "field 'label' is empty")
+
+
 def test_heatmap_over_thumbnail_and_on_white(trained, tmp_path, capsys):
     root, _, features = trained
     coords = grid(70)

@@ -389,7 +389,7 @@ def _predict(args: argparse.Namespace) -> int:
     from abmil.train.wsi_predict import load_run, predict_dataset, write_predictions
 
     run = load_run(args.run, args.device)
-    dataset = FeatureBagDataset(args.manifest, args.features, classes=run.classes)
+    dataset = FeatureBagDataset(args.manifest, args.features, classes=run.classes, require_labels=False)
     preds = predict_dataset(run, dataset)
     h5 = write_predictions(preds, run.classes, args.out)
     print(f"wrote {args.out} ({len(preds)} slides), {h5}")

@@ -88,6 +88,7 @@ class FeatureBagDataset(Dataset):
         cache_bytes: keep recently read slides in RAM up to this many bytes (0: no cache).
             Each DataLoader worker process keeps its own cache; treat cached tensors as read-only.
         check_finite: reject features holding NaN or ±Inf when they are read.
+        require_labels: ``False`` lets ``label`` cells be empty (slides to predict); their label is None.
 
     Every slide's file must exist when the dataset is built; its contents are checked when it
     is read (or all at once, from metadata only, by :meth:`validate`).
@@ -96,10 +97,10 @@ class FeatureBagDataset(Dataset):
     def __init__(self, manifest: str | os.PathLike, features_dir: str | os.PathLike | None = None, *,
                  split: str | None = None, classes: Sequence[str] | None = None,
                  dtype: torch.dtype | None = torch.float32, cache_bytes: int = 0,
-                 check_finite: bool = True):
+                 check_finite: bool = True, require_labels: bool = True):
         self.manifest = os.fspath(manifest)
         self.features_dir = Path(features_dir) if features_dir is not None else Path(self.manifest).parent
-        rows = read_manifest(self.manifest)
+        rows = read_manifest(self.manifest, require_labels=require_labels)
         if split is not None:
             if all(r.split is None for r in rows):
                 raise DataError(f"manifest has no 'split' column to select split {split!r} from",
@@ -107,9 +108,10 @@ class FeatureBagDataset(Dataset):
             rows = [r for r in rows if r.split == split]
             if not rows:
                 raise DataError(f"no slides in split {split!r}", path=self.manifest)
-        labels, self.classes = encode_labels(rows, classes, manifest=self.manifest)
-        self.labels: list[int] = labels
-        """Class index of each slide."""
+        encoded, self.classes = encode_labels([r for r in rows if r.label], classes, manifest=self.manifest)
+        labels = iter(encoded)
+        self.labels: list[int | None] = [next(labels) if r.label else None for r in rows]
+        """Class index of each slide (None for an unlabelled slide, only with ``require_labels=False``)."""
         self.slide_ids: list[str] = [r.slide_id for r in rows]
         self.splits: list[str | None] = [r.split for r in rows]
         self.files: list[FeatureFile] = [FeatureFile(self._resolve(r.slide_id, r.path), r.slide_id)

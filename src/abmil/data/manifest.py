@@ -33,8 +33,11 @@ class ManifestRow:
     path: str | None = None
 
 
-def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
-    """Read and check a manifest CSV: columns present, not empty, no duplicate or blank ids/labels."""
+def read_manifest(path: str | os.PathLike, *, require_labels: bool = True) -> list[ManifestRow]:
+    """Read and check a manifest CSV: columns present, not empty, no duplicate or blank ids/labels.
+
+    ``require_labels=False`` (prediction on new slides): an empty ``label`` cell is allowed and read as ``""``.
+    """
     path = os.fspath(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
@@ -62,7 +65,7 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
             raise DataError(f"field 'slide_id': duplicate slide id (lines {seen[slide_id]} and {line})",
                             path=path, bag=slide_id)
         seen[slide_id] = line
-        if not cells["label"]:
+        if not cells["label"] and require_labels:
             raise DataError(f"line {line}: field 'label' is empty", path=path, bag=slide_id)
         rows.append(ManifestRow(slide_id, cells["label"], cells.get("split") or None,
                                 cells.get("path") or None))
