@@ -166,8 +166,10 @@ def test_cache_hits_and_byte_budget(slides, monkeypatch):
     assert len(ds.cache) == 2 and ds.cache.nbytes == clam_bytes + 12 * DIM * 4
     ds[3]  # ptnumpy does not: the least recently used (clam) goes
     assert 0 not in ds.cache and 2 in ds.cache and 3 in ds.cache
-    ds[1]  # trident (45 x 8 x 4 + coords) exceeds the whole budget: read, never cached
-    assert 1 not in ds.cache and ds.cache.nbytes <= ds.cache.max_bytes
+    held = ds.cache.nbytes
+    ds[1]  # trident (45 x 8 x 4 + coords) exceeds the whole budget: read, never cached, evicts nothing
+    assert 1 not in ds.cache and 2 in ds.cache and 3 in ds.cache and ds.cache.nbytes == held
+    assert reads[-1] == "trident"
 
     off = FeatureBagDataset(manifest, d)  # cache_bytes=0: every access reads
     reads.clear()

@@ -163,7 +163,9 @@ def test_real_validation_run_stops_and_reports():
     model = benchmark_model("attention", 6)
     hist = fit_early_stopping(model, bags[:12], labels[:12], TrainConfig(optimizer="adam", lr=1e-3, epochs=8),
                               seed=0, val_bags=bags[12:], val_labels=labels[12:], stopping=EarlyStopping(patience=2))
-    assert 1 <= hist.epochs_run <= 8 and len(hist.val_error) == hist.epochs_run
+    assert len(hist.val_error) == len(hist.val_loss) == hist.epochs_run
+    # it ran to the cap, or stopped exactly `patience` epochs after its best
+    assert hist.epochs_run == (hist.best_epoch + 1 + 2 if hist.stopped_early else 8)
     assert hist.best_epoch == int(np.lexsort((hist.val_loss, hist.val_error))[0])  # the first best (error, loss)
     assert not model.training
 

@@ -185,6 +185,14 @@ def _summary_rows(points: Sequence[Point], records: dict[str, dict[str, Any]]) -
     return rows
 
 
+def _command(bag_means, train_bags, models, repeats, seed, test_bags, epochs, mnist_dir, out) -> str:
+    """The CLI command that reproduces these settings (for results.md)."""
+    return shlex.join(["abmil", "reproduce", "mnist-bags", "--bag-means", ",".join(map(str, bag_means)),
+                       "--train-bags", ",".join(map(str, train_bags)), "--models", ",".join(models),
+                       "--repeats", str(repeats), "--seed", str(seed), "--test-bags", str(test_bags),
+                       "--epochs", str(epochs), "--mnist-dir", str(mnist_dir), "--out", str(out)])
+
+
 def _validate_ints(values: Sequence[int], name: str, minimum: int) -> list[int]:
     out = [int(v) for v in values]
     if not out or any(v < minimum for v in out):
@@ -223,8 +231,7 @@ def reproduce_mnist_bags(mnist_dir: str | Path, *, bag_means: Sequence[int] = (1
             todo.append(p)
         else:
             records[p.key] = rec
-    command = "abmil " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("abmil") else (
-        "reproduce_mnist_bags(...)")
+    command = _command(bag_means, train_bags, models, repeats, seed, test_bags, epochs, mnist_dir, out)
 
     def publish() -> list[ResultRow]:
         rows = _summary_rows(points, records)

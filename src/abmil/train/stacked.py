@@ -158,6 +158,8 @@ class StackedTrainer:
         self.grads = {n: torch.zeros_like(w) for n, w in self.weights.items()}
         self.decayed = [n for n, p in self.template.named_parameters()
                         if config.weight_decay and (config.decay_biases or is_decayed(n, p))]
+        # parameter names updated with weight decay and without: two fused optimizer calls per block of runs
+        self._decay_groups = (self.decayed, [n for n in self.weights if n not in self.decayed])
         self._source = _Weights()
         self._source.tensors = self.weights
         self.stacked = _stack_module(self.template, self._source)
@@ -239,13 +241,12 @@ class StackedTrainer:
         """One ``torch.optim`` step (same formulas, torch's fused kernels) for the first
         ``n_active`` runs, one call per block of runs that share a step count."""
         cfg = self.config
-        groups = [[n for n in self.weights if n in self.decayed], [n for n in self.weights if n not in self.decayed]]
         for a, b in self.blocks:
             if a >= n_active:
                 break
             step = float(self._steps[a])
             lr = cfg.lr_at(int(step))
-            for names, wd in zip(groups, (cfg.weight_decay, 0.0)):
+            for names, wd in zip(self._decay_groups, (cfg.weight_decay, 0.0)):
                 if not names:
                     continue
                 params = [self.weights[n][a:b] for n in names]
