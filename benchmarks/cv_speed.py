@@ -4,12 +4,14 @@ code's way versus abmil's, side by side in one run.
 Reference way (as AMLab-Amsterdam/AttentionDeepMIL's main.py trains): one run after another, a
 DataLoader with batch_size=1 and shuffle, the bag's leading batch dimension squeezed away, a
 softmax over the bag, a second forward pass per bag for the training error, torch.optim.SGD.
-abmil way: the same runs (same folds, seeds, optimizer settings, epochs) with the stacked engine,
-which keeps each run's semantics (its bags, its order, its optimizer steps: tests/test_stacked.py),
-and, reported separately, the mini-batch mode (B packed bags per step — a departure from the
-paper's batch size 1).
+abmil way: the same runs (same folds, seeds, optimizer settings, epochs) with the direct engine
+(one run after another, backward passes written out, torch's fused SGD kernel) and with the stacked
+engine (all runs at once as batched matmuls), on 1 and 2 worker processes; both keep each run's
+semantics (its bags, its order, its dropout masks, its optimizer steps: tests/test_direct.py,
+tests/test_stacked.py). Reported separately: the mini-batch mode (B packed bags per step — a
+departure from the paper's batch size 1).
 
-    python benchmarks/cv_speed.py [--epochs 50] [--repeats 5] [--batch-sizes 10,100]
+    python benchmarks/cv_speed.py [--epochs 50] [--repeats 5] [--batch-sizes 10,100] [--engines direct,stacked]
 
 Prints both mean accuracies and the speed-up ratios. Run it on an otherwise idle machine.
 """
@@ -95,6 +97,7 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=10)
     ap.add_argument("--batch-sizes", default="10,100")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--engines", default="direct,stacked", help="abmil engines to time at batch size 1")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ds = load_benchmark("musk1")
@@ -112,17 +115,20 @@ def main() -> None:
     def factory():
         return benchmark_model("gated", ds.n_features)
 
-    for jobs in (1, 2):
-        t = time.perf_counter()
-        res = run_cv(ds.bags, ds.labels, factory, cfg, folds=args.folds, repeats=args.repeats, seed=0, n_jobs=jobs)
-        t_ab = time.perf_counter() - t
-        acc = res.accuracies(ds.labels)
-        print(f"abmil, batch size 1, {jobs} process(es): acc {acc.mean():.3f}  {t_ab:8.1f} s  "
-              f"{t_ab / n_steps * 1e6:7.0f} us/bag-step  speed-up x{t_ref / t_ab:.1f}  (same runs, same steps)")
+    for engine in [e for e in args.engines.split(",") if e]:
+        for jobs in (1, 2):
+            t = time.perf_counter()
+            res = run_cv(ds.bags, ds.labels, factory, cfg, folds=args.folds, repeats=args.repeats, seed=0,
+                         n_jobs=jobs, engine=engine)
+            t_ab = time.perf_counter() - t
+            acc = res.accuracies(ds.labels)
+            print(f"abmil {engine:<7}, batch size 1, {jobs} process(es): acc {acc.mean():.3f}  {t_ab:8.1f} s  "
+                  f"{t_ab / n_steps * 1e6:7.0f} us/bag-step  speed-up x{t_ref / t_ab:.1f}  (same runs, same steps)")
     for bs in [int(b) for b in args.batch_sizes.split(",") if b]:
         mcfg = benchmark_config("musk1", "gated", epochs=args.epochs, batch_size=bs)
         t = time.perf_counter()
-        res = run_cv(ds.bags, ds.labels, factory, mcfg, folds=args.folds, repeats=args.repeats, seed=0, n_jobs=2)
+        res = run_cv(ds.bags, ds.labels, factory, mcfg, folds=args.folds, repeats=args.repeats, seed=0, n_jobs=2,
+                     engine="stacked")
         dt = time.perf_counter() - t
         acc = res.accuracies(ds.labels)
         print(f"abmil mini-batch {bs:>3}, 2 processes: acc {acc.mean():.3f}  {dt:8.1f} s  speed-up x{t_ref / dt:.1f}"

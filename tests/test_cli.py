@@ -52,7 +52,8 @@ def test_reproduce_writes_results(small_run: Path):
     assert row["std_over"] == "folds"  # one repeat: the spread is over its folds
     assert 0.0 <= row["mean"] <= 1.0 and row["std"] == pytest.approx(row["std_folds"])
     assert row["paper_mean"] == pytest.approx(0.892)  # Table 1, unconfirmed
-    assert row["run"]["engine"] == "stacked" and row["run"]["seconds"] > 0 and row["run"]["resumed"] is False
+    assert row["run"]["engine"] == "direct" and row["run"]["seconds"] > 0  # auto: direct for attention, batch 1
+    assert row["run"]["resumed"] is False
     md = (small_run / "results.md").read_text()
     assert "Attention (`attention`)" in md and "--epochs 3" in md
     assert (small_run / "results.csv").read_text().startswith(",".join(CORE_KEYS))

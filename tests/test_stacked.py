@@ -217,7 +217,7 @@ def test_same_seed_same_weights_different_seed_different():
     assert all(not torch.equal(a.params(k)[n], c.params(k)[n]) for k in (0, 1) for n in ('encoder.layers.0.weight',))
 
 
-@pytest.mark.parametrize("engine", ["stacked", "sequential"])
+@pytest.mark.parametrize("engine", ["stacked", "sequential", "direct"])
 def test_run_cv_deterministic(engine):
     ds, sub = musk1(), subset()
     bags, labels = [ds.bags[i] for i in sub], ds.labels[sub]
@@ -235,7 +235,7 @@ def test_run_cv_deterministic(engine):
 
 
 # ----------------------------------------------------------------------------- run_cv engines agree
-def test_run_cv_stacked_equals_sequential_musk1():
+def test_run_cv_engines_agree_musk1():
     ds = musk1()
     cfg = benchmark_config("musk1", "attention", epochs=2)
     done = []
@@ -244,13 +244,15 @@ def test_run_cv_stacked_equals_sequential_musk1():
         return run_cv(ds.bags, ds.labels, lambda: benchmark_model("attention", IN_DIM), cfg, folds=3, repeats=1,
                       seed=0, engine=engine, progress=lambda d, t: done.append((engine, d, t)))
 
-    st, sq = go("stacked"), go("sequential")
-    assert len(st.probs) == len(sq.probs) == 3
-    for s, p, q in zip(st.splits, st.probs, sq.probs):
-        assert p.shape == q.shape == (len(s.test),)
-        assert np.abs(p - q).max() < 1e-4
+    st, sq, di, auto = go("stacked"), go("sequential"), go("direct"), go("auto")
+    assert len(st.probs) == len(sq.probs) == len(di.probs) == 3
+    for s, p, q, r, a in zip(st.splits, st.probs, sq.probs, di.probs, auto.probs):
+        assert p.shape == q.shape == r.shape == (len(s.test),)
+        assert np.abs(p - q).max() < 1e-4 and np.abs(r - q).max() < 1e-4
+        assert np.array_equal(a, r)  # auto picks direct for an MLP attention model at batch size 1
     assert np.array_equal(st.accuracies(ds.labels), sq.accuracies(ds.labels))
-    assert ("stacked", 2, 2) in done and ("sequential", 3, 3) in done
+    assert np.array_equal(di.accuracies(ds.labels), sq.accuracies(ds.labels))
+    assert ("stacked", 2, 2) in done and ("sequential", 3, 3) in done and ("direct", 3, 3) in done
     with pytest.raises(ValueError):
         run_cv(ds.bags, ds.labels, lambda: benchmark_model("attention", IN_DIM), cfg, folds=3, repeats=1,
                engine="parallel")
@@ -284,8 +286,10 @@ def test_fold_standardiser_uses_training_bags_only():
     assert (sd > 0).all()
 
 
-def test_run_cv_in_two_worker_processes_gives_the_same_numbers():
-    """n_jobs splits the runs over forked workers; each run is trained exactly as before."""
+@pytest.mark.parametrize("engine, expected_ticks", [("stacked", [(1, 1)]), ("direct", [(2, 3), (3, 3)])])
+def test_run_cv_in_two_worker_processes_gives_the_same_numbers(engine, expected_ticks):
+    """n_jobs splits the runs over forked workers; each run is trained exactly as before. Worker 0 reports progress
+    (the direct engine: its share of the runs, scaled to all runs)."""
     from abmil.data.benchmarks import load_benchmark
     from abmil.nn.zoo import benchmark_model
     from abmil.train.cv import run_cv
@@ -293,10 +297,11 @@ def test_run_cv_in_two_worker_processes_gives_the_same_numbers():
 
     ds = load_benchmark("musk1")
     cfg = benchmark_config("musk1", "gated", epochs=1)
-    one = run_cv(ds.bags, ds.labels, lambda: benchmark_model("gated", 166), cfg, folds=3, repeats=1, n_jobs=1)
+    one = run_cv(ds.bags, ds.labels, lambda: benchmark_model("gated", 166), cfg, folds=3, repeats=1, n_jobs=1,
+                 engine=engine)
     ticks = []
     two = run_cv(ds.bags, ds.labels, lambda: benchmark_model("gated", 166), cfg, folds=3, repeats=1, n_jobs=2,
-                 progress=lambda done, total: ticks.append((done, total)))
-    assert ticks == [(1, 1)]
+                 progress=lambda done, total: ticks.append((done, total)), engine=engine)
+    assert ticks == expected_ticks
     for a, b in zip(one.probs, two.probs):
         np.testing.assert_allclose(a, b, atol=1e-5)

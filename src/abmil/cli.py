@@ -1,7 +1,7 @@
 """Command line: argument parsing and printing only; the work is done in :mod:`abmil.experiments`.
 
     abmil reproduce benchmarks [--datasets musk1,...] [--models attention,gated,...] [--folds 10] [--repeats 5]
-                               [--seed 0] [--epochs N] [--batch-size 1] [--engine stacked|sequential]
+                               [--seed 0] [--epochs N] [--batch-size 1] [--engine auto|direct|stacked|sequential]
                                [--data musk1=path.mat,...] [--out DIR] [--no-progress]
     abmil reproduce mnist-bags [--bag-means 10,50,100] [--train-bags 50,...,500] [--models attention,gated]
                                [--repeats 5] [--mnist-dir DIR] [--download] [--out DIR] [--jobs N]
@@ -52,6 +52,7 @@ def _data_paths(values: Sequence[str] | None) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     from abmil import __version__
+    from abmil.train.cv import ENGINES
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="Attention-based deep multiple-instance learning (Ilse et al., ICML 2018).")
@@ -78,11 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0, help="seed of the splits and of the runs (default 0)")
     bench.add_argument("--epochs", type=int, default=None, help="training epochs (default: the protocol's 50)")
     bench.add_argument("--batch-size", type=int, default=1, help="bags per optimizer step (default 1, the paper's)")
-    bench.add_argument("--engine", choices=("stacked", "sequential"), default="stacked",
-                       help="stacked: all runs of a cell trained at once (fast); sequential: one by one. "
-                            "Same numbers (default stacked)")
+    bench.add_argument("--engine", choices=ENGINES, default="auto",
+                       help="direct: runs one by one, backward passes written out (MLP models, batch size 1); "
+                            "stacked: all runs of a cell at once; sequential: one by one with autograd; "
+                            "auto: direct where it applies, else stacked. Same numbers (default auto)")
     bench.add_argument("--jobs", type=int, default=1,
-                       help="stacked engine: worker processes, one CPU core each (default 1). Same numbers")
+                       help="worker processes, one CPU core each (default 1). Same numbers")
     bench.add_argument("--data", action="append", default=None, metavar="NAME=PATH[,NAME=PATH]",
                        help="read dataset NAME from a .csv/.mat(.gz) file instead of the shipped copy "
                             "(repeatable)")

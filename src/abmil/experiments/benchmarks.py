@@ -41,7 +41,7 @@ from abmil.nn.zoo import benchmark_model, check_model_key
 from abmil.report import paper
 from abmil.report.results import ResultRow, summarise, write_results
 from abmil.train.config import TrainConfig
-from abmil.train.cv import cv_splits, fold_standardiser, run_cv
+from abmil.train.cv import ENGINES, cv_splits, fold_standardiser, resolve_engine, run_cv
 from abmil.train.fit import fit, predict
 from abmil.train.presets import benchmark_config
 
@@ -59,7 +59,6 @@ __all__ = [
 DEFAULT_DATASETS: tuple[str, ...] = ("musk1", "musk2", "fox", "tiger", "elephant")
 DEFAULT_MODELS: tuple[str, ...] = ("attention", "gated", "instance-max", "embedding-max", "mi-net-ds", "mi-net-rc")
 DEFAULT_EPOCHS = 50  # Wang et al.'s released code; benchmark_config's default
-ENGINES: tuple[str, ...] = ("stacked", "sequential")
 CELL_FORMAT = 1  # bump when the cell file's content changes meaning
 _METRIC = "accuracy"
 _CSV_SUFFIXES = (".csv", ".csv.gz")
@@ -256,7 +255,7 @@ def reproduce_benchmarks(
     epochs: int | None = None,
     batch_size: int = 1,
     out_dir: str | Path,
-    engine: str = "stacked",
+    engine: str = "auto",
     progress: bool = True,
     data_paths: Mapping[str, str | Path] | None = None,
     jobs: int = 1,
@@ -270,8 +269,9 @@ def reproduce_benchmarks(
         epochs: ``None`` = the protocol's 50.
         batch_size: bags per optimizer step (1 = the paper's).
         out_dir: where results.{json,csv,md} and cells/ go (created; an existing one is resumed from).
-        engine: ``"stacked"`` (all runs of a cell at once) or ``"sequential"``; same numbers.
-        progress: a tqdm bar on stderr (epochs for the stacked engine, runs for the sequential one).
+        engine: :data:`abmil.train.cv.ENGINES`: ``"auto"`` (direct where it applies, else stacked),
+            ``"direct"``, ``"stacked"`` or ``"sequential"``; same numbers (to float rounding).
+        progress: a tqdm bar on stderr (epochs for the stacked engine, runs for the others).
         data_paths: dataset name -> .csv/.mat(.gz) file, used instead of the shipped copy (or for a new name).
 
     Returns:
@@ -298,18 +298,21 @@ def reproduce_benchmarks(
     settings = {c.key: _cell_settings(c, folds, repeats, seed, fingerprints[c.dataset]) for c in cells}
     cached = {c.key: _read_cell(out / "cells" / f"{c.key}.json", settings[c.key]) for c in cells}
     n_runs = folds * repeats
-    units = {c.key: (c.config.epochs if engine == "stacked" else n_runs) for c in cells}
+    engines = {c.key: resolve_engine(engine, lambda c=c: benchmark_model(c.model, c.data.n_features), c.config)
+               for c in cells}
+    units = {c.key: (c.config.epochs if engines[c.key] == "stacked" else n_runs) for c in cells}
     todo = [c for c in cells if cached[c.key] is None]
 
     (out / "cells").mkdir(parents=True, exist_ok=True)  # inputs are valid: fail now, not after a cell, if unwritable
-    bar = _progress_bar(sum(units[c.key] for c in todo), engine, enabled=progress)
+    bar = _progress_bar(sum(units[c.key] for c in todo), {engines[c.key] for c in todo}, enabled=progress)
     rows: list[ResultRow] = []
     try:
         for cell in cells:
             record = cached[cell.key]
             resumed = record is not None
             if record is None:
-                record = _run_cell(cell, settings[cell.key], folds=folds, repeats=repeats, seed=seed, engine=engine,
+                record = _run_cell(cell, settings[cell.key], folds=folds, repeats=repeats, seed=seed,
+                                   engine=engines[cell.key],
                                    bar=bar, jobs=jobs)
                 write_json_atomic(out / "cells" / f"{cell.key}.json", record)
             row = _row(cell, record, repeats=repeats, folds=folds, resumed=resumed)
@@ -323,12 +326,12 @@ def reproduce_benchmarks(
     return rows
 
 
-def _progress_bar(total: int, engine: str, *, enabled: bool):
+def _progress_bar(total: int, engines: set[str], *, enabled: bool):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    unit = "epoch" if engine == "stacked" else "run"
+    unit = "epoch" if engines == {"stacked"} else "run" if "stacked" not in engines else "it"  # mixed units
     return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
 
@@ -401,9 +404,9 @@ def demo(out: str | Path | None = None, *, folds: int = 10, seed: int = 0, progr
         out_dir = out if out is not None else stack.enter_context(tempfile.TemporaryDirectory(prefix="abmil-demo-"))
         start = time.perf_counter()
         rows = reproduce_benchmarks([dataset], models, folds=folds, repeats=1, seed=seed, out_dir=out_dir,
-                                    engine="stacked", progress=progress, jobs=jobs)
+                                    progress=progress, jobs=jobs)
         cv_seconds = time.perf_counter() - start
-    lines = [f"Musk1, {folds}-fold CV (1 repeat; the paper: 10-fold x 5), bag accuracy, stacked engine, "
+    lines = [f"Musk1, {folds}-fold CV (1 repeat; the paper: 10-fold x 5), bag accuracy, "
              f"{cv_seconds:.0f} s:", ""]
     lines += _table(rows)
     lines += ["", "Paper numbers are unconfirmed (recalled, not checked against the PDF); ours: ± = std over the "
@@ -432,7 +435,7 @@ def _attention_example(dataset: str, *, folds: int, seed: int, model_key: str = 
     mu, sd = fold_standardiser(data.bags, split.train)
     bags = [(torch.as_tensor(b) - mu) / sd for b in data.bags]
     config = benchmark_config(dataset, model_key)
-    torch.manual_seed(split.seed)  # as run_cv's sequential engine seeds this run
+    torch.manual_seed(split.seed)  # as run_cv seeds this run
     model = benchmark_model(model_key, data.n_features)
     start = time.perf_counter()
     fit(model, [bags[i] for i in split.train], torch.as_tensor(data.labels[split.train]), config, seed=split.seed)

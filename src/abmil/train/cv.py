@@ -1,8 +1,9 @@
 """Repeated k-fold cross-validation, the paper's protocol for the MIL benchmarks.
 
 Each (repeat, fold) is one *run*: a fresh model trained on the training folds and scored on the
-held-out fold. Runs are independent, so the stacked engine trains them all at once
-(``abmil.train.stacked``) with the same numbers as training them one by one.
+held-out fold. Runs are independent: the direct engine trains them one by one without autograd
+(``abmil.train.direct``), the stacked engine all at once (``abmil.train.stacked``), with the same
+numbers as training them one by one with :func:`abmil.train.fit.fit`.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
 from .config import TrainConfig
+from .direct import DirectTrainer, supports
 from .fit import fit, predict
 from .stacked import RunSpec, StackedTrainer
 
@@ -62,49 +64,75 @@ class CVResult:
         return np.array([np.mean((p >= 0.5) == (labels[s.test] == 1)) for s, p in zip(self.splits, self.probs)])
 
 
+ENGINES = ("auto", "direct", "stacked", "sequential")
+
+
+def resolve_engine(engine: str, model_factory: Callable[[], nn.Module], config: TrainConfig) -> str:
+    """``"auto"`` → ``"direct"`` where :func:`abmil.train.direct.supports` the model, else ``"stacked"``."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "auto":
+        return "direct" if supports(model_factory(), config) else "stacked"
+    return engine
+
+
 def run_cv(bags: Sequence[np.ndarray], labels: np.ndarray, model_factory: Callable[[], nn.Module],
-           config: TrainConfig, *, folds: int = 10, repeats: int = 5, seed: int = 0, engine: str = "stacked",
+           config: TrainConfig, *, folds: int = 10, repeats: int = 5, seed: int = 0, engine: str = "auto",
            progress: Callable[[int, int], None] | None = None, n_jobs: int = 1) -> CVResult:
     """Train and test one model per (repeat, fold).
 
     Args:
-        engine: ``"stacked"`` trains all runs at once; ``"sequential"`` one after another with
-            :func:`abmil.train.fit.fit`. Both give the same numbers (to float rounding).
-        progress: called as ``progress(done, total)`` in epochs (stacked) or runs (sequential).
-        n_jobs: stacked engine only: split the runs over this many forked worker processes (one
-            CPU core each); the runs are independent, so the numbers do not change.
+        engine: how the runs are trained; all give the same numbers (to float rounding):
+            ``"direct"`` one run after another with hand-written backward passes
+            (:mod:`abmil.train.direct`; MLP-encoder models at batch size 1), ``"stacked"`` all runs at
+            once (:mod:`abmil.train.stacked`), ``"sequential"`` one after another with
+            :func:`abmil.train.fit.fit`; ``"auto"`` direct where it applies, else stacked.
+        progress: called as ``progress(done, total)`` in epochs (stacked) or runs (direct, sequential).
+        n_jobs: split the runs over this many forked worker processes (one CPU core each); the runs
+            are independent, so the numbers do not change.
     """
     labels = np.asarray(labels)
+    engine = resolve_engine(engine, model_factory, config)
     splits = cv_splits(labels, folds=folds, repeats=repeats, seed=seed)
     stats = [fold_standardiser(bags, s.train) for s in splits]
     result = CVResult(splits)
+    tensors = [torch.as_tensor(b) for b in bags]
     if engine == "stacked":
         runs = [RunSpec(s.seed, s.train, mu, sd) for s, (mu, sd) in zip(splits, stats)]
         tests = [s.test for s in splits]
-        tensors = [torch.as_tensor(b) for b in bags]
 
         def train(part: slice, report: Callable[[int], None] | None) -> list[np.ndarray]:
             trainer = StackedTrainer(model_factory, tensors, torch.as_tensor(labels), runs[part], config)
-            trainer.fit(progress=report)
+            trainer.fit(progress=None if report is None else (lambda e: report(e + 1)))
             return [p.numpy() for p in trainer.predict(tests[part])]
 
-        report = None if progress is None else (lambda e: progress(e + 1, config.epochs))
-        n_jobs = max(1, min(int(n_jobs), len(runs)))
-        if n_jobs == 1:
-            result.probs = train(slice(None), report)
-        else:
-            result.probs = _in_workers(train, len(runs), n_jobs, report)
-    elif engine == "sequential":
-        for k, (s, (mu, sd)) in enumerate(zip(splits, stats)):
-            torch.manual_seed(s.seed)
-            model = model_factory()
-            std = [(torch.as_tensor(b) - mu) / sd for b in bags]
-            fit(model, [std[i] for i in s.train], torch.as_tensor(labels[s.train]), config, seed=s.seed)
-            result.probs.append(predict(model, [std[i] for i in s.test])[0].numpy())
-            if progress is not None:
-                progress(k + 1, len(splits))
+        total = config.epochs
     else:
-        raise ValueError(f"engine must be 'stacked' or 'sequential', got {engine!r}")
+        def train(part: slice, report: Callable[[int], None] | None) -> list[np.ndarray]:
+            ks = range(len(splits))[part]
+            probs = []
+            for j, k in enumerate(ks):
+                s, (mu, sd) = splits[k], stats[k]
+                torch.manual_seed(s.seed)
+                model = model_factory()
+                std = [(b - mu) / sd for b in tensors]
+                train_bags, train_labels = [std[i] for i in s.train], torch.as_tensor(labels[s.train])
+                if engine == "direct":
+                    DirectTrainer(model, config, seed=s.seed).fit(train_bags, train_labels)
+                else:
+                    fit(model, train_bags, train_labels, config, seed=s.seed)
+                probs.append(predict(model, [std[i] for i in s.test])[0].numpy())
+                if report is not None:  # this part's share of the runs, scaled to all runs
+                    report(round((j + 1) * len(splits) / len(ks)))
+            return probs
+
+        total = len(splits)
+    report = None if progress is None else (lambda done: progress(done, total))
+    n_jobs = max(1, min(int(n_jobs), len(splits)))
+    if n_jobs == 1:
+        result.probs = train(slice(None), report)
+    else:
+        result.probs = _in_workers(train, len(splits), n_jobs, report)
     return result
 
 

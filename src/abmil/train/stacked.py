@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..nn.dropout import KeyedDropout
 from .config import TrainConfig
 from .fit import epoch_order, is_decayed
+from .fused_optim import fused_update, state_kinds
 from .loss import bernoulli_nll
 
 
@@ -236,32 +237,16 @@ class StackedTrainer:
                 progress(epoch)
         self._source.tensors = self.weights
 
-    @torch.no_grad()
     def _update(self, n_active: int) -> None:
         """One ``torch.optim`` step (same formulas, torch's fused kernels) for the first
         ``n_active`` runs, one call per block of runs that share a step count."""
-        cfg = self.config
         for a, b in self.blocks:
             if a >= n_active:
                 break
-            step = float(self._steps[a])
-            lr = cfg.lr_at(int(step))
-            for names, wd in zip(self._decay_groups, (cfg.weight_decay, 0.0)):
-                if not names:
-                    continue
-                params = [self.weights[n][a:b] for n in names]
-                grads = [self.grads[n][a:b] for n in names]
-                if cfg.optimizer == "sgd":
-                    bufs = [self._state(n, "buf")[a:b] for n in names] if cfg.momentum else []
-                    torch._fused_sgd_(params, grads, bufs, weight_decay=wd, momentum=cfg.momentum, lr=lr,
-                                      dampening=0.0, nesterov=cfg.nesterov, maximize=False,
-                                      is_first_step=step == 0)
-                else:
-                    t = torch.tensor(step + 1.0, dtype=torch.float32)  # torch counts Adam steps from 1
-                    torch._fused_adam_(params, grads, [self._state(n, "m")[a:b] for n in names],
-                                       [self._state(n, "v")[a:b] for n in names], [], [t] * len(names),
-                                       lr=lr, beta1=cfg.betas[0], beta2=cfg.betas[1], weight_decay=wd,
-                                       eps=cfg.eps, amsgrad=False, maximize=False)
+            for names, wd in zip(self._decay_groups, (self.config.weight_decay, 0.0)):
+                fused_update(self.config, int(self._steps[a]), wd, [self.weights[n][a:b] for n in names],
+                             [self.grads[n][a:b] for n in names],
+                             [[self._state(n, kind)[a:b] for n in names] for kind in state_kinds(self.config)])
 
     def _state(self, name: str, kind: str) -> Tensor:
         """Optimizer state ``kind`` of parameter ``name``, (K, *shape), zeros at first use."""

@@ -1,0 +1,251 @@
+"""One run trained without autograd: the MLP-encoder MIL models with their backward passes written out.
+
+At one bag per step a Musk bag is about five instances: its arithmetic takes microseconds, and
+autograd's graph, ``torch.optim``'s Python ``step`` and per-call setup are the cost of a step. Here
+forward and backward are a fixed list of tensor calls on the module's own parameters, gradients
+go into preallocated buffers, and torch's fused optimizer kernel updates the weights in place.
+
+The numbers are those of :func:`abmil.train.fit.fit`: the same bags in the same order
+(:func:`~abmil.train.fit.epoch_order`), the same keyed dropout masks, the same clamped loss and
+the same optimizer update (tests/test_direct.py: equal weights to 1e-9 in float64). Supported:
+:class:`~abmil.nn.models.EmbeddingMIL` and :class:`~abmil.nn.models.InstanceMIL` over an
+:class:`~abmil.nn.encoders.MLPEncoder` with attention, gated attention, mean or max pooling, one bag
+per step (:func:`supports`); other models train with the stacked or sequential engine.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..nn.dropout import KeyedDropout, hash_keep_mask
+from ..nn.encoders import MLPEncoder
+from ..nn.models import EmbeddingMIL, InstanceMIL
+from ..nn.pooling import AttentionPool, MaxPool, MeanPool
+from .config import TrainConfig
+from .fit import epoch_order, is_decayed
+from .fused_optim import fused_update, state_kinds
+from .loss import PROB_CLAMP
+
+_ENCODER_LAYERS = (nn.Linear, nn.ReLU, KeyedDropout, nn.Identity)
+
+
+def supports(model: nn.Module, config: TrainConfig) -> bool:
+    """Whether :class:`DirectTrainer` can train ``model`` under ``config`` (else use another engine)."""
+    if config.batch_size != 1:
+        return False
+    if isinstance(model, EmbeddingMIL):
+        pool_ok = isinstance(model.pool, (AttentionPool, MeanPool, MaxPool))
+        head_ok = isinstance(model.dropout, (KeyedDropout, nn.Identity))
+    elif isinstance(model, InstanceMIL):
+        pool_ok, head_ok = isinstance(model.pool, (MeanPool, MaxPool)), True
+    else:
+        return False
+    encoder = model.encoder
+    return (pool_ok and head_ok and isinstance(encoder, MLPEncoder)
+            and all(isinstance(m, _ENCODER_LAYERS) for m in encoder.layers)
+            and all(m.bias is not None for m in model.modules() if isinstance(m, nn.Linear)))
+
+
+class _Linear:
+    """``y = x Wᵀ + b`` and its backward, gradients written into the buffers ``grads[W]``, ``grads[b]``."""
+
+    def __init__(self, m: nn.Linear, grads: dict[Tensor, Tensor]):
+        self.weight, self.bias = m.weight, m.bias
+        self.weight_t = m.weight.t()  # a view: follows the in-place updates
+        self.g_weight, self.g_bias = grads[m.weight], grads[m.bias]
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.x = x
+        return torch.addmm(self.bias, x, self.weight_t)
+
+    def backward(self, g: Tensor, need_input: bool = True) -> Tensor | None:
+        torch.mm(g.t(), self.x, out=self.g_weight)
+        torch.sum(g, 0, out=self.g_bias)
+        return torch.mm(g, self.weight) if need_input else None
+
+
+class _ReLU:
+    def forward(self, x: Tensor) -> Tensor:
+        self.y = torch.relu(x)
+        return self.y
+
+    def backward(self, g: Tensor) -> Tensor:
+        return torch.ops.aten.threshold_backward(g, self.y, 0)  # what autograd runs for relu
+
+
+class _Dropout:
+    """:class:`KeyedDropout`'s mask for (seed, step): the same elements dropped as in :func:`fit`."""
+
+    def __init__(self, m: KeyedDropout):
+        self.p, self.salt = m.p, m.salt
+
+    key: tuple[int, int]  # (seed, step), set by the trainer before each step
+
+    def forward(self, x: Tensor) -> Tensor:
+        keep = hash_keep_mask(*self.key, self.salt, tuple(x.shape), self.p)
+        # x * mask == KeyedDropout's (x * keep) * scale, keep being 0 or 1; the scale is rounded to x's dtype as there
+        scale = torch.tensor(1.0 / (1.0 - self.p), dtype=x.dtype).numpy()
+        self.mask = torch.from_numpy(keep * scale)
+        return x * self.mask
+
+    def backward(self, g: Tensor) -> Tensor:
+        return g * self.mask
+
+
+class _Attention:
+    """Attention (or gated attention) pooling of one bag: ``h`` (n, M) → ``z`` (1, M), and back."""
+
+    def __init__(self, pool: AttentionPool, grads: dict[Tensor, Tensor]):
+        self.V, self.w = _Linear(pool.V, grads), _Linear(pool.w, grads)
+        self.U = _Linear(pool.U, grads) if pool.U is not None else None
+
+    def forward(self, h: Tensor) -> Tensor:
+        self.h = h
+        self.tanh = torch.tanh(self.V.forward(h))
+        gate = self.tanh
+        if self.U is not None:
+            self.sigm = torch.sigmoid(self.U.forward(h))
+            gate = self.tanh * self.sigm
+        s = self.w.forward(gate).squeeze(-1)
+        e = torch.exp(s - s.max())
+        self.a = e / e.sum()
+        return (self.a.unsqueeze(-1) * h).sum(0, keepdim=True)
+
+    def backward(self, gz: Tensor) -> Tensor:
+        a = self.a
+        gh = a.unsqueeze(-1) * gz
+        ga = torch.mv(self.h, gz.squeeze(0))
+        gs = a * (ga - (a * ga).sum())
+        g_gate = self.w.backward(gs.unsqueeze(-1))
+        if self.U is None:
+            gh += self.V.backward(g_gate * (1.0 - self.tanh * self.tanh))
+        else:
+            gh += self.V.backward(g_gate * self.sigm * (1.0 - self.tanh * self.tanh))
+            gh += self.U.backward(g_gate * self.tanh * self.sigm * (1.0 - self.sigm))
+        return gh
+
+
+class _Mean:
+    def forward(self, h: Tensor) -> Tensor:
+        self.n = h.shape[0]
+        return h.sum(0, keepdim=True) / self.n
+
+    def backward(self, gz: Tensor) -> Tensor:
+        return (gz / self.n).expand(self.n, -1)
+
+
+class _Max:
+    """Element-wise max over the bag; ties share the gradient equally, as ``scatter_reduce("amax")``'s backward."""
+
+    def forward(self, h: Tensor) -> Tensor:
+        z = h.amax(0, keepdim=True)
+        self.hit = (h == z).to(h.dtype)
+        return z
+
+    def backward(self, gz: Tensor) -> Tensor:
+        return self.hit * (gz / self.hit.sum(0, keepdim=True))
+
+
+def _pool(pool: nn.Module, grads: dict[Tensor, Tensor]):
+    if isinstance(pool, AttentionPool):
+        return _Attention(pool, grads)
+    return _Max() if isinstance(pool, MaxPool) else _Mean()
+
+
+class DirectTrainer:
+    """Train one supported model (see :func:`supports`) in place, exactly as :func:`fit` would.
+
+    Args:
+        model: an :class:`EmbeddingMIL` or :class:`InstanceMIL` over an :class:`MLPEncoder`, with its
+            initial weights (build it under ``torch.manual_seed``).
+        config: training settings (``batch_size`` must be 1).
+        seed: the run's seed: epoch orders and dropout masks.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig, *, seed: int):
+        if not supports(model, config):
+            raise ValueError(f"the direct engine trains EmbeddingMIL / InstanceMIL over an MLPEncoder with "
+                             f"batch_size 1; got {type(model).__name__} with batch_size {config.batch_size}")
+        self.model, self.config, self.seed = model, config, seed
+        params = list(model.named_parameters())
+        self.grads = {p: torch.zeros_like(p) for _, p in params}
+        decayed = [config.decay_biases or is_decayed(n, p) for n, p in params]
+        # fit's parameter groups: decayed, then not decayed
+        self._groups = [(config.weight_decay, [p for (_, p), d in zip(params, decayed) if d]),
+                        (0.0, [p for (_, p), d in zip(params, decayed) if not d])]
+        self._states = {p: [torch.zeros_like(p) for _ in state_kinds(config)] for _, p in params}
+        self.encoder = [self._layer(m) for m in model.encoder.layers if not isinstance(m, nn.Identity)]
+        self.instance_level = isinstance(model, InstanceMIL)
+        self.pool = _pool(model.pool, self.grads)
+        self.head_dropout = (_Dropout(model.dropout) if not self.instance_level
+                             and isinstance(model.dropout, KeyedDropout) and model.dropout.p > 0 else None)
+        self.classifier = _Linear(model.classifier, self.grads)
+        self._dropouts = [m for m in (*self.encoder, self.head_dropout) if isinstance(m, _Dropout)]
+        self.step = 0
+
+    def _layer(self, m: nn.Module):
+        if isinstance(m, nn.Linear):
+            return _Linear(m, self.grads)
+        if isinstance(m, nn.ReLU):
+            return _ReLU()
+        return _Dropout(m) if m.p > 0 else None
+
+    def _forward(self, x: Tensor) -> Tensor:
+        """The bag probability, shape (1,), keeping what the backward pass needs."""
+        h = x
+        for layer in self.encoder:
+            if layer is not None:
+                h = layer.forward(h)
+        if self.instance_level:
+            self.inst = torch.sigmoid(self.classifier.forward(h))  # (n, 1)
+            return self.pool.forward(self.inst).squeeze(-1)
+        z = self.pool.forward(h)
+        if self.head_dropout is not None:
+            z = self.head_dropout.forward(z)
+        self.prob = torch.sigmoid(self.classifier.forward(z).squeeze(-1))
+        return self.prob
+
+    def _backward(self, prob: Tensor, y: Tensor) -> None:
+        """Gradients of :func:`abmil.train.loss.bernoulli_nll` (mean over the one bag) into the buffers."""
+        clamped = (prob < PROB_CLAMP) | (prob > 1.0 - PROB_CLAMP)
+        p = prob.clamp(PROB_CLAMP, 1.0 - PROB_CLAMP)
+        g_prob = (-(y / p) + (1.0 - y) / (1.0 - p)).masked_fill(clamped, 0.0)  # clamp passes no gradient outside
+        if self.instance_level:
+            g_inst = self.pool.backward(g_prob.unsqueeze(-1))
+            g = self.classifier.backward(g_inst * (1.0 - self.inst) * self.inst)
+        else:
+            g_z = self.classifier.backward((g_prob * (1.0 - prob) * prob).unsqueeze(-1))
+            if self.head_dropout is not None:
+                g_z = self.head_dropout.backward(g_z)
+            g = self.pool.backward(g_z)
+        for i in range(len(self.encoder) - 1, -1, -1):
+            layer = self.encoder[i]
+            if isinstance(layer, _Linear):
+                g = layer.backward(g, need_input=i > 0)
+            elif layer is not None:
+                g = layer.backward(g)
+
+    @torch.no_grad()
+    def train_step(self, x: Tensor, y: Tensor) -> None:
+        """One optimizer step on one bag ``x`` (n, d) with label ``y`` (1,)."""
+        for m in self._dropouts:
+            m.key = (self.seed, self.step)
+        self._backward(self._forward(x), y)
+        for wd, group in self._groups:
+            fused_update(self.config, self.step, wd, group, [self.grads[p] for p in group],
+                         [[self._states[p][k] for p in group] for k in range(len(state_kinds(self.config)))])
+        self.step += 1
+
+    def fit(self, bags: Sequence[Tensor], labels: Tensor,
+            on_epoch_end: Callable[[int], None] | None = None) -> nn.Module:
+        """Train on ``bags`` [(n_i, d)] with ``labels`` (n_bags,) 0/1 for ``config.epochs``; returns the model."""
+        labels = torch.as_tensor(labels).to(bags[0].dtype).view(-1, 1)
+        self.model.train()
+        for epoch in range(self.config.epochs):
+            for i in epoch_order(self.seed, epoch, len(bags)):
+                self.train_step(bags[i], labels[i])
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+        return self.model
