@@ -49,11 +49,20 @@ def close(a, b, rel=REL):
 
 
 def grads_close(ga, gb, rel=REL):
-    """Per parameter, relative to its largest entry — but w's bias has a zero gradient (it
-    cancels in the softmax) and gets rounding noise, so the scale has a floor: a tenth of the
-    largest gradient overall."""
-    floor = 0.1 * max(g.abs().max().item() for g in gb)
-    return all((a - b).abs().max().item() <= rel * max(b.abs().max().item(), floor) for a, b in zip(ga, gb))
+    """Per parameter, relative to its largest entry (floored at a tenth of the largest gradient overall). w's bias has
+    an exact gradient of zero (it cancels in the softmax) and gets the rounding noise of a sum over the bag (0.7e-6
+    measured at 3000 instances, above that floor's 1e-5 share): a gradient that is negligible in the reference (under
+    1e-4 of the largest) must be negligible in the other computation too."""
+    largest = max(g.abs().max().item() for g in gb)
+    floor, negligible = 0.1 * largest, 1e-4 * largest
+
+    def ok(a, b):
+        scale = b.abs().max().item()
+        if scale <= negligible:
+            return a.abs().max().item() <= negligible
+        return (a - b).abs().max().item() <= rel * max(scale, floor)
+
+    return all(ok(a, b) for a, b in zip(ga, gb))
 
 
 # ----------------------------------------------------------------------------- float64 gradcheck
