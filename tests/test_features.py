@@ -118,7 +118,7 @@ def test_opens_files_lazily(slides, monkeypatch):
     manifest, d, _ = slides
     reads = []
     original = FeatureFile.read
-    monkeypatch.setattr(FeatureFile, "read", lambda self: (reads.append(self.slide_id), original(self))[1])
+    monkeypatch.setattr(FeatureFile, "read", lambda self, **kw: (reads.append(self.slide_id), original(self, **kw))[1])
     _three_d(d / "clam.h5")  # broken, but not read until asked for
     ds = FeatureBagDataset(manifest, d)
     assert reads == [] and ds.dim is None
@@ -157,7 +157,7 @@ def test_cache_hits_and_byte_budget(slides, monkeypatch):
     manifest, d, _ = slides
     reads = []
     original = FeatureFile.read
-    monkeypatch.setattr(FeatureFile, "read", lambda self: (reads.append(self.slide_id), original(self))[1])
+    monkeypatch.setattr(FeatureFile, "read", lambda self, **kw: (reads.append(self.slide_id), original(self, **kw))[1])
     clam_bytes = 30 * DIM * 4 + 30 * 2 * 8  # features float32 + coords int64
     ds = FeatureBagDataset(manifest, d, cache_bytes=clam_bytes + 12 * DIM * 4)
     a = ds[0][0]
@@ -215,6 +215,23 @@ def test_non_finite_found_in_a_later_chunk(tmp_path):
     next(chunks), next(chunks)
     with pytest.raises(DataError, match=r"bag s\b.*'features'.*first at instance 13"):
         next(chunks)
+
+
+def test_whole_slide_read_in_blocks_checks_each_block(tmp_path, monkeypatch):
+    """load() reads HDF5 in blocks (here 3 rows) and checks each as it comes: the same array as one plain read, and a
+    NaN in a later block is reported at its row of the slide."""
+    import abmil.data.feature_files as feature_files
+
+    monkeypatch.setattr(feature_files, "READ_BLOCK_BYTES", 3 * DIM * 4)
+    x = feats(20, 0)
+    write_clam(tmp_path / "s.h5", x)
+    ds = FeatureBagDataset(write_manifest(tmp_path / "m.csv", [("s", 1)]))
+    assert np.array_equal(ds.load("s").features.numpy(), x)
+    x[16, 1] = np.nan
+    write_clam(tmp_path / "t.h5", x)
+    ds = FeatureBagDataset(write_manifest(tmp_path / "n.csv", [("t", 1)]))
+    with pytest.raises(DataError, match=r"bag t\b.*'features'.*first at instance 16"):
+        ds.load("t")
 
 
 # ----------------------------------------------------------------------------- labels

@@ -164,10 +164,8 @@ class FeatureBagDataset(Dataset):
         cached = self.cache.get(i)
         if cached is None:
             f = self.files[i]
-            features, coords = f.read()
+            features, coords = f.read(check_finite=self.check_finite)
             self._check_dim(i, features.shape[1])
-            if self.check_finite:
-                f.check_finite(features)
             cached = (self._convert(features), coords)
             self.cache.put(i, cached)
         return SlideBag(cached[0], cached[1], self.labels[i], self.slide_ids[i])
