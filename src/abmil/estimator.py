@@ -30,8 +30,7 @@ from .nn.encoders import MLPEncoder
 from .nn.models import EmbeddingMIL, make_pool
 from .train.config import TrainConfig
 from .train.cv import fold_standardiser
-from .train.direct import DirectTrainer, supports
-from .train.fit import fit as fit_model
+from .train.direct import fit_auto
 
 __all__ = ["AttentionMILClassifier"]
 
@@ -139,11 +138,7 @@ class AttentionMILClassifier(ClassifierMixin, BaseEstimator):
             torch.manual_seed(seed)
             model = EmbeddingMIL(MLPEncoder(d, hidden, dropout=dropout),
                                  make_pool(self.pooling, hidden[-1], att_dim=att_dim))
-        labels = torch.as_tensor(encoded, dtype=torch.float32)
-        if supports(model, config):  # the same numbers as fit_model, without autograd's per-step cost
-            DirectTrainer(model, config, seed=seed).fit(tensors, labels)
-        else:
-            fit_model(model, tensors, labels, config, seed=seed)
+        fit_auto(model, tensors, torch.as_tensor(encoded, dtype=torch.float32), config, seed=seed)
         model.eval()
 
         self.classes_ = classes

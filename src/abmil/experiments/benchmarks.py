@@ -42,7 +42,8 @@ from abmil.report import paper
 from abmil.report.results import ResultRow, summarise, write_results
 from abmil.train.config import TrainConfig
 from abmil.train.cv import ENGINES, cv_splits, fold_standardiser, resolve_engine, run_cv
-from abmil.train.fit import fit, predict
+from abmil.train.direct import fit_auto
+from abmil.train.fit import predict
 from abmil.train.presets import benchmark_config
 
 __all__ = [
@@ -438,7 +439,8 @@ def _attention_example(dataset: str, *, folds: int, seed: int, model_key: str = 
     torch.manual_seed(split.seed)  # as run_cv seeds this run
     model = benchmark_model(model_key, data.n_features)
     start = time.perf_counter()
-    fit(model, [bags[i] for i in split.train], torch.as_tensor(data.labels[split.train]), config, seed=split.seed)
+    fit_auto(model, [bags[i] for i in split.train], torch.as_tensor(data.labels[split.train]), config,
+             seed=split.seed)
     seconds = time.perf_counter() - start
     probs, weights = predict(model, [bags[i] for i in split.test])
     positives = [k for k, i in enumerate(split.test) if data.labels[i] == 1]

@@ -24,7 +24,7 @@ from ..nn.encoders import MLPEncoder
 from ..nn.models import EmbeddingMIL, InstanceMIL
 from ..nn.pooling import AttentionPool, MaxPool, MeanPool
 from .config import TrainConfig
-from .fit import epoch_order, is_decayed
+from .fit import epoch_order, fit, is_decayed
 from .fused_optim import fused_update, state_kinds
 from .loss import PROB_CLAMP
 
@@ -249,3 +249,11 @@ class DirectTrainer:
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
         return self.model
+
+
+def fit_auto(model: nn.Module, bags: Sequence[Tensor], labels: Tensor, config: TrainConfig, *,
+             seed: int) -> nn.Module:
+    """:func:`abmil.train.fit.fit`'s numbers, through :class:`DirectTrainer` where it :func:`supports` the model."""
+    if supports(model, config):
+        return DirectTrainer(model, config, seed=seed).fit(bags, labels)
+    return fit(model, bags, labels, config, seed=seed)
