@@ -106,3 +106,19 @@ def test_supports_and_refuses():
         assert not supports(model, sgd)
         with pytest.raises(ValueError, match="direct engine"):
             DirectTrainer(model, sgd, seed=0)
+
+
+def test_fit_auto_takes_the_direct_engine_where_it_applies_and_fit_elsewhere(monkeypatch):
+    import abmil.train.direct as direct
+
+    bags, labels = musk1_subset()
+    cfg = TrainConfig(**OPTIMIZERS["sgd"], epochs=1)
+    used = []
+    monkeypatch.setattr(direct, "fit", lambda *a, **k: used.append("fit") or fit(*a, **k))
+    for key in ("gated", "mi-net-ds"):
+        torch.manual_seed(0)
+        ours = direct.fit_auto(benchmark_model(key, 166).double(), bags, labels, cfg, seed=1)
+        torch.manual_seed(0)
+        ref = fit(benchmark_model(key, 166).double(), bags, labels, cfg, seed=1)
+        assert all(torch.allclose(a, b, rtol=0, atol=1e-9) for a, b in zip(ours.parameters(), ref.parameters()))
+    assert used == ["fit"]  # only mi-net-ds went through fit
