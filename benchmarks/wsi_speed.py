@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--min-seconds", type=float, default=3.0, help="time at least this long per config")
     p.add_argument("--max-steps", type=int, default=200)
-    p.add_argument("--chunk", type=int, default=16384, help="abmil: chunk size of giant bags")
+    p.add_argument("--chunk", type=int, default=131072, help="abmil: chunk size of giant bags")
     p.add_argument("--budget", type=int, default=16384, help="abmil-packed: instances per step")
     p.add_argument("--padded-batch", type=int, default=8, help="torchmil, mixed set: bags per padded batch")
     p.add_argument("--torchmil-path", default=None, help="folder to put on sys.path for torchmil")

@@ -52,6 +52,7 @@ def _data_paths(values: Sequence[str] | None) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     from abmil import __version__
+    from abmil.nn.chunked import DEFAULT_CHUNK_SIZE
     from abmil.train.cv import ENGINES
 
     parser = argparse.ArgumentParser(
@@ -223,8 +224,9 @@ def _wsi_commands(commands) -> None:
                        help="slides per step and process (default 1, the paper's)")
     train.add_argument("--batch-instances", type=int, default=None, metavar="N",
                        help="group consecutive slides per step up to N instances per process")
-    train.add_argument("--chunk-size", type=int, default=16384,
-                       help="slides above this many patches are pooled in chunks (default 16384)")
+    train.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                       help="slides above this many patches are pooled in chunks, recomputed in the backward "
+                            f"pass: memory O(chunk), up to a third slower (default {DEFAULT_CHUNK_SIZE})")
     train.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
     train.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .chunked import chunked_attention, chunked_attention_pool
+from .chunked import DEFAULT_CHUNK_SIZE, chunked_attention, chunked_attention_pool
 from .encoders import MLPEncoder
 from .pooling import AttentionPool
 
@@ -51,7 +51,7 @@ class SlideMIL(nn.Module):
     """
 
     def __init__(self, in_dim: int, n_classes: int, *, pooling: str = "gated", hidden: int = 512,
-                 att_dim: int = 256, dropout: float = 0.25, chunk_size: int = 16384):
+                 att_dim: int = 256, dropout: float = 0.25, chunk_size: int = DEFAULT_CHUNK_SIZE):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..data.features import FeatureBagDataset
 from ..errors import DataError
+from ..nn.chunked import DEFAULT_CHUNK_SIZE
 from ..nn.dropout import set_dropout_key
 from ..nn.slide import SlideMIL, class_probabilities
 from .checkpoint import load_optimizer_state, load_weights, read_checkpoint, save_checkpoint
@@ -80,7 +81,7 @@ class WSIConfig:
     batch_instances: int | None = None
     val_split: float | None = None
     seed: int = 0
-    chunk_size: int = 16384
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     bf16: bool = False
 
     def __post_init__(self) -> None:
