@@ -52,7 +52,6 @@ def _data_paths(values: Sequence[str] | None) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     from abmil import __version__
-    from abmil.nn.chunked import DEFAULT_CHUNK_SIZE
     from abmil.train.cv import ENGINES
 
     parser = argparse.ArgumentParser(
@@ -197,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _wsi_commands(commands) -> None:
     """train / predict / heatmap: attention MIL on whole-slide feature bags (abmil.train.wsi)."""
+    from abmil.nn.chunked import DEFAULT_CHUNK_SIZE
+
     train = commands.add_parser(
         "train", help="train attention MIL on whole-slide feature bags (HDF5 / .pt + manifest)",
         description="Train a gated-attention MIL classifier on pre-extracted patch features, one slide per "
