@@ -14,7 +14,7 @@ import torch
 
 from abmil.data.benchmarks import load_benchmark
 from abmil.nn import AttentionPool, EmbeddingMIL, MLPEncoder
-from abmil.nn.dropout import hash_keep_mask, hash_uniform
+from abmil.nn.dropout import hash_keep_masks, hash_uniform
 from abmil.nn.zoo import benchmark_model, mnist_bags_model
 from abmil.train.config import TrainConfig
 from abmil.train.direct import DirectTrainer, supports
@@ -89,13 +89,17 @@ def test_direct_float32_close_to_fit_and_deterministic():
         assert torch.allclose(a, r, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("seed, step, salt, shape, p", [
-    (0, 0, 0, (5, 256), 0.2), (123456, 98765, 2, (1, 64), 0.5), (2**31 - 1, 2**30, 101, (40, 128), 0.2),
-    (7, 3, 1, (1, 1), 0.9)])
-def test_hash_keep_mask_equals_hash_uniform(seed, step, salt, shape, p):
-    n = int(np.prod(shape))
-    ref = hash_uniform(torch.tensor([[seed, step]]), salt, n).view(shape) >= p
-    assert np.array_equal(hash_keep_mask(seed, step, salt, shape, p), ref.numpy())
+@pytest.mark.parametrize("seed, salt, p", [(0, 0, 0.2), (123456, 2, 0.5), (2**31 - 1, 101, 0.2), (7, 1, 0.9)])
+def test_hash_keep_masks_equal_hash_uniform(seed, salt, p):
+    """Many steps at once, of sizes 1 to 40 x 256 elements, from step 0 and from a large step."""
+    sizes = np.array([5 * 256, 1, 40 * 128, 64, 3 * 256])
+    for first in (0, 2**30):
+        steps = range(first, first + len(sizes))
+        flat = hash_keep_masks(seed, steps, salt, sizes, p)
+        assert flat.dtype == np.bool_ and flat.shape == (sizes.sum(),)
+        for part, step, n in zip(np.split(flat, np.cumsum(sizes)[:-1]), steps, sizes):
+            ref = hash_uniform(torch.tensor([[seed, step]]), salt, int(n))[0] >= p
+            assert np.array_equal(part, ref.numpy())
 
 
 def test_supports_and_refuses():

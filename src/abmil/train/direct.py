@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..nn.dropout import KeyedDropout, hash_keep_mask
+from ..nn.dropout import KeyedDropout, hash_keep_masks
 from ..nn.encoders import MLPEncoder
 from ..nn.models import EmbeddingMIL, InstanceMIL
 from ..nn.pooling import AttentionPool, MaxPool, MeanPool
@@ -76,18 +77,21 @@ class _ReLU:
 
 
 class _Dropout:
-    """:class:`KeyedDropout`'s mask for (seed, step): the same elements dropped as in :func:`fit`."""
+    """:class:`KeyedDropout`'s masks for one run, made an epoch at a time: the same elements dropped as in :func:`fit`."""
 
-    def __init__(self, m: KeyedDropout):
-        self.p, self.salt = m.p, m.salt
+    def __init__(self, m: KeyedDropout, width: int):
+        self.p, self.salt, self.width = m.p, m.salt, width
 
-    key: tuple[int, int]  # (seed, step), set by the trainer before each step
+    def plan(self, seed: int, steps: range, rows: np.ndarray, dtype: torch.dtype) -> None:
+        """Masks of the epoch's steps, step ``steps[j]`` seeing ``rows[j]`` rows of ``width`` units."""
+        keep = hash_keep_masks(seed, steps, self.salt, rows * self.width, self.p)
+        # x * mask == KeyedDropout's (x * keep) * scale, keep being 0 or 1; the scale is rounded to x's dtype as there
+        scale = torch.tensor(1.0 / (1.0 - self.p), dtype=dtype).numpy()
+        self.masks = torch.from_numpy(keep * scale).split((rows * self.width).tolist())
+        self.step = 0  # index into the epoch's masks, set by the trainer
 
     def forward(self, x: Tensor) -> Tensor:
-        keep = hash_keep_mask(*self.key, self.salt, tuple(x.shape), self.p)
-        # x * mask == KeyedDropout's (x * keep) * scale, keep being 0 or 1; the scale is rounded to x's dtype as there
-        scale = torch.tensor(1.0 / (1.0 - self.p), dtype=x.dtype).numpy()
-        self.mask = torch.from_numpy(keep * scale)
+        self.mask = self.masks[self.step].view_as(x)
         return x * self.mask
 
     def backward(self, g: Tensor) -> Tensor:
@@ -176,28 +180,28 @@ class DirectTrainer:
         self._groups = [(config.weight_decay, [p for (_, p), d in zip(params, decayed) if d]),
                         (0.0, [p for (_, p), d in zip(params, decayed) if not d])]
         self._states = {p: [torch.zeros_like(p) for _ in state_kinds(config)] for _, p in params}
-        self.encoder = [self._layer(m) for m in model.encoder.layers if not isinstance(m, nn.Identity)]
+        self.encoder, width = [], None
+        for m in model.encoder.layers:
+            if isinstance(m, nn.Linear):
+                self.encoder.append(_Linear(m, self.grads))
+                width = m.out_features
+            elif isinstance(m, nn.ReLU):
+                self.encoder.append(_ReLU())
+            elif isinstance(m, KeyedDropout) and m.p > 0:
+                self.encoder.append(_Dropout(m, width))
         self.instance_level = isinstance(model, InstanceMIL)
         self.pool = _pool(model.pool, self.grads)
-        self.head_dropout = (_Dropout(model.dropout) if not self.instance_level
+        self.head_dropout = (_Dropout(model.dropout, model.classifier.in_features) if not self.instance_level
                              and isinstance(model.dropout, KeyedDropout) and model.dropout.p > 0 else None)
         self.classifier = _Linear(model.classifier, self.grads)
         self._dropouts = [m for m in (*self.encoder, self.head_dropout) if isinstance(m, _Dropout)]
         self.step = 0
 
-    def _layer(self, m: nn.Module):
-        if isinstance(m, nn.Linear):
-            return _Linear(m, self.grads)
-        if isinstance(m, nn.ReLU):
-            return _ReLU()
-        return _Dropout(m) if m.p > 0 else None
-
     def _forward(self, x: Tensor) -> Tensor:
         """The bag probability, shape (1,), keeping what the backward pass needs."""
         h = x
         for layer in self.encoder:
-            if layer is not None:
-                h = layer.forward(h)
+            h = layer.forward(h)
         if self.instance_level:
             self.inst = torch.sigmoid(self.classifier.forward(h))  # (n, 1)
             return self.pool.forward(self.inst).squeeze(-1)
@@ -222,16 +226,11 @@ class DirectTrainer:
             g = self.pool.backward(g_z)
         for i in range(len(self.encoder) - 1, -1, -1):
             layer = self.encoder[i]
-            if isinstance(layer, _Linear):
-                g = layer.backward(g, need_input=i > 0)
-            elif layer is not None:
-                g = layer.backward(g)
+            g = layer.backward(g, need_input=i > 0) if isinstance(layer, _Linear) else layer.backward(g)
 
     @torch.no_grad()
-    def train_step(self, x: Tensor, y: Tensor) -> None:
+    def _step(self, x: Tensor, y: Tensor) -> None:
         """One optimizer step on one bag ``x`` (n, d) with label ``y`` (1,)."""
-        for m in self._dropouts:
-            m.key = (self.seed, self.step)
         self._backward(self._forward(x), y)
         for wd, group in self._groups:
             fused_update(self.config, self.step, wd, group, [self.grads[p] for p in group],
@@ -242,10 +241,18 @@ class DirectTrainer:
             on_epoch_end: Callable[[int], None] | None = None) -> nn.Module:
         """Train on ``bags`` [(n_i, d)] with ``labels`` (n_bags,) 0/1 for ``config.epochs``; returns the model."""
         labels = torch.as_tensor(labels).to(bags[0].dtype).view(-1, 1)
+        sizes = np.array([b.shape[0] for b in bags])
         self.model.train()
         for epoch in range(self.config.epochs):
-            for i in epoch_order(self.seed, epoch, len(bags)):
-                self.train_step(bags[i], labels[i])
+            order = epoch_order(self.seed, epoch, len(bags))
+            steps = range(self.step, self.step + len(order))
+            for m in self._dropouts:
+                m.plan(self.seed, steps, np.ones_like(sizes[order]) if m is self.head_dropout else sizes[order],
+                       bags[0].dtype)
+            for j, i in enumerate(order):
+                for m in self._dropouts:
+                    m.step = j
+                self._step(bags[i], labels[i])
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
         return self.model
