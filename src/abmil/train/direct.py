@@ -66,6 +66,12 @@ class _Linear:
         torch.sum(g, 0, out=self.g_bias)
         return torch.mm(g, self.weight) if need_input else None
 
+    def backward_row(self, g: float) -> Tensor:
+        """:meth:`backward` of a one-row input and one output, whose gradient ``g`` is a float."""
+        torch.mul(self.x, g, out=self.g_weight)
+        self.g_bias.fill_(g)
+        return self.weight * g
+
 
 class _ReLU:
     def forward(self, x: Tensor) -> Tensor:
@@ -211,16 +217,19 @@ class DirectTrainer:
         self.prob = torch.sigmoid(self.classifier.forward(z).squeeze(-1))
         return self.prob
 
-    def _backward(self, prob: Tensor, y: Tensor) -> None:
-        """Gradients of :func:`abmil.train.loss.bernoulli_nll` (mean over the one bag) into the buffers."""
-        clamped = (prob < PROB_CLAMP) | (prob > 1.0 - PROB_CLAMP)
-        p = prob.clamp(PROB_CLAMP, 1.0 - PROB_CLAMP)
-        g_prob = (-(y / p) + (1.0 - y) / (1.0 - p)).masked_fill(clamped, 0.0)  # clamp passes no gradient outside
+    def _backward(self, prob: Tensor, y: float) -> None:
+        """Gradients of :func:`abmil.train.loss.bernoulli_nll` (mean over the one bag) into the buffers.
+
+        The loss and the classifier head of one bag are scalars: computed on Python floats (double precision), not
+        as a dozen one-element tensor calls."""
+        p = float(prob)
+        # the clamp to [PROB_CLAMP, 1 - PROB_CLAMP] passes no gradient outside it
+        g_prob = 0.0 if p < PROB_CLAMP or p > 1.0 - PROB_CLAMP else -(y / p) + (1.0 - y) / (1.0 - p)
         if self.instance_level:
-            g_inst = self.pool.backward(g_prob.unsqueeze(-1))
+            g_inst = self.pool.backward(torch.full((1, 1), g_prob, dtype=prob.dtype))
             g = self.classifier.backward(g_inst * (1.0 - self.inst) * self.inst)
         else:
-            g_z = self.classifier.backward((g_prob * (1.0 - prob) * prob).unsqueeze(-1))
+            g_z = self.classifier.backward_row(g_prob * (1.0 - p) * p)
             if self.head_dropout is not None:
                 g_z = self.head_dropout.backward(g_z)
             g = self.pool.backward(g_z)
@@ -229,8 +238,8 @@ class DirectTrainer:
             g = layer.backward(g, need_input=i > 0) if isinstance(layer, _Linear) else layer.backward(g)
 
     @torch.no_grad()
-    def _step(self, x: Tensor, y: Tensor) -> None:
-        """One optimizer step on one bag ``x`` (n, d) with label ``y`` (1,)."""
+    def _step(self, x: Tensor, y: float) -> None:
+        """One optimizer step on one bag ``x`` (n, d) with label ``y`` (0.0 or 1.0)."""
         self._backward(self._forward(x), y)
         for wd, group in self._groups:
             fused_update(self.config, self.step, wd, group, [self.grads[p] for p in group],
@@ -240,7 +249,7 @@ class DirectTrainer:
     def fit(self, bags: Sequence[Tensor], labels: Tensor,
             on_epoch_end: Callable[[int], None] | None = None) -> nn.Module:
         """Train on ``bags`` [(n_i, d)] with ``labels`` (n_bags,) 0/1 for ``config.epochs``; returns the model."""
-        labels = torch.as_tensor(labels).to(bags[0].dtype).view(-1, 1)
+        labels = torch.as_tensor(labels, dtype=torch.float64).tolist()
         sizes = np.array([b.shape[0] for b in bags])
         self.model.train()
         for epoch in range(self.config.epochs):
