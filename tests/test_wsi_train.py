@@ -179,3 +179,60 @@ def test_instance_budget_steps_and_bf16(tmp_path):
     expected = epoch_steps(5, 0, 0, batch_instances=100, bag_sizes=ds.bag_sizes())
     assert info["step"] == len(expected) < 5  # some steps hold several slides
     assert np.isfinite(info["history"][0]["train_loss"])
+
+
+# ----------------------------------------------------------------------------- packed steps
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_packed_forward_equals_slides_one_at_a_time(n_classes):
+    """Packed bags with per-bag dropout keys: the same logits and the same summed gradient as each bag
+    forwarded alone with its own key (float64, dropout on)."""
+    from abmil.nn.dropout import set_dropout_key
+    from abmil.train.wsi import slide_losses
+
+    torch.manual_seed(0)
+    model = SlideMIL(DIM, n_classes, hidden=24, att_dim=8, dropout=0.4).double().train()
+    sizes, visits, labels = [7, 1, 12, 5], [30, 31, 35, 40], [1, 0, n_classes - 1, 0]
+    bags = [torch.randn(n, DIM, dtype=torch.float64) for n in sizes]
+
+    alone_logits = []
+    for x, v, y in zip(bags, visits, labels):
+        set_dropout_key(model, 3, v)
+        out = model(x)
+        alone_logits.append(out.logits.detach())
+        slide_loss(out.logits, y).backward()
+    alone = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    set_dropout_key(model, 3, visits, rows=sizes)
+    bag_index = torch.repeat_interleave(torch.arange(4), torch.tensor(sizes))
+    out = model(torch.cat(bags), bag_index, 4)
+    slide_losses(out.logits, torch.tensor(labels)).sum().backward()
+    torch.testing.assert_close(out.logits.detach(), torch.stack(alone_logits))
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, alone[n], msg=n)
+    # a mask keyed for other row counts is refused, not silently misapplied
+    set_dropout_key(model, 3, visits, rows=[1, 1, 1, 1])
+    with pytest.raises(ValueError, match="keyed for 4 rows"):
+        model(torch.cat(bags), bag_index, 4)
+
+
+def test_training_packs_steps_that_fit_and_matches_accumulation(tmp_path, monkeypatch):
+    """Steps of 3 slides: packed when they fit in chunk_size (one forward per step), else one slide
+    at a time; both end with the same weights."""
+    import abmil.train.wsi as wsi
+
+    manifest, features = make_dataset(tmp_path, 7, sizes=(20, 40))
+    calls = []
+    real = wsi._packed_step
+    monkeypatch.setattr(wsi, "_packed_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    weights = {}
+    for name, chunk in (("packed", 1000), ("alone", 40)):  # 40: no bag is chunked, no 3 bags fit together
+        calls.clear()
+        ds = FeatureBagDataset(manifest, features)
+        cfg = WSIConfig(epochs=2, batch_size=3, hidden=32, att_dim=16, chunk_size=chunk, lr=1e-3)
+        info = train_feature_model(ds, tmp_path / name, cfg)
+        assert len(calls) == (2 * 2 if name == "packed" else 0)  # 2 epochs x 2 steps of 3 slides (+ 1 alone)
+        assert info["step"] == 6
+        weights[name] = load_weights(tmp_path / name)
+    for k in weights["packed"]:
+        torch.testing.assert_close(weights["packed"][k], weights["alone"][k], rtol=0, atol=1e-6, msg=k)

@@ -88,6 +88,8 @@ class KeyedDropout(nn.Module):
         # A stacked trainer sets (K, 2): one key per run, x holding the K runs' rows in order.
         self.keyed = False
         self.register_buffer("key", torch.tensor([0, 0], dtype=torch.int64), persistent=False)
+        # Packed bags of different sizes (set_dropout_key with several steps): rows of x per key, in order.
+        self.rows: tuple[int, ...] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (n_rows, dim) → same shape."""
@@ -96,16 +98,35 @@ class KeyedDropout(nn.Module):
         if not self.keyed:
             return nn.functional.dropout(x, self.p, True)
         keys = self.key.view(-1, 2)
-        keep = hash_uniform(keys, self.salt, x.numel() // keys.shape[0]).view_as(x) >= self.p
+        if self.rows is None:
+            u = hash_uniform(keys, self.salt, x.numel() // keys.shape[0])
+        else:  # each bag's mask from its own key and its own positions: as if it were forwarded alone
+            if sum(self.rows) != x.shape[0]:
+                raise ValueError(f"dropout keyed for {sum(self.rows)} rows, got {x.shape[0]}")
+            width = x.numel() // max(x.shape[0], 1)
+            u = torch.cat([hash_uniform(keys[i:i + 1], self.salt, r * width).view(-1)
+                           for i, r in enumerate(self.rows)])
+        keep = u.view_as(x) >= self.p
         return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}, salt={self.salt}"
 
 
-def set_dropout_key(model: nn.Module, seed: int, step: int) -> None:
-    """Key every :class:`KeyedDropout` of ``model`` with the run's seed and the current step."""
+def set_dropout_key(model: nn.Module, seed: int, step: int | Sequence[int],
+                    rows: Sequence[int] | None = None) -> None:
+    """Key every :class:`KeyedDropout` of ``model`` with the run's seed and the current step.
+
+    Packed bags: ``step`` one number per bag and ``rows`` each bag's instance count (its rows, in the
+    packed order); each bag then gets the mask it would get forwarded alone with its own step.
+    """
+    packed = rows is not None
+    steps = list(step) if packed else [step]
+    if packed and len(steps) != len(rows):
+        raise ValueError(f"{len(steps)} steps for {len(rows)} bags")
     for m in model.modules():
         if isinstance(m, KeyedDropout):
             m.keyed = True
-            m.key[0], m.key[1] = seed, step
+            m.key = torch.tensor([[seed, s] for s in steps] if packed else [seed, step], dtype=torch.int64,
+                                 device=m.key.device)
+            m.rows = tuple(int(r) for r in rows) if packed else None

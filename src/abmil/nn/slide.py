@@ -6,9 +6,9 @@
 
 ``n_out`` is 1 for two classes (the bag probability is ``sigmoid``, trained with the paper's
 clamped Bernoulli likelihood, as the rest of the package) and ``n_classes`` otherwise (softmax,
-cross-entropy). One bag per call: slides are large, so batching many of them in one packed
-tensor saves nothing and costs the memory of all of them; a step over several slides
-accumulates gradients bag by bag (``abmil.train.wsi``).
+cross-entropy). One bag per call, or several small bags packed end to end with a ``bag_index``
+(one forward for a step of many small slides; ``abmil.train.wsi`` packs a step's slides when
+together they fit in ``chunk_size`` instances, and accumulates gradients slide by slide otherwise).
 
 A bag larger than ``chunk_size`` instances is pooled by :func:`abmil.nn.chunked.chunked_attention`
 while training (activation memory of one chunk; in the weights' dtype, autocast or not) and, without
@@ -26,13 +26,14 @@ from torch import Tensor, nn
 from .chunked import DEFAULT_CHUNK_SIZE, chunked_attention, chunked_attention_pool
 from .encoders import MLPEncoder
 from .pooling import AttentionPool
+from .segment import num_bags, segment_softmax, segment_sum
 
 POOLINGS = ("gated", "attention")
 
 
 class SlideOutput(NamedTuple):
     logits: Tensor
-    """(n_out,) class logits of the bag: one logit for two classes, else one per class."""
+    """(n_out,) class logits of the bag: one logit for two classes, else one per class; (n_bags, n_out) packed."""
     attention_logits: Tensor
     """(n_instances,) unnormalised attention; the weights are ``softmax(attention_logits, 0)``."""
 
@@ -64,10 +65,20 @@ class SlideMIL(nn.Module):
         self.pool = AttentionPool(hidden, att_dim, gated=pooling == "gated")
         self.classifier = nn.Linear(hidden, 1 if n_classes == 2 else n_classes)
 
-    def forward(self, x: Tensor) -> SlideOutput:
-        """One bag ``x`` (n_instances, in_dim) → logits (n_out,), attention logits (n_instances,)."""
+    def forward(self, x: Tensor, bag_index: Tensor | None = None, n_bags: int | None = None) -> SlideOutput:
+        """One bag ``x`` (n_instances, in_dim) → logits (n_out,), attention logits (n_instances,).
+
+        Packed: ``x`` holds several bags end to end and ``bag_index`` (n_instances,) says whose each row is →
+        logits (n_bags, n_out). Never chunked: the caller packs only what fits.
+        """
         if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] != self.in_dim:
             raise ValueError(f"expected one bag (n_instances, {self.in_dim}), got shape {tuple(x.shape)}")
+        if bag_index is not None:
+            n = num_bags(bag_index, n_bags)
+            h = self.encoder(x)
+            logits = self.pool.scores(h)
+            z = segment_sum(segment_softmax(logits, bag_index, n).unsqueeze(-1) * h, bag_index, n)
+            return SlideOutput(self.classifier(z), logits)
         if x.shape[0] > self.chunk_size:
             if torch.is_grad_enabled():
                 # the weights' dtype even under autocast: chunked_attention's recomputing backward mixes

@@ -166,7 +166,7 @@ class StackedTrainer:
         self.stacked = _stack_module(self.template, self._source)
         self.dropouts = [m for m in self.stacked.modules() if isinstance(m, KeyedDropout)]
         for m in self.dropouts:
-            m.keyed = True
+            m.keyed, m.rows = True, None
         self.state: dict[str, dict[str, Tensor]] = {}
         self._steps = torch.zeros(len(self.runs), dtype=torch.float64)
 

@@ -6,8 +6,11 @@
   one logit, ``sigmoid``, the paper's clamped Bernoulli likelihood (as the rest of the package);
   more: one logit per class, softmax cross-entropy.
 - Steps: one slide per optimizer step by default (the paper's batch size 1). With a larger batch
-  the step's slides are forwarded and back-propagated one at a time, gradients accumulating,
-  so memory is that of one slide; slides above ``chunk_size`` instances are pooled in chunks.
+  (``batch_size``, or ``batch_instances`` filled by the sampler) the step's slides are packed end to
+  end into one forward when together they fit in ``chunk_size`` instances — the same gradient as
+  one slide at a time, in one pass — and otherwise forwarded and back-propagated one at a time,
+  gradients accumulating, so memory is that of one slide; slides above ``chunk_size`` instances
+  are pooled in chunks.
 - Checkpoints (:mod:`abmil.train.checkpoint`) after every epoch; ``resume=True`` continues from
   the last one. Because the schedule depends only on (seed, epoch) (:mod:`abmil.train.wsi_schedule`),
   dropout masks only on (seed, visit) (:mod:`abmil.nn.dropout`) and the optimizer state is
@@ -115,12 +118,18 @@ def build_model(in_dim: int, n_classes: int, config: WSIConfig) -> SlideMIL:
                     dropout=config.dropout, chunk_size=config.chunk_size)
 
 
-def slide_loss(logits: Tensor, label: int) -> Tensor:
-    """Loss of one slide: logits (n_out,), class index → scalar (see the module docstring)."""
+def slide_losses(logits: Tensor, labels: Tensor) -> Tensor:
+    """Loss of each slide: logits (n_slides, n_out), class indices (n_slides,) → (n_slides,)
+    (see the module docstring)."""
     logits = logits.float()
-    if logits.numel() == 1:
-        return bernoulli_nll(torch.sigmoid(logits), torch.full_like(logits, float(label))).sum()
-    return F.cross_entropy(logits.unsqueeze(0), torch.tensor([label], device=logits.device))
+    if logits.shape[-1] == 1:
+        return bernoulli_nll(torch.sigmoid(logits[:, 0]), labels.to(logits.dtype))
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def slide_loss(logits: Tensor, label: int) -> Tensor:
+    """Loss of one slide: logits (n_out,), class index → scalar."""
+    return slide_losses(logits.unsqueeze(0), torch.tensor([label], device=logits.device))[0]
 
 
 def class_names(dataset: FeatureBagDataset) -> list[str]:
@@ -200,10 +209,31 @@ def _data_parallel(model: SlideMIL, dev: torch.device) -> torch.nn.Module:
     return DDP(model, device_ids=[dev] if dev.type == "cuda" else None, **{key: False})
 
 
+def _packed_step(net: torch.nn.Module, model: SlideMIL, bags: list, s: Step, config: WSIConfig,
+                 dev: torch.device) -> float:
+    """Forward and backward of several slides packed end to end, each with the dropout mask and the
+    loss weight it gets alone: the gradient of the one-at-a-time accumulation, in one pass."""
+    sizes = [len(b.features) for b in bags]
+    x = torch.cat([b.features for b in bags]).to(dev, non_blocking=True)
+    bag_index = torch.repeat_interleave(torch.arange(len(bags), device=dev), torch.tensor(sizes, device=dev))
+    labels = torch.tensor([b.label for b in bags], device=dev)
+    set_dropout_key(model, config.seed, s.visits, rows=sizes)
+    with _autocast(dev, config.bf16):
+        out = net(x, bag_index, len(bags))
+    losses = slide_losses(out.logits, labels)
+    (losses.sum() * s.weight).backward()
+    return float(losses.detach().sum())
+
+
 def _backward_step(net: torch.nn.Module, model: SlideMIL, dataset: FeatureBagDataset, slides: list[int],
                    s: Step, config: WSIConfig, world: World, dev: torch.device, in_dim: int) -> tuple[float, int]:
-    """Forward and backward of this rank's ``slides`` of step ``s``, one at a time, gradients
-    accumulating (DDP all-reduces once, on the last). Returns (sum of the slides' losses, count)."""
+    """Forward and backward of this rank's ``slides`` of step ``s`` (DDP all-reduces once). Several
+    slides that together fit in ``chunk_size`` instances are packed into one forward; otherwise they
+    go one at a time, gradients accumulating. Returns (sum of the slides' losses, count)."""
+    if len(slides) > 1:
+        sizes = dataset.bag_sizes()  # metadata, cached by validate()
+        if sum(sizes[i] for i in slides) <= config.chunk_size:
+            return _packed_step(net, model, [dataset.load(i) for i in slides], s, config, dev), len(slides)
     # a rank without slides in this step still takes part in the all-reduce, with a zero-weighted dummy
     work = list(zip(slides, s.visits)) or [(None, 0)]
     total = 0.0
