@@ -8,9 +8,9 @@ attention V, U: 512→256, w: 256→1; classifier 512→1), one bag per optimize
 - ``reference``: the AttentionDeepMIL ``GatedAttention`` loop: the whole bag in memory as
   (1, N, D), ``A = softmax(w(tanh(V h) * sigm(U h)))ᵀ``, ``Z = A @ H``, sigmoid, clamped
   Bernoulli NLL, ``torch.optim.Adam`` with its defaults.
-- ``abmil-packed``: the same net as abmil's packed-bag modules (``EmbeddingMIL(MLPEncoder,
-  AttentionPool)``), ``--budget // N`` bags of N instances per step, packed end to end with a
-  ``bag_index`` (no padding), fused Adam.
+- ``abmil-packed``: ``SlideMIL``'s packed forward, as ``abmil train --batch-instances`` runs it:
+  ``--budget // N`` bags of N instances per step, packed end to end with a ``bag_index`` (no
+  padding), fused Adam.
 - ``torchmil``: ``torchmil.models.ABMIL(gated=True, att_dim=256)`` with the same Linear+ReLU as
   ``feat_ext``, its ``compute_loss`` (BCE with logits), default Adam. Only if ``import torchmil``
   works (``--torchmil-path DIR`` adds a folder where it was installed with ``pip install --target``).
@@ -111,24 +111,24 @@ def _abmil_packed_step(sizes: list[int], args):
 
     from abmil.data.bags import pack
     from abmil.data.samplers import InstanceBudgetSampler
-    from abmil.nn import AttentionPool, EmbeddingMIL, MLPEncoder
+    from abmil.nn.slide import SlideMIL
     from abmil.train.config import TrainConfig
     from abmil.train.fit import make_optimizer
-    from abmil.train.loss import mil_loss
+    from abmil.train.wsi import slide_losses
 
-    model = EmbeddingMIL(MLPEncoder(D, (HIDDEN,)), AttentionPool(HIDDEN, ATT, gated=True))
+    model = SlideMIL(D, 2, hidden=HIDDEN, att_dim=ATT, dropout=0.0)
     opt = make_optimizer(model, TrainConfig(optimizer="adam", lr=1e-4))
     if len(sizes) == 1:  # one size: a fixed batch of budget // N bags
         sizes = sizes * max(1, args.budget // sizes[0])
     bags = _bags(sizes)
     batches = [pack([bags[i] for i in b]) for b in InstanceBudgetSampler(sizes, args.budget, seed=0)]
-    labels = torch.ones(len(bags))
+    labels = torch.ones(len(bags), dtype=torch.long)
 
     def epoch() -> None:
         for x, bag_index in batches:
             n_bags = int(bag_index[-1]) + 1
             opt.zero_grad(set_to_none=True)
-            mil_loss(model(x, bag_index, n_bags), labels[:n_bags]).backward()
+            slide_losses(model(x, bag_index, n_bags).logits, labels[:n_bags]).mean().backward()
             opt.step()
     return epoch, sum(sizes), sum(train_flops(n) for n in sizes), len(batches)
 
