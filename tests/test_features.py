@@ -232,6 +232,19 @@ def test_whole_slide_read_in_blocks_checks_each_block(tmp_path, monkeypatch):
     ds = FeatureBagDataset(write_manifest(tmp_path / "n.csv", [("t", 1)]))
     with pytest.raises(DataError, match=r"bag t\b.*'features'.*first at instance 16"):
         ds.load("t")
+    # contiguous (its own block size), float16, bad values in two blocks: the first one is named
+    monkeypatch.setattr(feature_files, "CONTIGUOUS_READ_BLOCK_BYTES", 4 * DIM * 2)
+    x = feats(20, 0).astype(np.float16)
+    with h5py.File(tmp_path / "u.h5", "w") as f:
+        f.create_dataset("features", data=x)
+    ds = FeatureBagDataset(write_manifest(tmp_path / "o.csv", [("u", 1)]))
+    assert np.array_equal(ds.load("u").features.numpy(), x)
+    x[17, 0], x[9, 3] = np.nan, np.inf
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f.create_dataset("features", data=x)
+    ds = FeatureBagDataset(write_manifest(tmp_path / "p.csv", [("v", 1)]))
+    with pytest.raises(DataError, match=r"bag v\b.*'features'.*first at instance 9"):
+        ds.load("v")
 
 
 # ----------------------------------------------------------------------------- labels
