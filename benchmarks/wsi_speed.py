@@ -20,9 +20,7 @@ one epoch: ``abmil-packed`` fills each step up to ``--budget`` instances (the pa
 ``InstanceBudgetSampler``), ``torchmil`` takes ``--padded-batch`` bags per step padded to the
 largest with its mask (its collate's way), ``abmil`` and ``reference`` one bag per step.
 
-The abmil implementations run with glibc's huge-page tunable, as ``abmil train`` does (:mod:`abmil.hugepages`;
-``--huge-pages all`` gives it to every implementation, ``none`` to none). Each (implementation, N) runs in its own
-process: instances per second over timed steps after
+Each (implementation, N) runs in its own process: instances per second over timed steps after
 one warm-up step, the process's peak RSS, and the achieved model FLOP/s (forward + backward of
 the net, without the chunked recompute) as a fraction of a float32 matmul peak measured by this
 script with the same thread count.
@@ -35,13 +33,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
 import time
-
-from abmil.hugepages import TUNABLE, hugepage_env
 
 IMPLS = ("abmil", "abmil-packed", "reference", "torchmil")
 D, HIDDEN, ATT = 1024, 512, 256
@@ -240,17 +235,11 @@ def run_one(impl: str, size: str, args: argparse.Namespace) -> dict:
            "--budget", str(args.budget), "--padded-batch", str(args.padded_batch)]
     if args.torchmil_path:
         cmd += ["--torchmil-path", args.torchmil_path]
-    env = hugepage_env(os.environ) if huge_pages(impl, args) else None
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
         return {"impl": impl, "n": size, "error": tail}
-    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "huge_pages": env is not None}
-
-
-def huge_pages(impl: str, args: argparse.Namespace) -> bool:
-    """Whether ``impl`` runs with glibc's huge-page tunable (``--huge-pages``)."""
-    return args.huge_pages == "all" or (args.huge_pages == "abmil" and impl.startswith("abmil"))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -264,9 +253,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget", type=int, default=16384, help="abmil-packed: instances per step")
     p.add_argument("--padded-batch", type=int, default=8, help="torchmil, mixed set: bags per padded batch")
     p.add_argument("--torchmil-path", default=None, help="folder to put on sys.path for torchmil")
-    p.add_argument("--huge-pages", choices=("abmil", "all", "none"), default="abmil",
-                   help="which implementations run with glibc's huge-page tunable (abmil: as `abmil train` runs, "
-                        "see abmil.hugepages; default)")
     p.add_argument("--json", default=None, help="also write the rows here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -278,10 +264,6 @@ def main(argv: list[str] | None = None) -> None:
         return
     peak = matmul_peak(args.threads)
     print(f"float32 matmul peak, {args.threads} thread(s): {peak:.1f} GFLOP/s")
-    thp = hugepage_env(os.environ) is not None
-    print(f"glibc huge-page tunable ({TUNABLE}): " + (
-        f"given to {args.huge_pages} implementations" if thp and args.huge_pages != "none" else
-        "not used" if args.huge_pages == "none" else "not applicable here (or already set for all)"))
     print(f"{'impl':<12} {'N':>8} {'steps':>5} {'inst/s':>10} {'GFLOP/s':>8} {'of peak':>7} {'peak RSS MiB':>12} "
           f"{'bag MiB':>8}")
     rows = []

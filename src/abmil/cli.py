@@ -422,10 +422,6 @@ def _error(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``abmil`` command; returns the exit status."""
-    if argv is None and sys.argv[1:2] in (["train"], ["predict"]):  # the program itself, not a caller's main([...])
-        from abmil.hugepages import reexec_with_hugepages
-
-        reexec_with_hugepages(sys.argv[1:])  # returns only where huge pages cannot help
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
