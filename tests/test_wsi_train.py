@@ -236,3 +236,30 @@ def test_training_packs_steps_that_fit_and_matches_accumulation(tmp_path, monkey
         weights[name] = load_weights(tmp_path / name)
     for k in weights["packed"]:
         torch.testing.assert_close(weights["packed"][k], weights["alone"][k], rtol=0, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("chunk_size", [10_000, 9])
+def test_blocked_and_chunked_forward_equal_the_whole_bag_with_keyed_dropout(monkeypatch, chunk_size):
+    """A bag encoded in cache-sized blocks (here 4 rows), or chunked with recompute (chunks of 9), gives the
+    whole bag's logits, attention and gradients, keyed dropout masks included (float64)."""
+    import abmil.nn.chunked as chunked
+    from abmil.nn.dropout import set_dropout_key
+
+    torch.manual_seed(0)
+    whole = SlideMIL(DIM, 2, hidden=24, att_dim=8, dropout=0.5).double().train()
+    x = torch.randn(30, DIM, dtype=torch.float64)
+    results = []
+    for block, chunk in ((10_000, 10_000), (4, chunk_size)):
+        monkeypatch.setattr(chunked, "ENCODE_BLOCK", block)
+        model = SlideMIL(DIM, 2, hidden=24, att_dim=8, dropout=0.5, chunk_size=chunk).double().train()
+        model.load_state_dict(whole.state_dict())
+        set_dropout_key(model, 7, 123)
+        out = model(x)
+        slide_loss(out.logits, 1).backward()
+        results.append((out, {n: p.grad for n, p in model.named_parameters()}))
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(b.logits, a.logits)
+    torch.testing.assert_close(b.attention_logits, a.attention_logits)
+    for n in ga:
+        torch.testing.assert_close(gb[n], ga[n], msg=n)
+    assert ga["encoder.layers.0.weight"].abs().sum() > 0

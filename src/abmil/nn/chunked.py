@@ -17,13 +17,13 @@ Both give the values and gradients of ``AttentionPool(encoder(x), zeros)`` to fl
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .dropout import KeyedDropout
+from .dropout import KeyedDropout, dropout_row_offset
 from .models import EmbeddingMIL, MILOutput
 from .pooling import AttentionPool
 
@@ -34,10 +34,32 @@ from .pooling import AttentionPool
 DEFAULT_CHUNK_SIZE = 131072
 
 
-def _embed(encoder: nn.Module | None, pool: AttentionPool, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``x`` (n, in_dim) → ``h`` (n, dim), attention logits (n,)."""
-    h = x if encoder is None else encoder(x)
+#: Rows per block where a large bag is encoded block by block (:func:`encode_blocks`): a block's activations
+#: (8192 x 512 float32 = 16 MiB) stay in the CPU's cache from the first layer to the attention logits. Measured on a
+#: 100k-instance bag, CLAM-sized net, 2 threads, training step: whole bag 122 GFLOP/s, blocks of 4096-8192 rows
+#: 157-169 GFLOP/s, peak memory within 3%.
+ENCODE_BLOCK = 8192
+
+
+def _embed(encoder: nn.Module | None, pool: AttentionPool, x: Tensor, first_row: int = 0) -> tuple[Tensor, Tensor]:
+    """``x`` (n, in_dim), rows ``first_row ...`` of a bag → ``h`` (n, dim), attention logits (n,)."""
+    if encoder is None:
+        h = x
+    else:
+        with dropout_row_offset(encoder, first_row):  # keyed dropout draws the whole bag's masks for these rows
+            h = encoder(x)
     return h, pool.scores(h)
+
+
+def encode_blocks(encoder: nn.Module | None, pool: AttentionPool, x: Tensor, block: int | None = None,
+                  first_row: int = 0) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """``(start, h, logits)`` for consecutive blocks of ``block`` (default :data:`ENCODE_BLOCK`) rows of ``x``
+    (n, in_dim): ``h`` (n_block, dim) and logits (n_block,) as :func:`_embed` gives them for the whole of ``x``
+    (keyed dropout included)."""
+    block = ENCODE_BLOCK if block is None else block
+    for start in range(0, x.shape[0], block):
+        h, logits = _embed(encoder, pool, x[start:start + block], first_row + start)
+        yield start, h, logits
 
 
 class OnlineSoftmaxPool:
@@ -133,10 +155,10 @@ def chunked_attention_pool(encoder: nn.Module | None, pool: AttentionPool,
         x = _as_tensor(chunk)
         if device is not None:
             x = x.to(device, non_blocking=True)
-        h, logits = _embed(encoder, pool, x)
-        state.update(h, logits)
-        if return_logits:
-            logits_all.append(logits)
+        for _, h, logits in encode_blocks(encoder, pool, x):
+            state.update(h, logits)
+            if return_logits:
+                logits_all.append(logits)
     z = state.result().unsqueeze(0)
     return z, logits_all.result() if return_logits else None
 
@@ -164,8 +186,7 @@ class _ChunkedAttention(torch.autograd.Function):
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         state = OnlineSoftmaxPool()
         logits = None  # (n,) allocated once: see _LogitBuffer for why not a list of chunks
-        for start in range(0, x.shape[0], chunk_size):
-            h, l = _embed(encoder, pool, x[start:start + chunk_size])
+        for start, h, l in encode_blocks(encoder, pool, x, _block(chunk_size)):
             state.update(h, l)
             if logits is None:
                 logits = l.new_empty(x.shape[0])
@@ -196,10 +217,11 @@ class _ChunkedAttention(torch.autograd.Function):
             torch.set_rng_state(ctx.cpu_rng)
             if ctx.cuda_rng is not None:
                 torch.cuda.set_rng_state(ctx.cuda_rng, x.device)
-            for start in range(0, x.shape[0], ctx.chunk_size):
-                stop = min(start + ctx.chunk_size, x.shape[0])
+            block = _block(ctx.chunk_size)  # the forward's blocks, in its order: unkeyed dropout redraws its masks
+            for start in range(0, x.shape[0], block):
+                stop = min(start + block, x.shape[0])
                 xc = x[start:stop].detach().requires_grad_(need_x)
-                h, l = _embed(ctx.encoder, ctx.pool, xc)
+                h, l = _embed(ctx.encoder, ctx.pool, xc, start)
                 a = weights[start:stop]
                 outputs, upstream = [l], [a * (h.detach() @ g - zg)]
                 if h.requires_grad:  # False only for an identity encoder and x without grad
@@ -214,6 +236,12 @@ class _ChunkedAttention(torch.autograd.Function):
                     grad_x[start:stop] = shares[-1] if shares[-1] is not None else 0
         it = iter(grads)
         return (grad_x, None, None, None, *[next(it) if need else None for need in params])
+
+
+def _block(chunk_size: int) -> int:
+    """Rows computed at a time by the chunked autograd function: a chunk bounds the memory, a cache-sized block
+    (no larger) is faster."""
+    return min(chunk_size, ENCODE_BLOCK)
 
 
 def _params(encoder: nn.Module | None, pool: AttentionPool) -> list[Tensor]:

@@ -7,7 +7,8 @@ generator. Until a trainer calls :func:`set_dropout_key`, it behaves as ``torch.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,13 +27,14 @@ def _mix32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
-def hash_uniform(keys: Tensor, salt: int, n: int) -> Tensor:
+def hash_uniform(keys: Tensor, salt: int, n: int, offset: int = 0) -> Tensor:
     """Uniform [0, 1) numbers, ``(n_keys, n)``, from ``keys`` (n_keys, 2) int64 = (seed, step).
 
-    Element ``i`` of key row r gets ``hash(seed_r, step_r, salt, i)``: with one bag per step,
-    element i belongs to the same instance and unit whether the run trains alone or stacked.
+    Element ``i`` of key row r gets ``hash(seed_r, step_r, salt, offset + i)``: with one bag per step,
+    element i belongs to the same instance and unit whether the run trains alone or stacked, and a
+    block of a bag starting at element ``offset`` gets the numbers of those elements of the whole bag.
     """
-    idx = torch.arange(n, dtype=torch.int64, device=keys.device)
+    idx = torch.arange(offset, offset + n, dtype=torch.int64, device=keys.device)
     h = _mix32(keys[:, :1] * 0x9E3779B1 + salt)
     h = _mix32(h ^ (keys[:, 1:] * 0x85EBCA77))
     h = _mix32(h ^ idx)
@@ -90,6 +92,8 @@ class KeyedDropout(nn.Module):
         self.register_buffer("key", torch.tensor([0, 0], dtype=torch.int64), persistent=False)
         # Packed bags of different sizes (set_dropout_key with several steps): rows of x per key, in order.
         self.rows: tuple[int, ...] | None = None
+        # A block of one bag forwarded on its own (see dropout_row_offset): the bag row x's first row is.
+        self.row_offset = 0
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (n_rows, dim) → same shape."""
@@ -99,7 +103,9 @@ class KeyedDropout(nn.Module):
             return nn.functional.dropout(x, self.p, True)
         keys = self.key.view(-1, 2)
         if self.rows is None:
-            u = hash_uniform(keys, self.salt, x.numel() // keys.shape[0])
+            per_key = x.numel() // keys.shape[0]
+            width = x.numel() // max(x.shape[0], 1)
+            u = hash_uniform(keys, self.salt, per_key, offset=self.row_offset * width)
         else:  # each bag's mask from its own key and its own positions: as if it were forwarded alone
             if sum(self.rows) != x.shape[0]:
                 raise ValueError(f"dropout keyed for {sum(self.rows)} rows, got {x.shape[0]}")
@@ -111,6 +117,20 @@ class KeyedDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, salt={self.salt}"
+
+
+@contextlib.contextmanager
+def dropout_row_offset(model: nn.Module, row: int) -> Iterator[None]:
+    """While inside, every keyed :class:`KeyedDropout` of ``model`` treats its input as rows ``row, row + 1, ...``
+    of the bag: a bag forwarded block by block draws the masks of the whole bag forwarded at once."""
+    layers = [m for m in model.modules() if isinstance(m, KeyedDropout)]
+    for m in layers:
+        m.row_offset = row
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.row_offset = 0
 
 
 def set_dropout_key(model: nn.Module, seed: int, step: int | Sequence[int],
