@@ -28,17 +28,17 @@ from .models import EmbeddingMIL, MILOutput
 from .pooling import AttentionPool
 
 #: Bags above this many instances are pooled in chunks, recomputed in the backward pass. The recompute costs training
-#: throughput (measured with 16384-instance chunks: 55% vs 66% of matmul peak at 100k instances, 48% vs 73% on bags of
-#: 100-50k), so only bags whose activations are large are chunked: at D=1024 and 512 hidden units a chunk's
-#: activations are about 1.3 GiB, and a 1M-instance bag trains at 1.42x its own bytes (benchmarks/wsi_speed.py).
+#: throughput (the first layer's forward pass again, about a quarter more arithmetic), so only bags whose activations
+#: are large are chunked: at D=1024 and 512 hidden units a chunk's activations are about 1.3 GiB, and a 1M-instance bag
+#: trains at 1.17x its own bytes (benchmarks/wsi_speed.py).
 DEFAULT_CHUNK_SIZE = 131072
 
 
 #: Rows per block where a large bag is encoded block by block (:func:`encode_blocks`): a block's activations
-#: (8192 x 512 float32 = 16 MiB) stay in the CPU's cache from the first layer to the attention logits. Measured on a
-#: 100k-instance bag, CLAM-sized net, 2 threads, training step: whole bag 122 GFLOP/s, blocks of 4096-8192 rows
-#: 157-169 GFLOP/s, peak memory within 3%.
-ENCODE_BLOCK = 8192
+#: (2048 x 512 float32 = 4 MiB) stay in the CPU's cache from the first layer to the attention logits. Measured on the
+#: CLAM-sized net, 2 threads, a training step, alternating runs: 100k instances 122 GFLOP/s as one block, 158-164
+#: in blocks of 8192, 164-165 of 4096, 170-171 of 2048; 10k instances 156 vs 160-163 (2048). Peak memory within 3%.
+ENCODE_BLOCK = 2048
 
 
 def _embed(encoder: nn.Module | None, pool: AttentionPool, x: Tensor, first_row: int = 0) -> tuple[Tensor, Tensor]:
@@ -155,7 +155,7 @@ def chunked_attention_pool(encoder: nn.Module | None, pool: AttentionPool,
         x = _as_tensor(chunk)
         if device is not None:
             x = x.to(device, non_blocking=True)
-        for _, h, logits in encode_blocks(encoder, pool, x):
+        for _, h, logits in encode_blocks(encoder, pool, x, None if x.device.type == "cpu" else max(len(x), 1)):
             state.update(h, logits)
             if return_logits:
                 logits_all.append(logits)
@@ -186,7 +186,7 @@ class _ChunkedAttention(torch.autograd.Function):
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         state = OnlineSoftmaxPool()
         logits = None  # (n,) allocated once: see _LogitBuffer for why not a list of chunks
-        for start, h, l in encode_blocks(encoder, pool, x, _block(chunk_size)):
+        for start, h, l in encode_blocks(encoder, pool, x, _block(chunk_size, x.device)):
             state.update(h, l)
             if logits is None:
                 logits = l.new_empty(x.shape[0])
@@ -217,7 +217,8 @@ class _ChunkedAttention(torch.autograd.Function):
             torch.set_rng_state(ctx.cpu_rng)
             if ctx.cuda_rng is not None:
                 torch.cuda.set_rng_state(ctx.cuda_rng, x.device)
-            block = _block(ctx.chunk_size)  # the forward's blocks, in its order: unkeyed dropout redraws its masks
+            # the forward's blocks, in its order: unkeyed dropout redraws the same masks
+            block = _block(ctx.chunk_size, x.device)
             for start in range(0, x.shape[0], block):
                 stop = min(start + block, x.shape[0])
                 xc = x[start:stop].detach().requires_grad_(need_x)
@@ -238,10 +239,10 @@ class _ChunkedAttention(torch.autograd.Function):
         return (grad_x, None, None, None, *[next(it) if need else None for need in params])
 
 
-def _block(chunk_size: int) -> int:
-    """Rows computed at a time by the chunked autograd function: a chunk bounds the memory, a cache-sized block
-    (no larger) is faster."""
-    return min(chunk_size, ENCODE_BLOCK)
+def _block(chunk_size: int, device: torch.device) -> int:
+    """Rows computed at a time by the chunked autograd function: a chunk bounds the memory; on CPU a cache-sized
+    block (no larger) is faster (a GPU wants large kernels)."""
+    return min(chunk_size, ENCODE_BLOCK) if device.type == "cpu" else chunk_size
 
 
 def _params(encoder: nn.Module | None, pool: AttentionPool) -> list[Tensor]:

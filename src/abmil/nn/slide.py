@@ -10,8 +10,8 @@ cross-entropy). One bag per call, or several small bags packed end to end with a
 (one forward for a step of many small slides; ``abmil.train.wsi`` packs a step's slides when
 together they fit in ``chunk_size`` instances, and accumulates gradients slide by slide otherwise).
 
-A bag above :data:`~abmil.nn.chunked.ENCODE_BLOCK` instances is encoded in cache-sized blocks (the same values,
-faster); a bag larger than ``chunk_size`` instances is pooled by :func:`abmil.nn.chunked.chunked_attention`
+On CPU a bag above :data:`~abmil.nn.chunked.ENCODE_BLOCK` instances is encoded in cache-sized blocks (the same
+values, faster, the same memory); a bag larger than ``chunk_size`` instances is pooled by :func:`abmil.nn.chunked.chunked_attention`
 while training (activation memory of one chunk; in the weights' dtype, autocast or not) and, without
 gradients, streamed chunk by chunk (:meth:`SlideMIL.pool_chunks`), which also accepts chunks read
 one at a time from disk.
@@ -91,7 +91,7 @@ class SlideMIL(nn.Module):
             else:
                 z, logits = chunked_attention_pool(self.encoder, self.pool, x.split(self.chunk_size),
                                                    return_logits=True)
-        elif x.shape[0] > chunked.ENCODE_BLOCK:  # cache-sized blocks, all kept for autograd: faster, same memory
+        elif x.device.type == "cpu" and x.shape[0] > chunked.ENCODE_BLOCK:  # cache-sized blocks kept for autograd
             blocks = [(h, l) for _, h, l in encode_blocks(self.encoder, self.pool, x)]
             logits = torch.cat([l for _, l in blocks])
             weights = torch.softmax(logits, 0).split([len(l) for _, l in blocks])
