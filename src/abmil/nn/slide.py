@@ -10,9 +10,9 @@ cross-entropy). One bag per call, or several small bags packed end to end with a
 (one forward for a step of many small slides; ``abmil.train.wsi`` packs a step's slides when
 together they fit in ``chunk_size`` instances, and accumulates gradients slide by slide otherwise).
 
-On CPU a bag above :data:`~abmil.nn.chunked.ENCODE_BLOCK` instances is encoded in cache-sized blocks (the same
-values, faster, the same memory); a bag larger than ``chunk_size`` instances is pooled by :func:`abmil.nn.chunked.chunked_attention`
-while training (activation memory of one chunk; in the weights' dtype, autocast or not) and, without
+On CPU a bag above :data:`~abmil.nn.chunked.ENCODE_BLOCK` instances is encoded in cache-sized blocks (the
+same values, faster, the same memory); a bag larger than ``chunk_size`` instances is pooled by
+:func:`abmil.nn.chunked.chunked_attention` while training (activation memory of one chunk; in the weights' dtype, autocast or not) and, without
 gradients, streamed chunk by chunk (:meth:`SlideMIL.pool_chunks`), which also accepts chunks read
 one at a time from disk.
 """
