@@ -8,9 +8,9 @@ attention V, U: 512→256, w: 256→1; classifier 512→1), one bag per optimize
 - ``reference``: the AttentionDeepMIL ``GatedAttention`` loop: the whole bag in memory as
   (1, N, D), ``A = softmax(w(tanh(V h) * sigm(U h)))ᵀ``, ``Z = A @ H``, sigmoid, clamped
   Bernoulli NLL, ``torch.optim.Adam`` with its defaults.
-- ``abmil-packed``: ``SlideMIL``'s packed forward, as ``abmil train --batch-instances`` runs it:
-  ``--budget // N`` bags of N instances per step, packed end to end with a ``bag_index`` (no
-  padding), fused Adam.
+- ``abmil-packed``: as ``abmil train --batch-instances`` runs: ``--budget // N`` bags of N instances
+  per step, consecutive bags packed end to end with a ``bag_index`` (no padding) into passes of at most
+  ``abmil.train.wsi.pack_limit`` instances, fused Adam.
 - ``torchmil``: ``torchmil.models.ABMIL(gated=True, att_dim=256)`` with the same Linear+ReLU as
   ``feat_ext``, its ``compute_loss`` (BCE with logits), default Adam. Only if ``import torchmil``
   works (``--torchmil-path DIR`` adds a folder where it was installed with ``pip install --target``).
@@ -106,7 +106,9 @@ def _abmil_step(sizes: list[int], args):
 
 
 def _abmil_packed_step(sizes: list[int], args):
-    """Several bags per step, packed: ``budget // N`` bags of one size, or the mixed set by instance budget."""
+    """Several bags per step as ``abmil train --batch-instances`` takes them: ``budget // N`` bags of one size (or
+    the mixed set filled up to the budget by the package's sampler), consecutive bags packed end to end into passes
+    of at most ``pack_limit`` instances (a larger bag alone), gradients accumulating over the step's passes."""
     import torch
 
     from abmil.data.bags import pack
@@ -114,23 +116,30 @@ def _abmil_packed_step(sizes: list[int], args):
     from abmil.nn.slide import SlideMIL
     from abmil.train.config import TrainConfig
     from abmil.train.fit import make_optimizer
-    from abmil.train.wsi import slide_losses
+    from abmil.train.wsi import WSIConfig, pack_groups, pack_limit, slide_losses
 
     model = SlideMIL(D, 2, hidden=HIDDEN, att_dim=ATT, dropout=0.0)
     opt = make_optimizer(model, TrainConfig(optimizer="adam", lr=1e-4))
     if len(sizes) == 1:  # one size: a fixed batch of budget // N bags
         sizes = sizes * max(1, args.budget // sizes[0])
     bags = _bags(sizes)
-    batches = [pack([bags[i] for i in b]) for b in InstanceBudgetSampler(sizes, args.budget, seed=0)]
-    labels = torch.ones(len(bags), dtype=torch.long)
+    limit = pack_limit(WSIConfig(chunk_size=args.chunk), torch.device("cpu"))
+    steps = []
+    for batch in InstanceBudgetSampler(sizes, args.budget, seed=0):
+        passes = []
+        for group in pack_groups([sizes[i] for i in batch], limit):
+            x, bag_index = pack([bags[batch[k]] for k in group])
+            passes.append((x, bag_index if len(group) > 1 else None, len(group)))
+        steps.append((passes, len(batch)))
 
     def epoch() -> None:
-        for x, bag_index in batches:
-            n_bags = int(bag_index[-1]) + 1
+        for passes, n_step in steps:
             opt.zero_grad(set_to_none=True)
-            slide_losses(model(x, bag_index, n_bags).logits, labels[:n_bags]).mean().backward()
+            for x, bag_index, n_bags in passes:
+                logits = model(x, bag_index, n_bags).logits.view(n_bags, -1)
+                (slide_losses(logits, torch.ones(n_bags, dtype=torch.long)).sum() / n_step).backward()
             opt.step()
-    return epoch, sum(sizes), sum(train_flops(n) for n in sizes), len(batches)
+    return epoch, sum(sizes), sum(train_flops(n) for n in sizes), len(steps)
 
 
 def _reference_step(sizes: list[int], args):

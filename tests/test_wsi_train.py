@@ -182,6 +182,13 @@ def test_instance_budget_steps_and_bf16(tmp_path):
 
 
 # ----------------------------------------------------------------------------- packed steps
+def test_pack_groups_consecutive_within_the_limit():
+    from abmil.train.wsi import pack_groups
+
+    assert pack_groups([5, 5, 5, 20, 3, 3, 30, 9], 15) == [[0, 1, 2], [3], [4, 5], [6], [7]]
+    assert pack_groups([], 15) == []
+
+
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_packed_forward_equals_slides_one_at_a_time(n_classes):
     """Packed bags with per-bag dropout keys: the same logits and the same summed gradient as each bag
@@ -217,16 +224,16 @@ def test_packed_forward_equals_slides_one_at_a_time(n_classes):
 
 
 def test_training_packs_steps_that_fit_and_matches_accumulation(tmp_path, monkeypatch):
-    """Steps of 3 slides: packed when they fit in chunk_size (one forward per step), else one slide
+    """Steps of 3 slides: packed when they fit in the pack limit (one pass per step), else one slide
     at a time; both end with the same weights."""
     import abmil.train.wsi as wsi
 
     manifest, features = make_dataset(tmp_path, 7, sizes=(20, 40))
     calls = []
-    real = wsi._packed_step
-    monkeypatch.setattr(wsi, "_packed_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = wsi._packed_pass
+    monkeypatch.setattr(wsi, "_packed_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
     weights = {}
-    for name, chunk in (("packed", 1000), ("alone", 40)):  # 40: no bag is chunked, no 3 bags fit together
+    for name, chunk in (("packed", 1000), ("alone", 39)):  # sizes 20-39: no bag is chunked, no 2 bags fit together
         calls.clear()
         ds = FeatureBagDataset(manifest, features)
         cfg = WSIConfig(epochs=2, batch_size=3, hidden=32, att_dim=16, chunk_size=chunk, lr=1e-3)

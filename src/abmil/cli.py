@@ -224,8 +224,8 @@ def _wsi_commands(commands) -> None:
     train.add_argument("--batch-size", type=int, default=None, metavar="B",
                        help="slides per step and process (default 1, the paper's)")
     train.add_argument("--batch-instances", type=int, default=None, metavar="N",
-                       help="group consecutive slides per step up to N instances per process; a step's "
-                            "slides are packed into one forward when they fit in --chunk-size")
+                       help="group consecutive slides per step up to N instances per process (small slides "
+                            "are packed into passes without padding)")
     train.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
                        help="slides above this many patches are pooled in chunks, recomputed in the backward "
                             f"pass: memory O(chunk), up to a third slower (default {DEFAULT_CHUNK_SIZE})")

@@ -7,8 +7,8 @@
 ``n_out`` is 1 for two classes (the bag probability is ``sigmoid``, trained with the paper's
 clamped Bernoulli likelihood, as the rest of the package) and ``n_classes`` otherwise (softmax,
 cross-entropy). One bag per call, or several small bags packed end to end with a ``bag_index``
-(one forward for a step of many small slides; ``abmil.train.wsi`` packs a step's slides when
-together they fit in ``chunk_size`` instances, and accumulates gradients slide by slide otherwise).
+(one pass for many small slides; ``abmil.train.wsi`` packs consecutive slides of a step up to
+:func:`~abmil.train.wsi.pack_limit` instances and accumulates the passes' gradients).
 
 On CPU a bag above :data:`~abmil.nn.chunked.ENCODE_BLOCK` instances is encoded in cache-sized blocks (the
 same values, faster, the same memory); a bag larger than ``chunk_size`` instances is pooled by

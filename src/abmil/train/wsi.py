@@ -6,11 +6,11 @@
   one logit, ``sigmoid``, the paper's clamped Bernoulli likelihood (as the rest of the package);
   more: one logit per class, softmax cross-entropy.
 - Steps: one slide per optimizer step by default (the paper's batch size 1). With a larger batch
-  (``batch_size``, or ``batch_instances`` filled by the sampler) the step's slides are packed end to
-  end into one forward when together they fit in ``chunk_size`` instances — the same gradient as
-  one slide at a time, in one pass — and otherwise forwarded and back-propagated one at a time,
-  gradients accumulating, so memory is that of one slide; slides above ``chunk_size`` instances
-  are pooled in chunks.
+  (``batch_size``, or ``batch_instances`` filled by the sampler) consecutive slides of a step are
+  packed end to end into one pass while together they fit in :func:`pack_limit` instances — the
+  same gradient as one slide at a time — and larger slides go one at a time, gradients
+  accumulating, so memory is that of one pass; slides above ``chunk_size`` instances are pooled
+  in chunks.
 - Checkpoints (:mod:`abmil.train.checkpoint`) after every epoch; ``resume=True`` continues from
   the last one. Because the schedule depends only on (seed, epoch) (:mod:`abmil.train.wsi_schedule`),
   dropout masks only on (seed, visit) (:mod:`abmil.nn.dropout`) and the optimizer state is
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -38,6 +38,7 @@ from ..data.features import FeatureBagDataset
 from ..errors import DataError
 from ..nn.chunked import DEFAULT_CHUNK_SIZE
 from ..nn.dropout import set_dropout_key
+from ..nn import chunked
 from ..nn.slide import SlideMIL, class_probabilities
 from .checkpoint import load_optimizer_state, load_weights, read_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -209,48 +210,74 @@ def _data_parallel(model: SlideMIL, dev: torch.device) -> torch.nn.Module:
     return DDP(model, device_ids=[dev] if dev.type == "cuda" else None, **{key: False})
 
 
-def _packed_step(net: torch.nn.Module, model: SlideMIL, bags: list, s: Step, config: WSIConfig,
-                 dev: torch.device) -> float:
+def pack_limit(config: WSIConfig, device: torch.device) -> int:
+    """Most instances forwarded packed at once: on CPU a cache-sized block (larger packs run slower than their
+    slides one at a time, each encoded in blocks), on a GPU a chunk."""
+    return min(config.chunk_size, chunked.ENCODE_BLOCK) if device.type == "cpu" else config.chunk_size
+
+
+def pack_groups(sizes: Sequence[int], limit: int) -> list[list[int]]:
+    """Positions of consecutive slides grouped while a group's instances stay within ``limit`` (a larger slide
+    alone)."""
+    groups: list[list[int]] = []
+    total = 0
+    for j, n in enumerate(sizes):
+        if groups and total + n <= limit:
+            groups[-1].append(j)
+            total += n
+        else:
+            groups.append([j])
+            total = n
+    return groups
+
+
+def _packed_pass(net: torch.nn.Module, model: SlideMIL, bags: list, visits: list[int], weight: float,
+                 config: WSIConfig, dev: torch.device) -> float:
     """Forward and backward of several slides packed end to end, each with the dropout mask and the
     loss weight it gets alone: the gradient of the one-at-a-time accumulation, in one pass."""
     sizes = [len(b.features) for b in bags]
     x = torch.cat([b.features for b in bags]).to(dev, non_blocking=True)
     bag_index = torch.repeat_interleave(torch.arange(len(bags), device=dev), torch.tensor(sizes, device=dev))
     labels = torch.tensor([b.label for b in bags], device=dev)
-    set_dropout_key(model, config.seed, s.visits, rows=sizes)
+    set_dropout_key(model, config.seed, visits, rows=sizes)
     with _autocast(dev, config.bf16):
         out = net(x, bag_index, len(bags))
     losses = slide_losses(out.logits, labels)
-    (losses.sum() * s.weight).backward()
+    (losses.sum() * weight).backward()
     return float(losses.detach().sum())
+
+
+def _slide_pass(net: torch.nn.Module, model: SlideMIL, x: Tensor, label: int, visit: int, weight: float,
+                config: WSIConfig) -> float:
+    """Forward and backward of one slide."""
+    set_dropout_key(model, config.seed, visit)
+    with _autocast(x.device, config.bf16):
+        out = net(x)
+    loss = slide_loss(out.logits, label)
+    (loss * weight).backward()
+    return float(loss.detach())
 
 
 def _backward_step(net: torch.nn.Module, model: SlideMIL, dataset: FeatureBagDataset, slides: list[int],
                    s: Step, config: WSIConfig, world: World, dev: torch.device, in_dim: int) -> tuple[float, int]:
-    """Forward and backward of this rank's ``slides`` of step ``s`` (DDP all-reduces once). Several
-    slides that together fit in ``chunk_size`` instances are packed into one forward; otherwise they
-    go one at a time, gradients accumulating. Returns (sum of the slides' losses, count)."""
-    if len(slides) > 1:
-        sizes = dataset.bag_sizes()  # metadata, cached by validate()
-        if sum(sizes[i] for i in slides) <= config.chunk_size:
-            return _packed_step(net, model, [dataset.load(i) for i in slides], s, config, dev), len(slides)
-    # a rank without slides in this step still takes part in the all-reduce, with a zero-weighted dummy
-    work = list(zip(slides, s.visits)) or [(None, 0)]
+    """Forward and backward of this rank's ``slides`` of step ``s``, gradients accumulating (DDP all-reduces
+    once, on the last pass). Consecutive slides that together fit in :func:`pack_limit` are packed into one
+    pass; the others go one at a time. Returns (sum of the slides' losses, count)."""
+    if not slides:  # this rank still takes part in the all-reduce, with a zero-weighted dummy
+        _slide_pass(net, model, torch.zeros(1, in_dim, device=dev), 0, 0, 0.0, config)
+        return 0.0, 0
+    sizes = dataset.bag_sizes()  # metadata, cached by validate()
+    groups = pack_groups([sizes[i] for i in slides], pack_limit(config, dev))
     total = 0.0
-    for j, (i, visit) in enumerate(work):
-        if i is None:
-            x, label, weight = torch.zeros(1, in_dim, device=dev), 0, 0.0
-        else:
-            bag = dataset.load(i)
-            x, label, weight = bag.features.to(dev, non_blocking=True), bag.label, s.weight
-        set_dropout_key(model, config.seed, visit)
-        last = j == len(work) - 1
-        with nullcontext() if last or not world.distributed else net.no_sync():
-            with _autocast(dev, config.bf16):
-                out = net(x)
-            loss = slide_loss(out.logits, label)
-            (loss * weight).backward()
-        total += float(loss.detach()) if i is not None else 0.0
+    for j, group in enumerate(groups):
+        with nullcontext() if j == len(groups) - 1 or not world.distributed else net.no_sync():
+            if len(group) > 1:
+                total += _packed_pass(net, model, [dataset.load(slides[k]) for k in group],
+                                      [s.visits[k] for k in group], s.weight, config, dev)
+            else:
+                bag = dataset.load(slides[group[0]])
+                total += _slide_pass(net, model, bag.features.to(dev, non_blocking=True), bag.label,
+                                     s.visits[group[0]], s.weight, config)
     return total, len(slides)
 
 
