@@ -46,7 +46,7 @@ def plot_mnist_bags(rows: Sequence[ResultRow], path: str | os.PathLike, metric: 
         raise ValueError(f"no {metric!r} rows to plot")
     models = list(dict.fromkeys(m for m in paper.HISTOLOGY_ROWS if any(r.model == m for r in rows)))
     models += [m for m in dict.fromkeys(r.model for r in rows) if m not in models]
-    fig, axes = plt.subplots(1, len(means), figsize=(4.6 * len(means), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(means), figsize=(4.6 * len(means), 4.6), squeeze=False, sharey=True)
     colours = plt.get_cmap("tab10")
     for ax, bag_mean in zip(axes[0], means):
         for j, m in enumerate(models):
@@ -74,8 +74,13 @@ def plot_mnist_bags(rows: Sequence[ResultRow], path: str | os.PathLike, metric: 
     if any(r.paper_mean is not None for r in rows):
         handles.append(plt.Line2D([], [], marker="D", mfc="none", color="grey", ls="none"))
         labels.append("paper (secondary source)")
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), bbox_to_anchor=(0.5, -0.08),
-               frameon=False)
+    ncol = min(len(labels), 4)
+    legend_rows = -(-len(labels) // ncol)
+    # room under the axes' labels for the legend's rows, so that neither covers the other
+    fig.subplots_adjust(bottom=0.2 + 0.065 * legend_rows, top=0.84, wspace=0.08)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, bbox_to_anchor=(0.5, 0.0), frameon=False)
+    for ax in axes[0]:
+        ax.set_ylim(top=min(ax.get_ylim()[1], 1.02))  # AUC ends at 1: a ± bar beyond it is clipped
     fig.suptitle("MNIST-bags: test AUC (mean ± sd over repetitions)")
     save_figure(fig, path)
 
