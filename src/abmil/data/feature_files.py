@@ -101,7 +101,8 @@ class FeatureFile:
         HDF5 is read with ``read_direct`` into a preallocated array, in blocks of about :data:`READ_BLOCK_BYTES`
         (:data:`CONTIGUOUS_READ_BLOCK_BYTES` for a contiguous dataset): HDF5 walks the chunks in C, and with
         ``check_finite`` each block is checked for NaN/Inf (:meth:`check_finite`) by a helper thread while the next
-        block is read, and while it is still in the CPU cache — checked after the read, the check costs about a third of the read itself on a contiguous file.
+        block is read, and while it is still in the CPU cache (checked after the whole read, the check cost about a
+        third of the read itself on a contiguous file).
         """
         if not self.is_h5:
             features = self._load_pt().clone()  # clone: detach from the memory map

@@ -13,7 +13,9 @@ chunk by chunk:
   O(n_instances) scalars.
 
 Both give the values and gradients of ``AttentionPool(encoder(x), zeros)`` to float rounding
-(``tests/test_chunked.py``).
+(``tests/test_chunked.py``). On CPU both compute in blocks of :data:`ENCODE_BLOCK` rows, whose activations
+stay in the CPU's cache from the first layer to the attention logits (:func:`encode_blocks`; keyed dropout
+draws the whole bag's masks in any block).
 """
 from __future__ import annotations
 
@@ -51,14 +53,14 @@ def _embed(encoder: nn.Module | None, pool: AttentionPool, x: Tensor, first_row:
     return h, pool.scores(h)
 
 
-def encode_blocks(encoder: nn.Module | None, pool: AttentionPool, x: Tensor, block: int | None = None,
-                  first_row: int = 0) -> Iterator[tuple[int, Tensor, Tensor]]:
+def encode_blocks(encoder: nn.Module | None, pool: AttentionPool, x: Tensor,
+                  block: int | None = None) -> Iterator[tuple[int, Tensor, Tensor]]:
     """``(start, h, logits)`` for consecutive blocks of ``block`` (default :data:`ENCODE_BLOCK`) rows of ``x``
     (n, in_dim): ``h`` (n_block, dim) and logits (n_block,) as :func:`_embed` gives them for the whole of ``x``
     (keyed dropout included)."""
     block = ENCODE_BLOCK if block is None else block
     for start in range(0, x.shape[0], block):
-        h, logits = _embed(encoder, pool, x[start:start + block], first_row + start)
+        h, logits = _embed(encoder, pool, x[start:start + block], start)
         yield start, h, logits
 
 

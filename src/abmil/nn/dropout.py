@@ -92,7 +92,7 @@ class KeyedDropout(nn.Module):
         self.register_buffer("key", torch.tensor([0, 0], dtype=torch.int64), persistent=False)
         # Packed bags of different sizes (set_dropout_key with several steps): rows of x per key, in order.
         self.rows: tuple[int, ...] | None = None
-        # A block of one bag forwarded on its own (see dropout_row_offset): the bag row x's first row is.
+        # A block of one bag forwarded on its own (see dropout_row_offset): the bag's row at which x starts.
         self.row_offset = 0
 
     def forward(self, x: Tensor) -> Tensor:
@@ -102,14 +102,12 @@ class KeyedDropout(nn.Module):
         if not self.keyed:
             return nn.functional.dropout(x, self.p, True)
         keys = self.key.view(-1, 2)
+        width = x.numel() // max(x.shape[0], 1)
         if self.rows is None:
-            per_key = x.numel() // keys.shape[0]
-            width = x.numel() // max(x.shape[0], 1)
-            u = hash_uniform(keys, self.salt, per_key, offset=self.row_offset * width)
+            u = hash_uniform(keys, self.salt, x.numel() // keys.shape[0], offset=self.row_offset * width)
         else:  # each bag's mask from its own key and its own positions: as if it were forwarded alone
             if sum(self.rows) != x.shape[0]:
                 raise ValueError(f"dropout keyed for {sum(self.rows)} rows, got {x.shape[0]}")
-            width = x.numel() // max(x.shape[0], 1)
             u = torch.cat([hash_uniform(keys[i:i + 1], self.salt, r * width).view(-1)
                            for i, r in enumerate(self.rows)])
         keep = u.view_as(x) >= self.p

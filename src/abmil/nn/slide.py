@@ -12,9 +12,9 @@ cross-entropy). One bag per call, or several small bags packed end to end with a
 
 On CPU a bag above :data:`~abmil.nn.chunked.ENCODE_BLOCK` instances is encoded in cache-sized blocks (the
 same values, faster, the same memory); a bag larger than ``chunk_size`` instances is pooled by
-:func:`abmil.nn.chunked.chunked_attention` while training (activation memory of one chunk; in the weights' dtype, autocast or not) and, without
-gradients, streamed chunk by chunk (:meth:`SlideMIL.pool_chunks`), which also accepts chunks read
-one at a time from disk.
+:func:`abmil.nn.chunked.chunked_attention` while training (activation memory of one chunk; in the
+weights' dtype, autocast or not) and, without gradients, streamed chunk by chunk
+(:meth:`SlideMIL.pool_chunks`), which also accepts chunks read one at a time from disk.
 """
 from __future__ import annotations
 

@@ -36,9 +36,9 @@ from torch import Tensor
 
 from ..data.features import FeatureBagDataset
 from ..errors import DataError
+from ..nn import chunked
 from ..nn.chunked import DEFAULT_CHUNK_SIZE
 from ..nn.dropout import set_dropout_key
-from ..nn import chunked
 from ..nn.slide import SlideMIL, class_probabilities
 from .checkpoint import load_optimizer_state, load_weights, read_checkpoint, save_checkpoint
 from .config import TrainConfig
