@@ -46,7 +46,7 @@ def plot_mnist_bags(rows: Sequence[ResultRow], path: str | os.PathLike, metric: 
         raise ValueError(f"no {metric!r} rows to plot")
     models = list(dict.fromkeys(m for m in paper.HISTOLOGY_ROWS if any(r.model == m for r in rows)))
     models += [m for m in dict.fromkeys(r.model for r in rows) if m not in models]
-    fig, axes = plt.subplots(1, len(means), figsize=(4.6 * len(means), 4.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(means), figsize=(4.6 * len(means), 4.6), squeeze=False, sharex=True, sharey=True)
     colours = plt.get_cmap("tab10")
     for ax, bag_mean in zip(axes[0], means):
         for j, m in enumerate(models):
