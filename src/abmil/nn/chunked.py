@@ -30,7 +30,7 @@ from .models import EmbeddingMIL, MILOutput
 from .pooling import AttentionPool
 
 #: Bags above this many instances are pooled in chunks, recomputed in the backward pass. The recompute costs training
-#: throughput (the first layer's forward pass again, about a quarter more arithmetic), so only bags whose activations
+#: throughput (the forward pass again: 43% more arithmetic for the CLAM-sized net), so only bags whose activations
 #: are large are chunked: at D=1024 and 512 hidden units a chunk's activations are about 1.3 GiB, and a 1M-instance bag
 #: trains at 1.17x its own bytes (benchmarks/wsi_speed.py).
 DEFAULT_CHUNK_SIZE = 131072
