@@ -13,6 +13,7 @@ import scipy.io
 
 import abmil.experiments.benchmarks as bench
 from abmil.cli import main
+from abmil.data.benchmarks import load_benchmark
 from abmil.report.results import CORE_KEYS
 from abmil.train.cv import CVResult, cv_splits
 
@@ -75,6 +76,33 @@ def test_resume_skips_finished_cells(small_run: Path, monkeypatch, capsys):
     after = json.loads((small_run / "results.json").read_text())[0]
     assert after["mean"] == before["mean"] and after["std"] == before["std"]
     assert after["run"]["resumed"] is True and after["run"]["seconds"] == before["run"]["seconds"]
+
+
+def test_more_metrics_from_the_stored_probabilities(small_run: Path, monkeypatch, capsys, tmp_path):
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    out = tmp_path / "metrics"
+    (out / "cells").mkdir(parents=True)
+    cell_file = small_run / "cells" / "musk1__attention.json"
+    (out / "cells" / cell_file.name).write_bytes(cell_file.read_bytes())
+    monkeypatch.setattr(bench, "run_cv", _no_training)  # every metric comes from the finished cell
+    assert main(["reproduce", "benchmarks", *SMALL, "--metrics", "accuracy,f1,auc", "--out", str(out),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "      auc: musk1/attention" in printed
+    rows = {r["metric"]: r for r in json.loads((out / "results.json").read_text())}
+    assert list(rows) == ["accuracy", "f1", "auc"]
+    labels = load_benchmark("musk1").labels
+    runs = json.loads(cell_file.read_text())["runs"]
+    auc = [roc_auc_score(labels[r["test"]], r["probs"]) for r in runs]
+    f1 = [f1_score(labels[r["test"]], np.asarray(r["probs"]) >= 0.5, zero_division=0) for r in runs]
+    assert rows["auc"]["mean"] == pytest.approx(np.mean(auc)) and rows["auc"]["n_runs"] == 3
+    assert rows["f1"]["mean"] == pytest.approx(np.mean(f1))
+    assert rows["accuracy"]["mean"] == pytest.approx(np.mean([r["accuracy"] for r in runs]))
+    md = (out / "results.md").read_text()
+    assert "| Method | Accuracy | F-score | AUC |" in md and "--metrics accuracy,f1,auc" in md
+    with pytest.raises(ValueError, match="unknown metric"):
+        bench.reproduce_benchmarks(["musk1"], ["attention"], out_dir=tmp_path / "x", metrics=["kappa"])
 
 
 def _fake_run_cv(calls: list, interrupt_at: int | None = None):

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "auto: direct where it applies, else stacked. Same numbers (default auto)")
     bench.add_argument("--jobs", type=int, default=1,
                        help="worker processes, one CPU core each (default 1). Same numbers")
+    bench.add_argument("--metrics", type=_csv_list, default=None, metavar="A,B,...",
+                       help="bag metrics from each test fold: accuracy (default; Table 1's layout), precision, "
+                            "recall, f1, auc (more than accuracy: one methods x metrics table per dataset)")
     bench.add_argument("--data", action="append", default=None, metavar="NAME=PATH[,NAME=PATH]",
                        help="read dataset NAME from a .csv/.mat(.gz) file instead of the shipped copy "
                             "(repeatable)")
@@ -326,9 +329,9 @@ def _reproduce_benchmarks(args: argparse.Namespace) -> int:
     rows = reproduce_benchmarks(datasets, models, folds=args.folds, repeats=args.repeats, seed=args.seed,
                                 epochs=args.epochs, batch_size=args.batch_size, out_dir=args.out,
                                 engine=args.engine, progress=not args.no_progress, data_paths=data,
-                                jobs=args.jobs)
+                                jobs=args.jobs, metrics=args.metrics or ("accuracy",))
     for row in rows:
-        print(format_row(row))
+        print(f"{row.metric:>9}: {format_row(row)}" if args.metrics else format_row(row))
     print(f"wrote {args.out}/results.md, results.json, results.csv")
     return 0
 

@@ -39,6 +39,7 @@ from abmil.errors import DataError
 from abmil.io import write_json_atomic
 from abmil.nn.zoo import benchmark_model, check_model_key
 from abmil.report import paper
+from abmil.report.metrics import BAG_METRICS, bag_metrics
 from abmil.report.results import ResultRow, summarise, write_results
 from abmil.train.config import TrainConfig
 from abmil.train.cv import ENGINES, cv_splits, fold_standardiser, resolve_engine, run_cv
@@ -202,36 +203,52 @@ def _read_cell(path: Path, settings: Mapping[str, Any]) -> dict[str, Any] | None
     return cached
 
 
-def _row(cell: _Cell, record: Mapping[str, Any], *, repeats: int, folds: int, resumed: bool) -> ResultRow:
-    runs = record["runs"]
-    return summarise(
-        [r["accuracy"] for r in runs],
-        dataset=cell.dataset,
-        model=cell.model,
-        metric=_METRIC,
-        experiment="benchmarks",
-        # One repeat has no spread over repeats: report the spread over its folds then.
-        std_over="repeats" if repeats > 1 else "folds",
-        repeat_ids=[r["repeat"] for r in runs],
-        # Flat extras must be the same for every cell of a call: results.md tables rows per distinct flat setting.
-        # Per-cell facts (time taken, data source) go into the nested "run" mapping.
-        extra={
-            "epochs": cell.config.epochs,
-            "batch_size": cell.config.batch_size,
-            "folds": folds,
-            "run": {
-                "seconds": record["seconds"],
-                "engine": record["engine"],
-                "seed": record["settings"]["seed"],
-                "source": record["source"],
-                "n_bags": len(cell.data),
-                "resumed": resumed,
+def _per_run(cell: _Cell, runs: Sequence[Mapping[str, Any]], metric: str) -> list[tuple[int, float]]:
+    """(repeat, value) of ``metric`` for every run whose value is defined (AUC: the test fold holds both classes)."""
+    if metric == "accuracy":
+        return [(r["repeat"], r["accuracy"]) for r in runs]
+    labels = np.asarray(cell.data.labels)
+    pairs = [(r["repeat"], bag_metrics(labels[r["test"]], np.asarray(r["probs"]))[metric]) for r in runs]
+    return [(rep, v) for rep, v in pairs if math.isfinite(v)]
+
+
+def _rows(cell: _Cell, record: Mapping[str, Any], *, metrics: Sequence[str], repeats: int, folds: int,
+          resumed: bool) -> list[ResultRow]:
+    """One row per metric: accuracy as trained; the others from the cell's stored test probabilities."""
+    rows = []
+    for metric in metrics:
+        pairs = _per_run(cell, record["runs"], metric)
+        if not pairs:
+            continue
+        rows.append(summarise(
+            [v for _, v in pairs],
+            dataset=cell.dataset,
+            model=cell.model,
+            metric=metric,
+            experiment="benchmarks",
+            # One repeat has no spread over repeats: report the spread over its folds then.
+            std_over="repeats" if repeats > 1 else "folds",
+            repeat_ids=[rep for rep, _ in pairs],
+            # Flat extras must be the same for every cell of a call: results.md tables rows per distinct flat
+            # setting. Per-cell facts (time taken, data source) go into the nested "run" mapping.
+            extra={
+                "epochs": cell.config.epochs,
+                "batch_size": cell.config.batch_size,
+                "folds": folds,
+                "run": {
+                    "seconds": record["seconds"],
+                    "engine": record["engine"],
+                    "seed": record["settings"]["seed"],
+                    "source": record["source"],
+                    "n_bags": len(cell.data),
+                    "resumed": resumed,
+                },
             },
-        },
-    )
+        ))
+    return rows
 
 
-def _command(datasets, models, folds, repeats, seed, epochs, batch_size, engine, paths) -> str:
+def _command(datasets, models, folds, repeats, seed, epochs, batch_size, engine, paths, metrics) -> str:
     args = ["abmil", "reproduce", "benchmarks", "--datasets", ",".join(datasets), "--models", ",".join(models),
             "--folds", str(folds), "--repeats", str(repeats), "--seed", str(seed)]
     if epochs is not None:
@@ -239,6 +256,8 @@ def _command(datasets, models, folds, repeats, seed, epochs, batch_size, engine,
     args += ["--batch-size", str(batch_size), "--engine", engine]
     if paths:
         args += ["--data", ",".join(f"{k}={v}" for k, v in paths.items())]
+    if tuple(metrics) != (_METRIC,):
+        args += ["--metrics", ",".join(metrics)]
     return shlex.join(args)
 
 
@@ -260,6 +279,7 @@ def reproduce_benchmarks(
     progress: bool = True,
     data_paths: Mapping[str, str | Path] | None = None,
     jobs: int = 1,
+    metrics: Sequence[str] = (_METRIC,),
 ) -> list[ResultRow]:
     """Run every (dataset, model) cell under ``folds``-fold CV repeated ``repeats`` times; write the results.
 
@@ -274,9 +294,12 @@ def reproduce_benchmarks(
             ``"direct"``, ``"stacked"`` or ``"sequential"``; same numbers (to float rounding).
         progress: a tqdm bar on stderr (epochs for the stacked engine, runs for the others).
         data_paths: dataset name -> .csv/.mat(.gz) file, used instead of the shipped copy (or for a new name).
+        metrics: some of :data:`abmil.report.metrics.BAG_METRICS` (accuracy, precision, recall, f1, auc), from
+            each test fold's probabilities at threshold 0.5 (AUC over folds holding both classes). Only accuracy
+            (the default) gives Table 1's layout; more give one methods x metrics table per dataset (Tables 2-3).
 
     Returns:
-        one row per cell, datasets outer, models inner. ``std`` is over the per-repeat means (over folds when
+        one row per cell and metric, datasets outer, models inner. ``std`` is over the per-repeat means (over folds when
         ``repeats == 1``), ``extra["std_folds"]`` over all runs; ``extra["run"]["seconds"]`` the cell's wall time.
 
     Raises:
@@ -285,6 +308,11 @@ def reproduce_benchmarks(
         Both are raised before anything is created in ``out_dir``.
     """
     _check_int(jobs, "jobs", 1)
+    metrics = _names(metrics, "metrics")
+    bad = [m for m in metrics if m not in BAG_METRICS]
+    if bad:
+        raise ValueError(f"unknown metric(s) {', '.join(bad)}: expected some of {', '.join(BAG_METRICS)}")
+    layout = "benchmarks" if metrics == [_METRIC] else "metrics"
     cells = _prepare(datasets, models, folds, repeats, seed, epochs, batch_size, engine, data_paths)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -292,8 +320,9 @@ def reproduce_benchmarks(
     paths = {str(k): str(v) for k, v in (data_paths or {}).items()}
     names = list(dict.fromkeys(c.dataset for c in cells))
     model_names = list(dict.fromkeys(c.model for c in cells))
-    command = _command(names, model_names, folds, repeats, seed, epochs, batch_size, engine, paths)
-    title = "Classic MIL benchmarks (Ilse et al. 2018, Table 1)"
+    command = _command(names, model_names, folds, repeats, seed, epochs, batch_size, engine, paths, metrics)
+    title = ("Classic MIL benchmarks (Ilse et al. 2018, Table 1)" if set(names) & set(DEFAULT_DATASETS)
+             else "MIL feature bags under the classic benchmarks' protocol")
 
     fingerprints = {name: _fingerprint(next(c.data for c in cells if c.dataset == name)) for name in names}
     settings = {c.key: _cell_settings(c, folds, repeats, seed, fingerprints[c.dataset]) for c in cells}
@@ -316,11 +345,13 @@ def reproduce_benchmarks(
                                    engine=engines[cell.key],
                                    bar=bar, jobs=jobs)
                 write_json_atomic(out / "cells" / f"{cell.key}.json", record)
-            row = _row(cell, record, repeats=repeats, folds=folds, resumed=resumed)
-            rows.append(row)
-            write_results(out, rows, title=title, command=command, seed=seed)
+            cell_rows = _rows(cell, record, metrics=metrics, repeats=repeats, folds=folds, resumed=resumed)
+            rows += cell_rows
+            write_results(out, rows, title=title, command=command, seed=seed, table_layout=layout,
+                          experiment="benchmarks")
             if bar is not None:
-                bar.write(_cell_line(row, resumed), file=sys.stderr)
+                for row in cell_rows:
+                    bar.write(_cell_line(row, resumed), file=sys.stderr)
     finally:
         if bar is not None:
             bar.close()
@@ -345,7 +376,8 @@ def format_row(row: ResultRow) -> str:
 
 def _cell_line(row: ResultRow, resumed: bool) -> str:
     how = "resumed from cells/" if resumed else f"{row.extra['run']['seconds']:.0f} s"
-    return f"{format_row(row)} [{how}]"
+    metric = "" if row.metric == _METRIC else f" {row.metric}"
+    return f"{format_row(row)}{metric} [{how}]"
 
 
 def _run_cell(cell: _Cell, settings: Mapping[str, Any], *, folds: int, repeats: int, seed: int, engine: str,
