@@ -198,3 +198,21 @@ def test_failure_keeps_earlier_results(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         _write(tmp_path, _rows()[:2])
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_atomic_files_get_the_umask_permissions(tmp_path):
+    # mkstemp creates 0600; a result must be as readable as any file the user writes (umask 022 -> 0644).
+    import torch
+    from safetensors.torch import load_file
+
+    from abmil.io import write_safetensors_atomic
+
+    old = os.umask(0o027)
+    try:
+        _write(tmp_path)
+        write_safetensors_atomic(tmp_path / "w.safetensors", {"w": torch.arange(6.0).view(2, 3).t()})
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"results.json": 0o640, "results.csv": 0o640, "results.md": 0o640, "w.safetensors": 0o640}
+    assert torch.equal(load_file(str(tmp_path / "w.safetensors"))["w"], torch.arange(6.0).view(2, 3).t())

@@ -43,7 +43,7 @@ from abmil.data.histology_training import BagAugmenter, FloatBags
 from abmil.data.patches import BREAST_PATCH_SIZE, COLON_PATCH_SIZE
 from abmil.errors import DataError
 from abmil.experiments.mnist_bags import instance_auc
-from abmil.io import write_json_atomic
+from abmil.io import write_json_atomic, write_safetensors_atomic
 from abmil.nn.zoo import ATTENTION_KEYS, histology_model
 from abmil.report import paper
 from abmil.report.metrics import BAG_METRICS, bag_metrics
@@ -243,13 +243,8 @@ def _work(unit: Unit) -> tuple[Unit, dict[str, Any]]:
 
 
 def _save_model(path: Path, model: torch.nn.Module, settings: dict[str, Any], test: dict[str, list]) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     meta = {"settings": json.dumps(settings), **{k: json.dumps(v) for k, v in test.items()}}
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
-    tmp.replace(path)
+    write_safetensors_atomic(path, model.state_dict(), meta)
 
 
 def load_unit_model(run_dir: str | Path, model: str) -> tuple[torch.nn.Module, dict[str, Any]]:

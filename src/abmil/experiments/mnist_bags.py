@@ -33,7 +33,7 @@ from sklearn.metrics import roc_auc_score
 
 from abmil.data.mnist import read_mnist
 from abmil.data.mnist_bags import PAPER_BAG_SIZES, PAPER_TEST_BAGS, PAPER_TRAIN_BAGS, MNISTBags, make_mnist_bags
-from abmil.io import atomic_open, write_json_atomic
+from abmil.io import write_json_atomic, write_safetensors_atomic
 from abmil.nn.zoo import ATTENTION_KEYS, MNIST_BAGS_KEYS, mnist_bags_model
 from abmil.report import paper
 from abmil.report.results import ResultRow, read_results, summarise, write_results
@@ -121,14 +121,8 @@ def _train_point(point: Point, images, out_dir: Path) -> dict[str, Any]:
               "auc": float(roc_auc_score(test.labels, probs.numpy())), "instance_auc": inst,
               "test_probs": probs.numpy().round(6).tolist(), "train_seconds": seconds}
     if point.repeat == 0:
-        from safetensors.torch import save_file
-
         target = out_dir / "models" / f"{point.model}__mean{point.bag_mean}__train{point.train_bags}.safetensors"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-                  metadata={"point": json.dumps(asdict(point))})
-        tmp.replace(target)
+        write_safetensors_atomic(target, model.state_dict(), {"point": json.dumps(asdict(point))})
     write_json_atomic(out_dir / "points" / f"{point.key}.json", record)
     return record
 

@@ -17,21 +17,13 @@ from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 
 from ..errors import DataError
-from ..io import atomic_open, write_json_atomic
+from ..io import write_json_atomic, write_safetensors_atomic
 
 CHECKPOINT = "checkpoint.json"
 FORMAT = "abmil-checkpoint-1"
-
-
-def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    # safetensors refuses views sharing storage; contiguous CPU copies are what it stores anyway
-    data = st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
-    with atomic_open(path, "wb") as f:
-        f.write(data)
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -80,9 +72,9 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: tor
     run = Path(run_dir)
     epoch = int(info["epoch"])
     weights, optim = f"weights-e{epoch:04d}.safetensors", f"optimizer-e{epoch:04d}.safetensors"
-    _write_tensors(run / weights, model.state_dict())
+    write_safetensors_atomic(run / weights, model.state_dict())
     opt_tensors, opt_meta = optimizer_to_safetensors(optimizer.state_dict())
-    _write_tensors(run / optim, opt_tensors)
+    write_safetensors_atomic(run / optim, opt_tensors)
     write_json_atomic(run / CHECKPOINT, {**info, "format": FORMAT, "weights": weights, "optimizer": optim,
                                          "optimizer_meta": opt_meta})
     for old in list(run.glob("weights-e*.safetensors")) + list(run.glob("optimizer-e*.safetensors")):
