@@ -39,6 +39,15 @@ def main(runs: list[str], mnist_dir: str | None = None) -> None:
     write_results(HERE, rows, title="MNIST-bags: test AUC vs number of training bags", command="\n    ".join(commands),
                   seed=0, table_layout="mnist-bags")
     plot_mnist_bags(rows, HERE / "results.png")
+    _refresh_readme(HERE.parents[1] / "README.md", HERE / "results.md")
+
+
+def _refresh_readme(readme: Path, results_md: Path) -> None:
+    text, md = readme.read_text(), results_md.read_text()
+    tables = md[md.index("### AUC"):md.index("Notes:")].strip().replace("### ", "#### ")
+    start = text.index("<!-- mnist-table -->\n") + len("<!-- mnist-table -->\n")
+    end = text.index("± is the standard deviation over repetitions (ddof 0).")
+    readme.write_text(text[:start] + tables + "\n\n" + text[end:])
 
 
 if __name__ == "__main__":
