@@ -35,6 +35,7 @@ def main(runs: list[str], mnist_dir: str | None = None) -> None:
         cells.update({_cell(r): r for r in read_results(run / "results.json") if r.n_runs == REPEATS})
         commands += [c for c in _commands(run / "results.md") if c not in commands]
     commands = [c.replace(mnist_dir, "DIR") for c in commands] if mnist_dir else commands
+    commands = list(dict.fromkeys(commands))  # a run merged again adds nothing
     rows = [cells[k] for k in sorted(cells, key=lambda c: (c[2], c[3], c[1], c[0]))]
     write_results(HERE, rows, title="MNIST-bags: test AUC vs number of training bags", command="\n    ".join(commands),
                   seed=0, table_layout="mnist-bags")
