@@ -2,8 +2,10 @@
 
     python results/mnist-bags/merge_results.py RUN_DIR [RUN_DIR ...] [--mnist-dir PATH]
 
-A cell is (model, metric, mean bag size, number of training bags); only cells with all 5 repetitions are taken. Each run's command (the first line of its
-results.md command block) is added to the command list; results.{json,csv,md,png} are rewritten here.
+A cell is (model, metric, mean bag size, number of training bags); only cells with all 5 repetitions are taken.
+Each run's command (the indented lines of its results.md command block) joins the command list; results.{json,csv,
+md,png} are rewritten here, and the tables in the repository's README (from its ``<!-- mnist-table -->`` marker to
+the sentence on ±) are replaced by results.md's.
 """
 from __future__ import annotations
 

@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     mnist.add_argument("--epochs", type=int, default=20, help="training epochs (default 20, the reference code's)")
     _mnist_dir_args(mnist)
     mnist.add_argument("--jobs", type=int, default=1, help="worker processes, one CPU core each (default 1)")
-    mnist.add_argument("--out", default="runs/mnist-bags", metavar="DIR", help="output directory (default runs/mnist-bags)")
+    mnist.add_argument("--out", default="runs/mnist-bags", metavar="DIR",
+                       help="output directory (default runs/mnist-bags)")
     mnist.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     mnist.set_defaults(handler=_reproduce_mnist_bags)
 
