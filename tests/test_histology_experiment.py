@@ -15,6 +15,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from abmil.cli import main
 from abmil.errors import DataError
 from abmil.experiments import histology as hx
 from abmil.experiments.histology import explain_histology, load_unit_model, reproduce_histology
@@ -71,7 +72,7 @@ def _copy(tree: Path, dst: Path) -> Path:
 
 # --------------------------------------------------------------------------------------------- a full small run
 
-def test_breast_run_files_schema_and_resume(breast_root, tmp_path, monkeypatch):
+def test_breast_run_files_schema_and_resume(breast_root, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     models = ("attention", "instance-mean")
     rows = reproduce_histology("breast", breast_root, models=models, out_dir=out, **FAST)
@@ -111,6 +112,20 @@ def test_breast_run_files_schema_and_resume(breast_root, tmp_path, monkeypatch):
     # other settings are not the cached ones: the unit would be trained again
     with pytest.raises(AssertionError, match="retrained attention__rep0__fold0"):
         reproduce_histology("breast", breast_root, models=models, out_dir=out, **{**FAST, "epochs": 3})
+
+    # --status: the finished folds and their mean metrics, without training (monkeypatched to fail above)
+    fast = {k: v for k, v in FAST.items() if k != "progress"}
+    status = hx.histology_progress("breast", breast_root, models=models, out_dir=out, **fast).splitlines()
+    acc = next(r.mean for r in rows if (r.model, r.metric) == ("attention", "accuracy"))
+    assert status[0].startswith("breast attention: 2/2 folds, ") and f"accuracy {acc:.3f}" in status[0]
+    assert hx.histology_progress("breast", breast_root, models=["gated"], out_dir=out, **fast) == (
+        "breast gated: 0/2 folds")
+    assert hx.histology_progress("breast", breast_root, models=models, out_dir=out, **{**fast, "epochs": 3}) == (
+        "breast attention: 0/2 folds\nbreast instance-mean: 0/2 folds")  # other settings: none of these units
+    assert main(["reproduce", "histology", "--dataset", "breast", "--data-dir", str(breast_root), "--models",
+                 "attention", "--repeats", "1", "--folds", "2", "--epochs", "2", "--patience", "1", "--out", str(out),
+                 "--status"]) == 0
+    assert capsys.readouterr().out == status[0] + "\n"
 
     # the saved fold-0 model paints a heatmap of one of its test images
     net, meta = load_unit_model(out, "attention")

@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     histo.add_argument("--no-augment", action="store_true", help="train without augmentation")
     histo.add_argument("--jobs", type=int, default=1, help="worker processes, one CPU core each (default 1)")
     histo.add_argument("--out", default=None, metavar="DIR", help="output directory (default runs/histology-DATASET)")
+    histo.add_argument("--status", action="store_true",
+                       help="train nothing: print each model's finished folds (of these settings in --out), their "
+                            "mean metrics and time per fold")
     histo.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     histo.set_defaults(handler=_reproduce_histology)
 
@@ -342,6 +345,13 @@ def _reproduce_histology(args: argparse.Namespace) -> int:
     from abmil.experiments.histology import HISTOLOGY_MODELS, reproduce_histology
 
     out = args.out or f"runs/histology-{args.dataset}"
+    if args.status:
+        from abmil.experiments.histology import histology_progress
+
+        print(histology_progress(args.dataset, args.data_dir, models=args.models or list(HISTOLOGY_MODELS),
+                                 repeats=args.repeats, folds=args.folds, seed=args.seed, epochs=args.epochs,
+                                 patience=args.patience, augment=not args.no_augment, out_dir=out))
+        return 0
     rows = reproduce_histology(args.dataset, args.data_dir, models=args.models or list(HISTOLOGY_MODELS),
                                repeats=args.repeats, folds=args.folds, seed=args.seed, epochs=args.epochs,
                                patience=args.patience, augment=not args.no_augment, out_dir=out,

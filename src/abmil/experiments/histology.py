@@ -60,6 +60,7 @@ __all__ = [
     "HISTOLOGY_MODELS",
     "HistologyData",
     "explain_histology",
+    "histology_progress",
     "load_histology",
     "load_unit_model",
     "reproduce_histology",
@@ -315,6 +316,96 @@ def _command(dataset, data_dir, models, repeats, folds, seed, epochs, patience, 
     return shlex.join(args + ["--out", str(out)])
 
 
+@dataclass
+class _Plan:
+    """A run's validated arguments, its data, every unit with its settings, and the finished units on disk."""
+
+    data: HistologyData
+    models: list[str]
+    repeats: int
+    folds: int
+    seed: int
+    epochs: int
+    patience: int
+    config: TrainConfig
+    stopping: EarlyStopping
+    splits: dict[tuple[int, int], Split]
+    units: list[Unit]
+    settings: dict[str, dict[str, Any]]
+    records: dict[str, dict[str, Any]]
+    out: Path
+
+
+def _plan(dataset, data_dir, models, repeats, folds, seed, epochs, patience, augment, out_dir) -> _Plan:
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
+    bad = [m for m in models if m not in HISTOLOGY_MODELS]
+    if not models or bad:
+        raise ValueError(f"unknown histology model(s) {bad}: expected some of {', '.join(HISTOLOGY_MODELS)}")
+    repeats = _check_int(repeats, "repeats", 1)
+    folds = _check_int(folds, "folds", 2)
+    seed = _check_int(seed, "seed", 0)
+    epochs = _check_int(epochs, "epochs", 1)
+    patience = _check_int(patience, "patience", 1)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {out} exists and is not a directory")
+
+    data = load_histology(dataset, data_dir)  # every file decoded and checked before anything is written
+    _check_splittable(data, folds)
+    config, stopping = histology_config(epochs=epochs), histology_stopping(patience=patience)
+    splits = {(s.repeat, s.fold): s for s in cv_splits(data.labels, folds=folds, repeats=repeats, seed=seed)}
+    units = [Unit(m, r, f, splits[(r, f)].seed) for m in models for r in range(repeats) for f in range(folds)]
+    fingerprint = data.fingerprint()
+    settings = {u.key: _settings(dataset, u, folds=folds, repeats=repeats, seed=seed, config=config,
+                                 stopping=stopping, augment=bool(augment), patch_size=data.patch_size,
+                                 fingerprint=fingerprint, n_bags=len(data.bags)) for u in units}
+    records = {}
+    for u in units:
+        rec = _read_unit(out / "units" / f"{u.key}.json", settings[u.key])
+        if rec is not None:
+            records[u.key] = rec
+    return _Plan(data, models, repeats, folds, seed, epochs, patience, config, stopping, splits, units, settings,
+                 records, out)
+
+
+def histology_progress(
+    dataset: str,
+    data_dir: str | Path,
+    *,
+    models: Sequence[str] = HISTOLOGY_MODELS,
+    repeats: int = 5,
+    folds: int = 10,
+    seed: int = 0,
+    epochs: int = DEFAULT_EPOCHS,
+    patience: int = 25,
+    augment: bool = True,
+    out_dir: str | Path = "runs/histology",
+) -> str:
+    """Where a run of :func:`reproduce_histology` (same arguments) stands, without training anything: per model the
+    folds finished, the mean of each metric over them, and the training time per fold so far. Only units whose
+    settings match count, as when the run resumes."""
+    plan = _plan(dataset, data_dir, models, repeats, folds, seed, epochs, patience, augment, out_dir)
+    lines = []
+    for model in plan.models:
+        done = [plan.records[u.key] for u in plan.units if u.model == model and u.key in plan.records]
+        total = sum(u.model == model for u in plan.units)
+        line = f"{dataset} {model}: {len(done)}/{total} folds"
+        if done:
+            minutes = float(np.mean([r["train_seconds"] for r in done])) / 60
+            means = []
+            for metric in BAG_METRICS + (("instance_auc",) if dataset == "colon" else ()):
+                values = [r["metrics"].get(metric) for r in done]
+                values = [v for v in values if v is not None]
+                if values:
+                    means.append(f"{metric} {np.mean(values):.3f}")
+            line += (f", {minutes:.1f} min of training per fold (about {minutes * (total - len(done)) / 60:.1f} "
+                     f"core-hours to go); over the finished folds: " + ", ".join(means))
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def reproduce_histology(
     dataset: str,
     data_dir: str | Path,
@@ -352,36 +443,11 @@ def reproduce_histology(
         or annotation, an image smaller than a patch, too few bags of a class for ``folds``. All before anything is
         written to ``out_dir``.
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
-    models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
-    bad = [m for m in models if m not in HISTOLOGY_MODELS]
-    if not models or bad:
-        raise ValueError(f"unknown histology model(s) {bad}: expected some of {', '.join(HISTOLOGY_MODELS)}")
-    repeats = _check_int(repeats, "repeats", 1)
-    folds = _check_int(folds, "folds", 2)
-    seed = _check_int(seed, "seed", 0)
-    epochs = _check_int(epochs, "epochs", 1)
-    patience = _check_int(patience, "patience", 1)
     jobs = _check_int(jobs, "jobs", 1)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a directory")
-
-    data = load_histology(dataset, data_dir)  # every file decoded and checked before anything is written
-    _check_splittable(data, folds)
-    config, stopping = histology_config(epochs=epochs), histology_stopping(patience=patience)
-    splits = {(s.repeat, s.fold): s for s in cv_splits(data.labels, folds=folds, repeats=repeats, seed=seed)}
-    units = [Unit(m, r, f, splits[(r, f)].seed) for m in models for r in range(repeats) for f in range(folds)]
-    fingerprint = data.fingerprint()
-    settings = {u.key: _settings(dataset, u, folds=folds, repeats=repeats, seed=seed, config=config,
-                                 stopping=stopping, augment=bool(augment), patch_size=data.patch_size,
-                                 fingerprint=fingerprint, n_bags=len(data.bags)) for u in units}
-    records = {}
-    for u in units:
-        rec = _read_unit(out / "units" / f"{u.key}.json", settings[u.key])
-        if rec is not None:
-            records[u.key] = rec
+    plan = _plan(dataset, data_dir, models, repeats, folds, seed, epochs, patience, augment, out_dir)
+    data, models, units, records, out = plan.data, plan.models, plan.units, plan.records, plan.out
+    repeats, folds, seed, epochs, patience = plan.repeats, plan.folds, plan.seed, plan.epochs, plan.patience
+    config, stopping, splits, settings = plan.config, plan.stopping, plan.splits, plan.settings
     todo = [u for u in units if u.key not in records]
     command = _command(dataset, data.root, models, repeats, folds, seed, epochs, patience, augment, out)
 
