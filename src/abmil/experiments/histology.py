@@ -24,6 +24,7 @@ matches; otherwise it is recomputed and replaced.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import multiprocessing as mp
@@ -336,7 +337,7 @@ class _Plan:
     out: Path
 
 
-def _plan(dataset, data_dir, models, repeats, folds, seed, epochs, patience, augment, out_dir) -> _Plan:
+def _plan(dataset, data_dir, *, models, repeats, folds, seed, epochs, patience, augment, out_dir) -> _Plan:
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
     models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
@@ -370,23 +371,22 @@ def _plan(dataset, data_dir, models, repeats, folds, seed, epochs, patience, aug
                  records, out)
 
 
-def histology_progress(
-    dataset: str,
-    data_dir: str | Path,
-    *,
-    models: Sequence[str] = HISTOLOGY_MODELS,
-    repeats: int = 5,
-    folds: int = 10,
-    seed: int = 0,
-    epochs: int = DEFAULT_EPOCHS,
-    patience: int = 25,
-    augment: bool = True,
-    out_dir: str | Path = "runs/histology",
-) -> str:
-    """Where a run of :func:`reproduce_histology` (same arguments) stands, without training anything: per model the
-    folds finished, the mean of each metric over them, and the training time per fold so far. Only units whose
-    settings match count, as when the run resumes."""
-    plan = _plan(dataset, data_dir, models, repeats, folds, seed, epochs, patience, augment, out_dir)
+def histology_progress(dataset: str, data_dir: str | Path, **run: Any) -> str:
+    """Where a run of :func:`reproduce_histology` stands, without training anything: per model the folds finished,
+    the mean of each metric over them, and the training time per fold so far.
+
+    ``run``: the keyword arguments of :func:`reproduce_histology` that decide its units (models, repeats, folds, seed,
+    epochs, patience, augment, out_dir), with the same defaults; only units whose settings match count, as when the
+    run resumes.
+    """
+    params = inspect.signature(reproduce_histology).parameters  # its defaults, so the two cannot drift apart
+    args = {k: params[k].default for k in ("models", "repeats", "folds", "seed", "epochs", "patience", "augment",
+                                           "out_dir")}
+    unknown = sorted(set(run) - set(args))
+    if unknown:
+        raise TypeError(f"histology_progress() got unexpected keyword argument(s) {', '.join(unknown)}")
+    args.update(run)
+    plan = _plan(dataset, data_dir, **args)
     lines = []
     for model in plan.models:
         done = [plan.records[u.key] for u in plan.units if u.model == model and u.key in plan.records]
@@ -444,7 +444,8 @@ def reproduce_histology(
         written to ``out_dir``.
     """
     jobs = _check_int(jobs, "jobs", 1)
-    plan = _plan(dataset, data_dir, models, repeats, folds, seed, epochs, patience, augment, out_dir)
+    plan = _plan(dataset, data_dir, models=models, repeats=repeats, folds=folds, seed=seed, epochs=epochs,
+                 patience=patience, augment=augment, out_dir=out_dir)
     data, models, units, records, out = plan.data, plan.models, plan.units, plan.records, plan.out
     repeats, folds, seed, epochs, patience = plan.repeats, plan.folds, plan.seed, plan.epochs, plan.patience
     config, stopping, splits, settings = plan.config, plan.stopping, plan.splits, plan.settings
