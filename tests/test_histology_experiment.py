@@ -138,6 +138,37 @@ def test_breast_run_files_schema_and_resume(breast_root, tmp_path, monkeypatch, 
     assert heat.bag.label == int("malignant" in image.name)
 
 
+def test_killed_unit_resumes_from_its_checkpoint(breast_root, tmp_path, monkeypatch):
+    """A run killed in the middle of a unit leaves that unit's checkpoint; the rerun continues it (no epoch trained
+    twice) and the unit comes out as in a run that was never killed."""
+    settings = {**FAST, "epochs": 3, "patience": 3}
+    reproduce_histology("breast", breast_root, models=("attention",), out_dir=tmp_path / "clean", **settings)
+    fit = hx.fit_early_stopping
+
+    def killed_after_epoch_1(*args, **kwargs):
+        def kill(epoch, history):
+            if epoch == 0:
+                raise KeyboardInterrupt
+
+        return fit(*args, on_epoch_end=kill, **kwargs)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(hx, "fit_early_stopping", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce_histology("breast", breast_root, models=("attention",), out_dir=out, **settings)
+    assert (out / "checkpoints" / "attention__rep0__fold0" / "checkpoint.json").is_file()
+    assert not any((out / "units").iterdir())
+    monkeypatch.undo()
+    reproduce_histology("breast", breast_root, models=("attention",), out_dir=out, **settings)
+    assert not (out / "checkpoints").exists()
+    for fold in (0, 1):
+        name = f"attention__rep0__fold{fold}.json"
+        unit, clean = (json.loads((d / "units" / name).read_text()) for d in (out, tmp_path / "clean"))
+        assert unit["history"]["resumed_at"] == ([1] if fold == 0 else [])
+        assert unit["test_probs"] == clean["test_probs"] and unit["metrics"] == clean["metrics"]
+        assert unit["history"]["val_loss"] == clean["history"]["val_loss"] and unit["history"]["epochs_run"] == 3
+
+
 def test_colon_run_localisation_and_marked_heatmap(colon_root, tmp_path):
     out = tmp_path / "run"
     rows = reproduce_histology("colon", colon_root, models=["attention"], out_dir=out, **{**FAST, "epochs": 1})

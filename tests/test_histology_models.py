@@ -170,6 +170,63 @@ def test_real_validation_run_stops_and_reports():
     assert not model.training
 
 
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("network", ["mlp", "patch-cnn"])
+def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, network):
+    """A run stopped after any epoch and resumed from its checkpoint equals the run that never stopped, bit for bit:
+    weights, best epoch, validation history (dropout, augmentation, bag order and Adam's state all carry over; the
+    patch CNN's channels_last conv weights need their Adam moments back in the same layout)."""
+    bags, labels = _toy(16)
+    build = lambda: benchmark_model("gated", 6)  # noqa: E731
+    if network == "patch-cnn":
+        g = torch.Generator().manual_seed(1)
+        bags = [torch.rand(b.shape[0], 3, 27, 27, generator=g) * (0.5 + 0.5 * labels[i]) for i, b in enumerate(bags)]
+        build = lambda: histology_model("gated", 27)  # noqa: E731
+    cfg = TrainConfig(optimizer="adam", lr=1e-2 if network == "mlp" else 1e-3, weight_decay=5e-4, epochs=9)
+
+    def noisy(i, bag, g):  # an augmentation drawing from the visit's generator
+        return bag + 0.3 * torch.randn(bag.shape, generator=g)
+
+    def run(ckpt=None, key="k", kill_at=None, init=0):
+        torch.manual_seed(init)
+        model = build()
+
+        def stop(epoch, history):
+            if epoch == kill_at:
+                raise _Killed
+
+        history = fit_early_stopping(model, bags[:12], labels[:12], cfg, seed=3, val_bags=bags[12:],
+                                     val_labels=labels[12:], stopping=EarlyStopping(patience=4), augment=noisy,
+                                     on_epoch_end=stop, checkpoint_dir=ckpt, checkpoint_key=key)
+        return model, history
+
+    whole, h_whole = run()
+    assert h_whole.best_epoch >= 0 and h_whole.epochs_run >= 5
+    for kill_at in (0, h_whole.best_epoch, h_whole.epochs_run - 2):
+        ckpt = tmp_path / f"k{kill_at}"
+        with pytest.raises(_Killed):
+            run(ckpt, kill_at=kill_at)
+        files = sorted(p.name for p in ckpt.iterdir())
+        assert files == ["best-e%04d.safetensors" % (kill_at + 1), "checkpoint.json",
+                         "optimizer-e%04d.safetensors" % (kill_at + 1), "weights-e%04d.safetensors" % (kill_at + 1)]
+        resumed, h = run(ckpt, init=99)  # other initial weights: the checkpoint's must win
+        assert h.resumed_at == [kill_at + 1]
+        assert (h.val_error, h.val_loss, h.best_epoch, h.epochs_run, h.stopped_early) == (
+            h_whole.val_error, h_whole.val_loss, h_whole.best_epoch, h_whole.epochs_run, h_whole.stopped_early)
+        for (n, p), q in zip(whole.state_dict().items(), resumed.state_dict().values()):
+            assert torch.equal(p, q), n
+    # a checkpoint of another run (another key) is not resumed: the run starts from its own initial weights
+    with pytest.raises(_Killed):
+        run(tmp_path / "other", kill_at=2)
+    fresh, h = run(tmp_path / "other", key="another", init=99)
+    alone, h_alone = run(init=99)
+    assert h.resumed_at == [] and h.val_loss == h_alone.val_loss
+    assert all(torch.equal(p, q) for p, q in zip(fresh.state_dict().values(), alone.state_dict().values()))
+
+
 # --------------------------------------------------------------------------------------------- augmentation
 
 def _patch_bag(n: int, s: int, seed: int, centres: bool = False) -> PatchBag:

@@ -12,25 +12,29 @@ Protocol (shared/paper/protocols.md section 4; most of it unconfirmed for the pa
 5 times (:func:`abmil.train.cv.cv_splits`); bags and patches from :mod:`abmil.data.histology`; metric ± over the
 per-repeat means (over folds with one repeat), the paper's number beside each cell.
 
-Output directory (every file written atomically; a killed run resumes from the finished units)::
+Output directory (every file written atomically; a killed run resumes from the finished units and the
+checkpoint of each unfinished one)::
 
     out_dir/results.json, results.csv, results.md   models whose every unit is finished, rewritten after each unit
     out_dir/units/{model}__rep{r}__fold{f}.json     one unit: settings, test bags, probabilities, metrics, history
     out_dir/models/{model}.safetensors              the repeat-0 fold-0 weights (for heatmaps of its test images)
+    out_dir/checkpoints/{unit}/                     a unit in training: its state after the last epoch (removed when
+                                                    the unit is done), so a killed run resumes mid-unit
 
 A unit file is reused only when everything that determines its numbers (settings, a fingerprint of the patches)
 matches; otherwise it is recomputed and replaced.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import math
 import multiprocessing as mp
 import shlex
+import shutil
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,11 +207,11 @@ def _train_unit(unit: Unit) -> dict[str, Any]:
         augment = BagAugmenter(train_bags, images=images)
     torch.manual_seed(unit.run_seed)
     model = histology_model(unit.model, data.patch_size)
-    start = time.perf_counter()
+    checkpoints = out / "checkpoints" / unit.key
     history = fit_early_stopping(model, FloatBags(train_bags), data.labels[train_idx], config, seed=unit.run_seed,
                                  val_bags=FloatBags([data.bags[i] for i in val_idx]),
-                                 val_labels=data.labels[val_idx], stopping=stopping, augment=augment)
-    seconds = time.perf_counter() - start
+                                 val_labels=data.labels[val_idx], stopping=stopping, augment=augment,
+                                 checkpoint_dir=checkpoints, checkpoint_key=_STATE["settings"][unit.key])
     probs, scores = predict(model, FloatBags([data.bags[i] for i in test_idx]), batch_size=1)
     probs_np = probs.double().numpy()
     metrics = bag_metrics(data.labels[test_idx], probs_np)
@@ -224,14 +228,15 @@ def _train_unit(unit: Unit) -> dict[str, Any]:
         "test_labels": data.labels[test_idx].tolist(),
         "test_probs": probs_np.round(6).tolist(),
         "history": history.to_dict(),
-        "train_seconds": seconds,
-        "seconds_per_epoch": seconds / max(history.epochs_run, 1),
+        "train_seconds": history.seconds,
+        "seconds_per_epoch": history.seconds / max(history.epochs_run, 1),
     }
     if unit.repeat == 0 and unit.fold == 0:
         _save_model(out / "models" / f"{unit.model}.safetensors", model, record["settings"],
                     {"test": record["test"], "test_labels": record["test_labels"],
                      "test_paths": [data.bags[i].path for i in test_idx]})
     write_json_atomic(out / "units" / f"{unit.key}.json", record)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     return record
 
 
@@ -490,6 +495,8 @@ def reproduce_histology(
         _STATE.clear()
         if bar is not None:
             bar.close()
+        with contextlib.suppress(OSError):  # only when empty: an interrupted unit's checkpoint stays for the resume
+            (out / "checkpoints").rmdir()
     return publish()
 
 

@@ -3,6 +3,7 @@
     RUN/checkpoint.json                 what the run is and how far it got (the commit point)
     RUN/weights-e0003.safetensors       model state dict after epoch 3
     RUN/optimizer-e0003.safetensors     optimizer state tensors ("state.<param>.<name>")
+    RUN/<name>-e0003.safetensors        any further named state dicts (e.g. "best": the best epoch's weights)
 
 Each file is written atomically, the tensor files first under names carrying the epoch, then
 ``checkpoint.json`` naming them, then older epochs' files are removed. A process killed at any
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,19 +68,23 @@ def optimizer_from_safetensors(tensors: dict[str, torch.Tensor], meta: dict) -> 
 
 
 def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    info: dict) -> None:
+                    info: dict, extra: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> None:
     """Write the model and optimizer of a finished epoch ``info["epoch"]`` (completed epochs)
-    and ``info`` (JSON-able: model spec, classes, training settings, history...)."""
+    and ``info`` (JSON-able: model spec, classes, training settings, history...); ``extra`` names further
+    state dicts to keep with it (read back with :func:`load_extra`)."""
     run = Path(run_dir)
     epoch = int(info["epoch"])
-    weights, optim = f"weights-e{epoch:04d}.safetensors", f"optimizer-e{epoch:04d}.safetensors"
-    write_safetensors_atomic(run / weights, model.state_dict())
+    files = {name: f"{name}-e{epoch:04d}.safetensors" for name in ("weights", "optimizer", *(extra or {}))}
+    write_safetensors_atomic(run / files["weights"], model.state_dict())
     opt_tensors, opt_meta = optimizer_to_safetensors(optimizer.state_dict())
-    write_safetensors_atomic(run / optim, opt_tensors)
-    write_json_atomic(run / CHECKPOINT, {**info, "format": FORMAT, "weights": weights, "optimizer": optim,
-                                         "optimizer_meta": opt_meta})
-    for old in list(run.glob("weights-e*.safetensors")) + list(run.glob("optimizer-e*.safetensors")):
-        if old.name not in (weights, optim):
+    write_safetensors_atomic(run / files["optimizer"], opt_tensors)
+    for name, tensors in (extra or {}).items():
+        write_safetensors_atomic(run / files[name], tensors)
+    write_json_atomic(run / CHECKPOINT, {**info, "format": FORMAT, "weights": files["weights"],
+                                         "optimizer": files["optimizer"], "optimizer_meta": opt_meta,
+                                         "extra": {name: files[name] for name in extra or {}}})
+    for old in run.glob("*-e[0-9][0-9][0-9][0-9].safetensors"):
+        if old.name not in files.values():
             old.unlink(missing_ok=True)
 
 
@@ -105,3 +111,21 @@ def load_weights(run_dir: str | os.PathLike, info: dict) -> dict[str, torch.Tens
 def load_optimizer_state(run_dir: str | os.PathLike, info: dict) -> dict:
     """The optimizer state dict a checkpoint names."""
     return optimizer_from_safetensors(_read_tensors(Path(run_dir) / info["optimizer"]), info["optimizer_meta"])
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, run_dir: str | os.PathLike, info: dict) -> None:
+    """Load the optimizer state a checkpoint names into ``optimizer``, each state tensor in the memory layout of its
+    parameter. Files store plain contiguous tensors; fused optimizers walk a parameter and its state as flat memory
+    together, so a channels_last conv weight with a contiguous moment buffer would get scrambled updates."""
+    optimizer.load_state_dict(load_optimizer_state(run_dir, info))
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for name, value in state.items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                    state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def load_extra(run_dir: str | os.PathLike, info: dict, name: str) -> dict[str, torch.Tensor]:
+    """The state dict saved as ``extra[name]`` by :func:`save_checkpoint`."""
+    return _read_tensors(Path(run_dir) / info["extra"][name])

@@ -10,6 +10,11 @@ section 4 "Optimiser, training, evaluation"; the paper's own protocol is unconfi
 * an optional ``augment(i, bag, generator)`` applied to training bag i at each visit, with a generator seeded by
   (seed, epoch, i) so that a run's augmentations do not depend on anything else.
 
+With ``checkpoint_dir``, the state after every epoch (weights, optimizer, the best epoch's weights, the counters) is
+saved there (:mod:`abmil.train.checkpoint`), and a later call with the same ``checkpoint_key`` continues from it: since
+every random draw is keyed by (seed, epoch, step), a run killed and resumed ends with the same weights as one that
+never stopped.
+
 "Better" is gmum's rule: a lower validation error (threshold 0.5), or the same error and a lower validation loss
 (mean Bernoulli NLL). gmum also requires a lower *training* error to accept a tie; we drop that third condition (the
 training error under augmentation and dropout is a noisy number) and count patience the usual way (gmum's counter
@@ -18,14 +23,19 @@ stops one epoch later, after ``patience + 1`` epochs without improvement).
 from __future__ import annotations
 
 import copy
+import json
+import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..nn.dropout import set_dropout_key
+from .checkpoint import load_extra, load_weights, read_checkpoint, restore_optimizer, save_checkpoint
 from .config import TrainConfig
 from .fit import epoch_order, make_optimizer, predict
 from .loss import bernoulli_nll, mil_loss
@@ -34,6 +44,8 @@ __all__ = ["EarlyStopping", "FitHistory", "Augment", "fit_early_stopping", "vali
 
 #: ``augment(i, bag, generator) -> bag'``: training bag ``i`` (its stored tensor ``bag``) as seen at one visit.
 Augment = Callable[[int, Tensor, torch.Generator], Tensor]
+
+_CHECKPOINT_KIND = "fit_early_stopping"
 
 
 @dataclass(frozen=True)
@@ -68,10 +80,15 @@ class FitHistory:
     """0-based epoch whose weights were kept (-1: no validation, the last epoch's weights)."""
     epochs_run: int = 0
     stopped_early: bool = False
+    seconds: float = 0.0
+    """Wall-clock seconds of training, summed over the sessions of a resumed run."""
+    resumed_at: list[int] = field(default_factory=list)
+    """Epochs (completed) from which the run was resumed from a checkpoint."""
 
     def to_dict(self) -> dict:
         return {"val_error": self.val_error, "val_loss": self.val_loss, "best_epoch": self.best_epoch,
-                "epochs_run": self.epochs_run, "stopped_early": self.stopped_early}
+                "epochs_run": self.epochs_run, "stopped_early": self.stopped_early, "seconds": self.seconds,
+                "resumed_at": self.resumed_at}
 
 
 def validation_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,6 +147,8 @@ def fit_early_stopping(
     stopping: EarlyStopping | None = None,
     augment: Augment | None = None,
     on_epoch_end: Callable[[int, FitHistory], None] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_key: Any = None,
 ) -> FitHistory:
     """Train ``model`` in place on ``bags`` [(n_i, *shape)] with ``labels`` (n_bags,) 0/1, one bag per step.
 
@@ -137,6 +156,11 @@ def fit_early_stopping(
     ``stopping.patience`` epochs without improvement (or ``config.epochs``) and the best epoch's weights are loaded
     back. Without them it trains ``config.epochs`` epochs and keeps the last weights; with ``augment=None`` too, the
     weights equal :func:`abmil.train.fit.fit`'s. ``config.batch_size`` must be 1 (the paper's setting).
+
+    ``checkpoint_dir``: save the run's state there after every epoch that does not end it, and resume from a
+    checkpoint found there whose ``checkpoint_key`` (anything JSON-able that pins the run: data, settings, seed)
+    equals this call's; a checkpoint with another key is ignored and overwritten. The caller removes the folder once
+    it has what it needs.
 
     Returns:
         the run's :class:`FitHistory`; the model is left in eval mode.
@@ -149,8 +173,20 @@ def fit_early_stopping(
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
     val_y = torch.as_tensor(np.asarray(val_labels), dtype=torch.float32) if validate else None
     opt = make_optimizer(model, config)
-    history, best_state, best, waited, step = FitHistory(), None, (np.inf, np.inf), 0, 0
-    for epoch in range(config.epochs):
+    history, best_state, best, waited, step, start_epoch = FitHistory(), None, (np.inf, np.inf), 0, 0, 0
+    key = json.loads(json.dumps(checkpoint_key))
+    info = None if checkpoint_dir is None else read_checkpoint(checkpoint_dir)
+    if info is not None and info.get("key") == key and info.get("kind") == _CHECKPOINT_KIND:
+        model.load_state_dict(load_weights(checkpoint_dir, info))
+        restore_optimizer(opt, checkpoint_dir, info)
+        if "best" in info["extra"]:
+            best_state = load_extra(checkpoint_dir, info, "best")
+        history = FitHistory(**info["history"])
+        start_epoch, step, waited = int(info["epoch"]), int(info["step"]), int(info["waited"])
+        best = tuple(info["best"])
+        history.resumed_at.append(start_epoch)
+    started = time.perf_counter() - history.seconds
+    for epoch in range(start_epoch, config.epochs):
         model.train()
         for i in epoch_order(seed, epoch, len(bags)):
             x = bags[i] if augment is None else augment(int(i), bags[i], visit_generator(seed, epoch, int(i)))
@@ -172,10 +208,17 @@ def fit_early_stopping(
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 waited += 1
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, history)
+        history.seconds = time.perf_counter() - started
         if validate and waited >= stopping.patience:
             history.stopped_early = epoch + 1 < config.epochs
+        elif checkpoint_dir is not None and epoch + 1 < config.epochs:
+            save_checkpoint(checkpoint_dir, model, opt,
+                            {"kind": _CHECKPOINT_KIND, "key": key, "epoch": epoch + 1, "step": step, "waited": waited,
+                             "best": list(best), "history": history.to_dict()},
+                            extra=None if best_state is None else {"best": best_state})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, history)
+        if history.stopped_early:
             break
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -40,7 +40,7 @@ from ..nn import chunked
 from ..nn.chunked import DEFAULT_CHUNK_SIZE
 from ..nn.dropout import set_dropout_key
 from ..nn.slide import SlideMIL, class_probabilities
-from .checkpoint import load_optimizer_state, load_weights, read_checkpoint, save_checkpoint
+from .checkpoint import load_weights, read_checkpoint, restore_optimizer, save_checkpoint
 from .config import TrainConfig
 from .distributed import (World, all_reduce_sum, barrier, gather_lists, init_distributed, max_divergence,
                           shutdown)
@@ -333,7 +333,7 @@ def _train(dataset: FeatureBagDataset, run_dir: Path, config: WSIConfig, world: 
     start_epoch, step, history = 0, 0, []
     if info is not None:
         model.load_state_dict(load_weights(run_dir, info))
-        optimizer.load_state_dict(load_optimizer_state(run_dir, info))
+        restore_optimizer(optimizer, run_dir, info)
         start_epoch, step, history = int(info["epoch"]), int(info["step"]), list(info["history"])
     net = model
     if world.distributed:
