@@ -158,6 +158,11 @@ def test_killed_unit_resumes_from_its_checkpoint(breast_root, tmp_path, monkeypa
         reproduce_histology("breast", breast_root, models=("attention",), out_dir=out, **settings)
     assert (out / "checkpoints" / "attention__rep0__fold0" / "checkpoint.json").is_file()
     assert not any((out / "units").iterdir())
+    fast = {k: v for k, v in settings.items() if k != "progress"}
+    assert hx.histology_progress("breast", breast_root, models=["attention"], out_dir=out, **fast) == (
+        "breast attention: 0/2 folds; resumes rep0 fold0 after epoch 1")
+    assert hx.histology_progress("breast", breast_root, models=["attention"], out_dir=out, **{**fast, "seed": 1}) == (
+        "breast attention: 0/2 folds")  # another run's checkpoint is not this one's
     monkeypatch.undo()
     reproduce_histology("breast", breast_root, models=("attention",), out_dir=out, **settings)
     assert not (out / "checkpoints").exists()

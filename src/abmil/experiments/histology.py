@@ -54,6 +54,7 @@ from abmil.report import paper
 from abmil.report.metrics import BAG_METRICS, bag_metrics
 from abmil.report.results import ResultRow, summarise, write_results
 from abmil.train.config import TrainConfig
+from abmil.train.checkpoint import read_checkpoint
 from abmil.train.cv import Split, cv_splits
 from abmil.train.early_stopping import EarlyStopping, fit_early_stopping, validation_split
 from abmil.train.fit import predict
@@ -376,9 +377,19 @@ def _plan(dataset, data_dir, *, models, repeats, folds, seed, epochs, patience, 
                  records, out)
 
 
+def _checkpointed_epoch(out: Path, key: str, settings: dict[str, Any]) -> int:
+    """Epochs done in the checkpoint of unfinished unit ``key`` (0: none, or one of other settings)."""
+    try:
+        info = read_checkpoint(out / "checkpoints" / key)
+    except DataError:
+        return 0
+    return int(info["epoch"]) if info is not None and info.get("key") == settings else 0
+
+
 def histology_progress(dataset: str, data_dir: str | Path, **run: Any) -> str:
     """Where a run of :func:`reproduce_histology` stands, without training anything: per model the folds finished,
-    the mean of each metric over them, and the training time per fold so far.
+    the mean of each metric over them, the training time per fold so far, and the unfinished folds that have a
+    checkpoint to resume from.
 
     ``run``: the keyword arguments of :func:`reproduce_histology` that decide its units (models, repeats, folds, seed,
     epochs, patience, augment, out_dir), with the same defaults; only units whose settings match count, as when the
@@ -407,6 +418,11 @@ def histology_progress(dataset: str, data_dir: str | Path, **run: Any) -> str:
                     means.append(f"{metric} {np.mean(values):.3f}")
             line += (f", {minutes:.1f} min of training per fold (about {minutes * (total - len(done)) / 60:.1f} "
                      f"core-hours to go); over the finished folds: " + ", ".join(means))
+        started = [f"rep{u.repeat} fold{u.fold} after epoch {epoch}" for u in plan.units
+                   if u.model == model and u.key not in plan.records
+                   and (epoch := _checkpointed_epoch(plan.out, u.key, plan.settings[u.key]))]
+        if started:
+            line += "; resumes " + ", ".join(started)
         lines.append(line)
     return "\n".join(lines)
 
