@@ -100,3 +100,20 @@ def test_paint_rejects_bad_input_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         paint_heatmap(np.ones(4), coords, PATCH, out, image=np.zeros((8, 8, 3)))
     assert not out.exists()
+
+
+LONG_TITLE = "gated: img67: P(positive) = 1.000, label positive; circles = epithelial nuclei and a tail"
+
+
+@pytest.mark.parametrize("title", ["short", LONG_TITLE, LONG_TITLE * 4])  # one line, two lines, a smaller font
+def test_title_stays_inside_the_png(tmp_path, title):
+    coords = grid_coords(8, 8)
+    out = tmp_path / "t.png"
+    paint_heatmap(np.arange(64, dtype=float), coords, PATCH, out, downsample=8.0, title=title)
+    layout = heatmap_layout(coords, PATCH, downsample=8.0, title=title)
+    band = np.asarray(Image.open(out).convert("L"))[:layout.top]
+    dark = np.flatnonzero((band < 128).any(axis=0))
+    assert dark.size > 0, "no title drawn"
+    assert dark.min() > 0 and dark.max() < band.shape[1] - 1, "title clipped at the PNG's edge"
+    rows = np.flatnonzero((band[:, :-COLORBAR_PX] < 128).any(axis=1))  # the bar's "1.0" reaches into the band
+    assert rows.min() > 0 and rows.max() < layout.top - 1, "title spills out of its band"

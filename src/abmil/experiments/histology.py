@@ -539,7 +539,7 @@ def explain_histology(run_dir: str | Path, *, model: str = "attention", image: s
     image = Path(image)
     out = Path(out) if out is not None else Path(run_dir) / f"heatmap_{model}__{image.stem}.png"
     heat = heatmap_for_image(net, image, out, patch_size=int(meta["settings"]["patch_size"]), markers=markers,
-                             downsample=downsample)
+                             downsample=downsample, model_name=model)
     seen = "a test image of fold 0" if image.stem in meta.get("test", []) else (
         "a TRAINING image of fold 0" if image.stem in _training_ids(run_dir, model) else "an image outside the run")
     lines = [f"{image} ({seen}): {len(heat.scores)} patches of {heat.patch_size}x{heat.patch_size}, "

@@ -209,12 +209,35 @@ def paint_heatmap(scores: np.ndarray, coords: np.ndarray, patch_size: int, out: 
         bar.set_label(score_label + suffix, fontsize=8)
         bar.ax.tick_params(labelsize=7)
         if title:
-            fig.text(0.5 * (fw - COLORBAR_PX) / fw, 1 - (TITLE_PX / 2) / fh, title, ha="center", va="center",
-                     fontsize=10)
+            text = fig.text(0.5 * (fw - COLORBAR_PX) / fw, 1 - (TITLE_PX / 2) / fh, title, ha="center",
+                            va="center", fontsize=10)
+            _fit_title(fig, text, fw)
         with atomic_open(out, "wb") as f:
             fig.savefig(f, format="png", dpi=DPI)  # no bbox_inches="tight": keep the layout exact
     finally:
         plt.close(fig)
+
+
+def _fit_title(fig, text, width_px: int) -> None:
+    """Keep a title wider than the image inside the PNG: centre it on the whole width, else two lines, else smaller."""
+    renderer = fig.canvas.get_renderer()
+    if text.get_window_extent(renderer).width <= width_px - COLORBAR_PX - 8:
+        return
+    text.set_x(0.5)
+    room = width_px - 8
+    if text.get_window_extent(renderer).width > room:  # two lines of 7 pt fit the title band
+        title = text.get_text()
+        spaces = [i for i, c in enumerate(title) if c == " "]
+        if spaces:
+            cut = min(spaces, key=lambda i: abs(i - len(title) / 2))
+            text.set_text(title[:cut] + "\n" + title[cut + 1:])
+        text.set_fontsize(7)
+        text.set_linespacing(1.1)
+    for _ in range(8):  # text width is not quite proportional to the font size (hinting): shrink until it fits
+        extent = text.get_window_extent(renderer).width
+        if extent <= room:
+            break
+        text.set_fontsize(text.get_fontsize() * 0.97 * room / extent)
 
 
 def _pyplot():

@@ -130,6 +130,7 @@ def heatmap_for_image(
     markers: bool = True,
     downsample: float = 1.0,
     title: str | None = None,
+    model_name: str | None = None,
     normalise: str | None = None,
     alpha: float = 0.5,
 ) -> ImageHeatmap:
@@ -144,6 +145,7 @@ def heatmap_for_image(
         markers: circle the epithelial nuclei (annotated colon images only; ignored otherwise).
         downsample: image pixels per PNG pixel (2 halves the PNG's size).
         title: default says the model's P(positive) and, when known, the image's label.
+        model_name: named in the default title ("gated: img67: P(positive) = ...").
         normalise: colour scale (:func:`abmil.explain.heatmap.normalise_scores`); default "minmax" for attention
             (the paper rescales a_k to [0, 1] for its Fig. 5; min-max is the common reading) and "none" for
             instance probabilities (already in [0, 1]).
@@ -158,6 +160,8 @@ def heatmap_for_image(
     if title is None:
         label = {0: "negative", 1: "positive"}.get(bag.label)
         title = f"{bag.bag_id}: P(positive) = {prob:.3f}" + (f", label {label}" if label else "")
+        if model_name:
+            title = f"{model_name}: {title}"
         if markers and bag.nucleus_classes is not None:
             title += "; circles = epithelial nuclei"
     out = Path(out)
