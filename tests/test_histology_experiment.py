@@ -118,6 +118,7 @@ def test_breast_run_files_schema_and_resume(breast_root, tmp_path, monkeypatch, 
     status = hx.histology_progress("breast", breast_root, models=models, out_dir=out, **fast).splitlines()
     acc = next(r.mean for r in rows if (r.model, r.metric) == ("attention", "accuracy"))
     assert status[0].startswith("breast attention: 2/2 folds, ") and f"accuracy {acc:.3f}" in status[0]
+    assert "(done)" in status[0] and "to go" not in status[0]
     assert hx.histology_progress("breast", breast_root, models=["gated"], out_dir=out, **fast) == (
         "breast gated: 0/2 folds")
     assert hx.histology_progress("breast", breast_root, models=models, out_dir=out, **{**fast, "epochs": 3}) == (

@@ -416,8 +416,10 @@ def histology_progress(dataset: str, data_dir: str | Path, **run: Any) -> str:
                 values = [v for v in values if v is not None]
                 if values:
                     means.append(f"{metric} {np.mean(values):.3f}")
-            line += (f", {minutes:.1f} min of training per fold (about {minutes * (total - len(done)) / 60:.1f} "
-                     f"core-hours to go); over the finished folds: " + ", ".join(means))
+            to_go = (f"about {minutes * (total - len(done)) / 60:.1f} core-hours to go" if len(done) < total
+                     else "done")
+            line += (f", {minutes:.1f} min of training per fold ({to_go}); over the finished folds: "
+                     + ", ".join(means))
         started = [f"rep{u.repeat} fold{u.fold} after epoch {epoch}" for u in plan.units
                    if u.model == model and u.key not in plan.records
                    and (epoch := _checkpointed_epoch(plan.out, u.key, plan.settings[u.key]))]
