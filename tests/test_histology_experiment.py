@@ -226,12 +226,33 @@ def test_bad_data_names_the_file_and_writes_nothing(breast_root, colon_root, tmp
     assert not out.exists()
 
 
+def test_weight_decay_and_lr_override_the_preset(breast_root, tmp_path, capsys):
+    out = tmp_path / "wd"
+    fast = {**FAST, "folds": 2, "epochs": 1}
+    assert main(["reproduce", "histology", "--dataset", "breast", "--data-dir", str(breast_root), "--models",
+                 "attention", "--repeats", "1", "--folds", "2", "--epochs", "1", "--patience", "1", "--lr", "2e-4",
+                 "--weight-decay", "5e-3", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    config = json.loads((out / "units" / "attention__rep0__fold0.json").read_text())["settings"]["config"]
+    assert (config["lr"], config["weight_decay"]) == (2e-4, 5e-3)
+    assert "--lr 0.0002 --weight-decay 0.005" in (out / "results.md").read_text()  # the command that reruns it
+    status = {k: v for k, v in fast.items() if k != "progress"}
+    assert hx.histology_progress("breast", breast_root, models=["attention"], out_dir=out, lr=2e-4,
+                                 weight_decay=5e-3, **status).startswith("breast attention: 2/2 folds")
+    # the preset's settings are another run: none of these units counts for it
+    assert hx.histology_progress("breast", breast_root, models=["attention"], out_dir=out, **status) == (
+        "breast attention: 0/2 folds")
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"dataset": "lung"}, "dataset must be one of breast, colon"),
     ({"models": ["mi-net-ds"]}, "unknown histology model"),
     ({"folds": 1}, "folds must be an integer >= 2"),
     ({"epochs": 0}, "epochs must be an integer >= 1"),
     ({"jobs": 0}, "jobs must be an integer >= 1"),
+    ({"lr": 0.0}, "lr must be > 0"),
+    ({"weight_decay": float("nan")}, "weight_decay must be a finite number"),
+    ({"weight_decay": -1e-3}, "weight_decay and lr_decay must be >= 0"),
 ])
 def test_bad_arguments_write_nothing(kwargs, message, tmp_path):
     args = {"dataset": "breast", "data_dir": tmp_path / "nowhere", "out_dir": tmp_path / "out", **FAST, **kwargs}

@@ -314,10 +314,21 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _command(dataset, data_dir, models, repeats, folds, seed, epochs, patience, augment, out) -> str:
+def _check_float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _command(dataset, data_dir, models, repeats, folds, seed, epochs, patience, augment, out, config) -> str:
     args = ["abmil", "reproduce", "histology", "--dataset", dataset, "--data-dir", str(data_dir),
             "--models", ",".join(models), "--repeats", str(repeats), "--folds", str(folds), "--seed", str(seed),
             "--epochs", str(epochs), "--patience", str(patience)]
+    preset = histology_config(epochs=epochs)
+    if config.lr != preset.lr:
+        args += ["--lr", repr(config.lr)]
+    if config.weight_decay != preset.weight_decay:
+        args += ["--weight-decay", repr(config.weight_decay)]
     if not augment:
         args.append("--no-augment")
     return shlex.join(args + ["--out", str(out)])
@@ -343,7 +354,8 @@ class _Plan:
     out: Path
 
 
-def _plan(dataset, data_dir, *, models, repeats, folds, seed, epochs, patience, augment, out_dir) -> _Plan:
+def _plan(dataset, data_dir, *, models, repeats, folds, seed, epochs, patience, lr, weight_decay, augment,
+          out_dir) -> _Plan:
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
     models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
@@ -355,13 +367,15 @@ def _plan(dataset, data_dir, *, models, repeats, folds, seed, epochs, patience, 
     seed = _check_int(seed, "seed", 0)
     epochs = _check_int(epochs, "epochs", 1)
     patience = _check_int(patience, "patience", 1)
+    # None: the preset's value (the paper's setting as far as it is known); TrainConfig checks the signs.
+    overrides = {k: _check_float(v, k) for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None}
+    config, stopping = histology_config(epochs=epochs, **overrides), histology_stopping(patience=patience)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {out} exists and is not a directory")
 
     data = load_histology(dataset, data_dir)  # every file decoded and checked before anything is written
     _check_splittable(data, folds)
-    config, stopping = histology_config(epochs=epochs), histology_stopping(patience=patience)
     splits = {(s.repeat, s.fold): s for s in cv_splits(data.labels, folds=folds, repeats=repeats, seed=seed)}
     units = [Unit(m, r, f, splits[(r, f)].seed) for m in models for r in range(repeats) for f in range(folds)]
     fingerprint = data.fingerprint()
@@ -392,12 +406,12 @@ def histology_progress(dataset: str, data_dir: str | Path, **run: Any) -> str:
     checkpoint to resume from.
 
     ``run``: the keyword arguments of :func:`reproduce_histology` that decide its units (models, repeats, folds, seed,
-    epochs, patience, augment, out_dir), with the same defaults; only units whose settings match count, as when the
+    epochs, patience, lr, weight_decay, augment, out_dir), with the same defaults; only units whose settings match count, as when the
     run resumes.
     """
     params = inspect.signature(reproduce_histology).parameters  # its defaults, so the two cannot drift apart
-    args = {k: params[k].default for k in ("models", "repeats", "folds", "seed", "epochs", "patience", "augment",
-                                           "out_dir")}
+    args = {k: params[k].default for k in ("models", "repeats", "folds", "seed", "epochs", "patience", "lr",
+                                           "weight_decay", "augment", "out_dir")}
     unknown = sorted(set(run) - set(args))
     if unknown:
         raise TypeError(f"histology_progress() got unexpected keyword argument(s) {', '.join(unknown)}")
@@ -439,6 +453,8 @@ def reproduce_histology(
     seed: int = 0,
     epochs: int = DEFAULT_EPOCHS,
     patience: int = 25,
+    lr: float | None = None,
+    weight_decay: float | None = None,
     augment: bool = True,
     out_dir: str | Path = "runs/histology",
     progress: bool = True,
@@ -452,6 +468,7 @@ def reproduce_histology(
         models: keys of :data:`HISTOLOGY_MODELS`.
         repeats, folds, seed: stratified ``folds``-fold CV repeated ``repeats`` times (:func:`cv_splits`).
         epochs: the cap on epochs (early stopping with ``patience`` usually ends sooner).
+        lr, weight_decay: Adam's learning rate and L2 coefficient; None: :func:`histology_config`'s 1e-4 and 5e-4.
         augment: H&E jitter + square symmetries (+ colon centre jitter) at each visit of a training bag.
         out_dir: where results.*, units/ and models/ go (created; an existing one is resumed from).
         progress: a tqdm bar over units on stderr.
@@ -468,12 +485,12 @@ def reproduce_histology(
     """
     jobs = _check_int(jobs, "jobs", 1)
     plan = _plan(dataset, data_dir, models=models, repeats=repeats, folds=folds, seed=seed, epochs=epochs,
-                 patience=patience, augment=augment, out_dir=out_dir)
+                 patience=patience, lr=lr, weight_decay=weight_decay, augment=augment, out_dir=out_dir)
     data, models, units, records, out = plan.data, plan.models, plan.units, plan.records, plan.out
     repeats, folds, seed, epochs, patience = plan.repeats, plan.folds, plan.seed, plan.epochs, plan.patience
     config, stopping, splits, settings = plan.config, plan.stopping, plan.splits, plan.settings
     todo = [u for u in units if u.key not in records]
-    command = _command(dataset, data.root, models, repeats, folds, seed, epochs, patience, augment, out)
+    command = _command(dataset, data.root, models, repeats, folds, seed, epochs, patience, augment, out, config)
 
     def publish() -> list[ResultRow]:
         rows = _rows(dataset, models, units, records, repeats=repeats, folds=folds, epochs=epochs,
