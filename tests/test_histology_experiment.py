@@ -16,6 +16,7 @@ import scipy.io
 from PIL import Image
 
 from abmil.cli import main
+from abmil.data.histology_training import FloatBags
 from abmil.errors import DataError
 from abmil.experiments import histology as hx
 from abmil.experiments.histology import explain_histology, load_unit_model, reproduce_histology
@@ -24,6 +25,7 @@ from abmil.explain.heatmap import COLORBAR_PX, heatmap_layout
 from abmil.explain.histology import heatmap_for_image
 from abmil.report import paper
 from abmil.report.results import CORE_KEYS, read_results
+from abmil.train.fit import predict
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BISQUE = SHARED_DATA / "ucsb_breast_images" / "Bisque"
@@ -226,22 +228,36 @@ def test_bad_data_names_the_file_and_writes_nothing(breast_root, colon_root, tmp
     assert not out.exists()
 
 
-def test_weight_decay_and_lr_override_the_preset(breast_root, tmp_path, capsys):
-    out = tmp_path / "wd"
+def test_lr_weight_decay_and_stain_normalisation_options(breast_root, tmp_path, capsys):
+    out = tmp_path / "options"
     fast = {**FAST, "folds": 2, "epochs": 1}
     assert main(["reproduce", "histology", "--dataset", "breast", "--data-dir", str(breast_root), "--models",
                  "attention", "--repeats", "1", "--folds", "2", "--epochs", "1", "--patience", "1", "--lr", "2e-4",
-                 "--weight-decay", "5e-3", "--out", str(out), "--no-progress"]) == 0
+                 "--weight-decay", "5e-3", "--stain-normalize", "--out", str(out), "--no-progress"]) == 0
     capsys.readouterr()
-    config = json.loads((out / "units" / "attention__rep0__fold0.json").read_text())["settings"]["config"]
-    assert (config["lr"], config["weight_decay"]) == (2e-4, 5e-3)
-    assert "--lr 0.0002 --weight-decay 0.005" in (out / "results.md").read_text()  # the command that reruns it
+    unit = json.loads((out / "units" / "attention__rep0__fold0.json").read_text())
+    config = unit["settings"]["config"]
+    assert (config["lr"], config["weight_decay"], unit["settings"]["stain_normalize"]) == (2e-4, 5e-3, True)
+    # results.md carries the command that reruns it
+    assert "--lr 0.0002 --weight-decay 0.005 --stain-normalize" in (out / "results.md").read_text()
     status = {k: v for k, v in fast.items() if k != "progress"}
-    assert hx.histology_progress("breast", breast_root, models=["attention"], out_dir=out, lr=2e-4,
-                                 weight_decay=5e-3, **status).startswith("breast attention: 2/2 folds")
+    options = {"lr": 2e-4, "weight_decay": 5e-3, "stain_normalize": True}
+    assert hx.histology_progress("breast", breast_root, models=["attention"], out_dir=out, **options,
+                                 **status).startswith("breast attention: 2/2 folds")
     # the preset's settings are another run: none of these units counts for it
     assert hx.histology_progress("breast", breast_root, models=["attention"], out_dir=out, **status) == (
         "breast attention: 0/2 folds")
+
+    # the saved model normalises inside: it gives the unit's test probabilities again, the bare CNN does not
+    net, meta = load_unit_model(out, "attention")
+    assert meta["settings"]["stain_normalize"] is True
+    data = hx.load_histology("breast", breast_root)
+    bags = {b.bag_id: b for b in data.bags}
+    test = FloatBags([bags[i] for i in unit["test"]])
+    probs, _ = predict(net, test)
+    assert np.allclose(probs.numpy(), unit["test_probs"], atol=1e-5)
+    net.encoder.preprocess = None
+    assert not np.allclose(predict(net, test)[0].numpy(), unit["test_probs"], atol=1e-3)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     histo.add_argument("--weight-decay", type=float, default=None,
                        help="L2 weight decay on every parameter (default 5e-4; one third-party code used 5e-3)")
     histo.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    histo.add_argument("--stain-normalize", action="store_true",
+                       help="Reinhard-normalise each patch's Lab colours to a fixed H&E target, in training and "
+                            "testing (a third-party code's step; not in the paper's known protocol)")
     histo.add_argument("--jobs", type=int, default=1, help="worker processes, one CPU core each (default 1)")
     histo.add_argument("--out", default=None, metavar="DIR", help="output directory (default runs/histology-DATASET)")
     histo.add_argument("--status", action="store_true",
@@ -354,12 +357,13 @@ def _reproduce_histology(args: argparse.Namespace) -> int:
         print(histology_progress(args.dataset, args.data_dir, models=args.models or list(HISTOLOGY_MODELS),
                                  repeats=args.repeats, folds=args.folds, seed=args.seed, epochs=args.epochs,
                                  patience=args.patience, lr=args.lr, weight_decay=args.weight_decay,
-                                 augment=not args.no_augment, out_dir=out))
+                                 augment=not args.no_augment, stain_normalize=args.stain_normalize, out_dir=out))
         return 0
     rows = reproduce_histology(args.dataset, args.data_dir, models=args.models or list(HISTOLOGY_MODELS),
                                repeats=args.repeats, folds=args.folds, seed=args.seed, epochs=args.epochs,
                                patience=args.patience, lr=args.lr, weight_decay=args.weight_decay,
-                               augment=not args.no_augment, out_dir=out, progress=not args.no_progress, jobs=args.jobs)
+                               augment=not args.no_augment, stain_normalize=args.stain_normalize, out_dir=out,
+                               progress=not args.no_progress, jobs=args.jobs)
     for row in rows:
         print(f"{row.metric:>12}: {format_row(row)}")
     print(f"wrote {out}/results.md, results.json, results.csv" if rows else

@@ -21,7 +21,7 @@ What the sources say (shared/paper/protocols.md §4 "Augmentation and normalisat
   :func:`abmil.data.patches.centred_patches`). Not in the quoted paper text.
 
 gmum also stain-normalises every patch (``HistoNormalize``, Lab statistics matched to a fixed target) at train and
-test time; that is normalisation, not augmentation, and is not implemented here.
+test time; that is normalisation, not augmentation: an option of the model (:mod:`abmil.nn.stain_norm`).
 """
 from __future__ import annotations
 

@@ -172,14 +172,18 @@ class Unit:
 
 
 def _settings(dataset: str, unit: Unit, *, folds: int, repeats: int, seed: int, config: TrainConfig,
-              stopping: EarlyStopping, augment: bool, patch_size: int, fingerprint: str, n_bags: int) -> dict[str, Any]:
+              stopping: EarlyStopping, augment: bool, stain_normalize: bool, patch_size: int, fingerprint: str,
+              n_bags: int) -> dict[str, Any]:
     """Everything that determines a unit's numbers; a cached unit is reused only when all of it matches."""
-    return json.loads(json.dumps({
+    settings = {
         "format": UNIT_FORMAT, "dataset": dataset, "model": unit.model, "repeat": unit.repeat, "fold": unit.fold,
         "run_seed": unit.run_seed, "folds": folds, "repeats": repeats, "seed": seed, "config": config.to_dict(),
         "stopping": stopping.to_dict(), "augment": augment, "patch_size": patch_size, "data_sha256": fingerprint,
         "n_bags": n_bags,
-    }))
+    }
+    if stain_normalize:  # only when on: the units written before the option existed stay valid
+        settings["stain_normalize"] = True
+    return json.loads(json.dumps(settings))
 
 
 def _read_unit(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -207,7 +211,8 @@ def _train_unit(unit: Unit) -> dict[str, Any]:
         images = None if data.images is None else [data.images[i] for i in train_idx]
         augment = BagAugmenter(train_bags, images=images)
     torch.manual_seed(unit.run_seed)
-    model = histology_model(unit.model, data.patch_size)
+    model = histology_model(unit.model, data.patch_size,
+                            stain_normalize=_STATE["settings"][unit.key].get("stain_normalize", False))
     checkpoints = out / "checkpoints" / unit.key
     history = fit_early_stopping(model, FloatBags(train_bags), data.labels[train_idx], config, seed=unit.run_seed,
                                  val_bags=FloatBags([data.bags[i] for i in val_idx]),
@@ -268,7 +273,8 @@ def load_unit_model(run_dir: str | Path, model: str) -> tuple[torch.nn.Module, d
                                 f"--out {run_dir}` first (fold 0 of repeat 0 saves one)")
     with safe_open(str(path), framework="pt") as f:
         meta = {k: json.loads(v) for k, v in f.metadata().items()}
-    net = histology_model(model, int(meta["settings"]["patch_size"]))
+    settings = meta["settings"]
+    net = histology_model(model, int(settings["patch_size"]), stain_normalize=settings.get("stain_normalize", False))
     net.load_state_dict(load_file(str(path)))
     return net.eval(), meta
 
@@ -320,7 +326,8 @@ def _check_float(value: Any, name: str) -> float:
     return float(value)
 
 
-def _command(dataset, data_dir, models, repeats, folds, seed, epochs, patience, augment, out, config) -> str:
+def _command(dataset, data_dir, models, repeats, folds, seed, epochs, patience, augment, stain_normalize, out,
+             config) -> str:
     args = ["abmil", "reproduce", "histology", "--dataset", dataset, "--data-dir", str(data_dir),
             "--models", ",".join(models), "--repeats", str(repeats), "--folds", str(folds), "--seed", str(seed),
             "--epochs", str(epochs), "--patience", str(patience)]
@@ -331,6 +338,8 @@ def _command(dataset, data_dir, models, repeats, folds, seed, epochs, patience, 
         args += ["--weight-decay", repr(config.weight_decay)]
     if not augment:
         args.append("--no-augment")
+    if stain_normalize:
+        args.append("--stain-normalize")
     return shlex.join(args + ["--out", str(out)])
 
 
@@ -355,7 +364,7 @@ class _Plan:
 
 
 def _plan(dataset, data_dir, *, models, repeats, folds, seed, epochs, patience, lr, weight_decay, augment,
-          out_dir) -> _Plan:
+          stain_normalize, out_dir) -> _Plan:
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
     models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
@@ -380,7 +389,8 @@ def _plan(dataset, data_dir, *, models, repeats, folds, seed, epochs, patience, 
     units = [Unit(m, r, f, splits[(r, f)].seed) for m in models for r in range(repeats) for f in range(folds)]
     fingerprint = data.fingerprint()
     settings = {u.key: _settings(dataset, u, folds=folds, repeats=repeats, seed=seed, config=config,
-                                 stopping=stopping, augment=bool(augment), patch_size=data.patch_size,
+                                 stopping=stopping, augment=bool(augment), stain_normalize=bool(stain_normalize),
+                                 patch_size=data.patch_size,
                                  fingerprint=fingerprint, n_bags=len(data.bags)) for u in units}
     records = {}
     for u in units:
@@ -406,12 +416,12 @@ def histology_progress(dataset: str, data_dir: str | Path, **run: Any) -> str:
     checkpoint to resume from.
 
     ``run``: the keyword arguments of :func:`reproduce_histology` that decide its units (models, repeats, folds, seed,
-    epochs, patience, lr, weight_decay, augment, out_dir), with the same defaults; only units whose settings match count, as when the
-    run resumes.
+    epochs, patience, lr, weight_decay, augment, stain_normalize, out_dir), with the same defaults; only units whose
+    settings match count, as when the run resumes.
     """
     params = inspect.signature(reproduce_histology).parameters  # its defaults, so the two cannot drift apart
     args = {k: params[k].default for k in ("models", "repeats", "folds", "seed", "epochs", "patience", "lr",
-                                           "weight_decay", "augment", "out_dir")}
+                                           "weight_decay", "augment", "stain_normalize", "out_dir")}
     unknown = sorted(set(run) - set(args))
     if unknown:
         raise TypeError(f"histology_progress() got unexpected keyword argument(s) {', '.join(unknown)}")
@@ -456,6 +466,7 @@ def reproduce_histology(
     lr: float | None = None,
     weight_decay: float | None = None,
     augment: bool = True,
+    stain_normalize: bool = False,
     out_dir: str | Path = "runs/histology",
     progress: bool = True,
     jobs: int = 1,
@@ -470,6 +481,8 @@ def reproduce_histology(
         epochs: the cap on epochs (early stopping with ``patience`` usually ends sooner).
         lr, weight_decay: Adam's learning rate and L2 coefficient; None: :func:`histology_config`'s 1e-4 and 5e-4.
         augment: H&E jitter + square symmetries (+ colon centre jitter) at each visit of a training bag.
+        stain_normalize: Reinhard colour normalisation of every patch inside the model (gmum's; off in the paper's
+            known protocol; :class:`abmil.nn.stain_norm.ReinhardNormalize`).
         out_dir: where results.*, units/ and models/ go (created; an existing one is resumed from).
         progress: a tqdm bar over units on stderr.
         jobs: worker processes (one CPU core and torch thread each); the numbers do not change.
@@ -485,12 +498,14 @@ def reproduce_histology(
     """
     jobs = _check_int(jobs, "jobs", 1)
     plan = _plan(dataset, data_dir, models=models, repeats=repeats, folds=folds, seed=seed, epochs=epochs,
-                 patience=patience, lr=lr, weight_decay=weight_decay, augment=augment, out_dir=out_dir)
+                 patience=patience, lr=lr, weight_decay=weight_decay, augment=augment,
+                 stain_normalize=stain_normalize, out_dir=out_dir)
     data, models, units, records, out = plan.data, plan.models, plan.units, plan.records, plan.out
     repeats, folds, seed, epochs, patience = plan.repeats, plan.folds, plan.seed, plan.epochs, plan.patience
     config, stopping, splits, settings = plan.config, plan.stopping, plan.splits, plan.settings
     todo = [u for u in units if u.key not in records]
-    command = _command(dataset, data.root, models, repeats, folds, seed, epochs, patience, augment, out, config)
+    command = _command(dataset, data.root, models, repeats, folds, seed, epochs, patience, augment, stain_normalize,
+                       out, config)
 
     def publish() -> list[ResultRow]:
         rows = _rows(dataset, models, units, records, repeats=repeats, folds=folds, epochs=epochs,

@@ -79,16 +79,21 @@ def _six_model(name: str, encoder: nn.Module) -> nn.Module:
     return InstanceMIL(encoder, pool)
 
 
-def histology_model(name: str, patch_size: int, *, dropout: float | None = None) -> nn.Module:
+def histology_model(name: str, patch_size: int, *, dropout: float | None = None,
+                    stain_normalize: bool = False) -> nn.Module:
     """A model for the histopathology experiments (Tables 2-3): the patch CNN (512-d embeddings), then the pooling.
 
     ``name``: one of :data:`MNIST_BAGS_KEYS` (the six rows of Tables 2-3: instance/embedding x max/mean, attention,
     gated). ``patch_size``: 32 (breast, UCSB) or 27 (colon, Warwick); any size >= 10 builds. Attention models use
     L = 128 (protocols.md section 4); Instance+ models score each patch with a fc-1 head and pool the probabilities.
-    ``dropout``: the patch CNN's rate (default :data:`abmil.nn.patch_cnn.PATCH_CNN_DROPOUT`).
+    ``dropout``: the patch CNN's rate (default :data:`abmil.nn.patch_cnn.PATCH_CNN_DROPOUT`). ``stain_normalize``:
+    Reinhard-normalise every patch's colours first (:class:`abmil.nn.stain_norm.ReinhardNormalize`, gmum's
+    ``HistoNormalize``; not part of the paper's known protocol). The weights' names are the same either way.
     """
     from .patch_cnn import PATCH_CNN_DROPOUT, PatchCNN
+    from .stain_norm import ReinhardNormalize
 
     if name not in MNIST_BAGS_KEYS:
         raise ValueError(f"unknown histology model {name!r}: expected one of {', '.join(MNIST_BAGS_KEYS)}")
-    return _six_model(name, PatchCNN(patch_size, PATCH_CNN_DROPOUT if dropout is None else dropout))
+    preprocess = ReinhardNormalize() if stain_normalize else None
+    return _six_model(name, PatchCNN(patch_size, PATCH_CNN_DROPOUT if dropout is None else dropout, preprocess))
