@@ -228,12 +228,13 @@ def test_bad_data_names_the_file_and_writes_nothing(breast_root, colon_root, tmp
     assert not out.exists()
 
 
-def test_lr_weight_decay_and_stain_normalisation_options(breast_root, tmp_path, capsys):
+def test_lr_weight_decay_stain_normalisation_and_kept_models(breast_root, tmp_path, capsys):
     out = tmp_path / "options"
     fast = {**FAST, "folds": 2, "epochs": 1}
     assert main(["reproduce", "histology", "--dataset", "breast", "--data-dir", str(breast_root), "--models",
                  "attention", "--repeats", "1", "--folds", "2", "--epochs", "1", "--patience", "1", "--lr", "2e-4",
-                 "--weight-decay", "5e-3", "--stain-normalize", "--out", str(out), "--no-progress"]) == 0
+                 "--weight-decay", "5e-3", "--stain-normalize", "--keep-models", "--out", str(out),
+                 "--no-progress"]) == 0
     capsys.readouterr()
     unit = json.loads((out / "units" / "attention__rep0__fold0.json").read_text())
     config = unit["settings"]["config"]
@@ -248,16 +249,27 @@ def test_lr_weight_decay_and_stain_normalisation_options(breast_root, tmp_path, 
     assert hx.histology_progress("breast", breast_root, models=["attention"], out_dir=out, **status) == (
         "breast attention: 0/2 folds")
 
-    # the saved model normalises inside: it gives the unit's test probabilities again, the bare CNN does not
-    net, meta = load_unit_model(out, "attention")
-    assert meta["settings"]["stain_normalize"] is True
-    data = hx.load_histology("breast", breast_root)
-    bags = {b.bag_id: b for b in data.bags}
-    test = FloatBags([bags[i] for i in unit["test"]])
-    probs, _ = predict(net, test)
-    assert np.allclose(probs.numpy(), unit["test_probs"], atol=1e-5)
+    # every fold's model is kept; each normalises inside: it gives its unit's test probabilities again, the bare
+    # CNN does not
+    assert sorted(p.name for p in (out / "models").iterdir()) == [
+        "attention.safetensors", "attention__rep0__fold0.safetensors", "attention__rep0__fold1.safetensors"]
+    bags = {b.bag_id: b for b in hx.load_histology("breast", breast_root).bags}
+    for fold in (0, 1):
+        unit = json.loads((out / "units" / f"attention__rep0__fold{fold}.json").read_text())
+        net, meta = load_unit_model(out, "attention", fold=fold)
+        assert meta["settings"] == unit["settings"] and meta["settings"]["stain_normalize"] is True
+        test = FloatBags([bags[i] for i in unit["test"]])
+        assert np.allclose(predict(net, test)[0].numpy(), unit["test_probs"], atol=1e-5)
     net.encoder.preprocess = None
     assert not np.allclose(predict(net, test)[0].numpy(), unit["test_probs"], atol=1e-3)
+    with pytest.raises(FileNotFoundError, match="--keep-models"):
+        load_unit_model(out, "attention", repeat=1)
+
+    # a heatmap from fold 1's model, of one of its test images
+    image = breast_root / "Bisque" / f"{unit['test'][0]}.tif"
+    assert main(["heatmap", "--run", str(out), "--image", str(image), "--fold", "1",
+                 "--out", str(tmp_path / "fold1.png")]) == 0
+    assert "a test image of fold 1" in capsys.readouterr().out and (tmp_path / "fold1.png").is_file()
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Reinhard-normalise each patch's Lab colours to a fixed H&E target, in training and "
                             "testing (a third-party code's step; not in the paper's known protocol)")
     histo.add_argument("--jobs", type=int, default=1, help="worker processes, one CPU core each (default 1)")
+    histo.add_argument("--keep-models", action="store_true",
+                       help="save every fold's weights (OUT/models/<model>__rep<r>__fold<f>.safetensors, ~5 MB each), "
+                            "not only fold 0 of repeat 0's; `abmil heatmap --repeat R --fold F` uses them")
     histo.add_argument("--out", default=None, metavar="DIR", help="output directory (default runs/histology-DATASET)")
     histo.add_argument("--status", action="store_true",
                        help="train nothing: print each model's finished folds (of these settings in --out), their "
@@ -188,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="output PNG (default RUN/heatmap_<model>__<image>.png)")
     ex_histo.add_argument("--no-markers", action="store_true", help="do not circle the epithelial nuclei")
     ex_histo.add_argument("--downsample", type=float, default=1.0, help="image pixels per PNG pixel (default 1)")
+    _unit_args(ex_histo)
     ex_histo.set_defaults(handler=_explain_histology)
 
     demo = commands.add_parser("demo", help="a quick look: Musk1 attention vs gated (default), or histology",
@@ -272,6 +276,7 @@ def _wsi_commands(commands) -> None:
     source.add_argument("--image", metavar="IMG",
                         help="an H&E image: cut into the run's patches and painted, as `abmil explain histology`")
     heat.add_argument("--model", default="attention", help="with --image: the histology model key (default attention)")
+    _unit_args(heat, "with --image: ")
     heat.add_argument("--thumbnail", default=None, metavar="IMG", help="background image of the slide")
     heat.add_argument("--downsample", type=float, default=None, metavar="K",
                       help="level-0 pixels per thumbnail pixel (needed with --thumbnail)")
@@ -282,6 +287,14 @@ def _wsi_commands(commands) -> None:
     heat.add_argument("--out", required=True, metavar="PNG", help="output PNG")
     heat.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
     heat.set_defaults(handler=_heatmap)
+
+
+def _unit_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--repeat / --fold: which saved model of a histology run paints the heatmap."""
+    parser.add_argument("--repeat", type=int, default=0,
+                        help=f"{prefix}the CV repetition of the saved model (default 0; others need --keep-models)")
+    parser.add_argument("--fold", type=int, default=0,
+                        help=f"{prefix}the fold of the saved model (default 0; others need --keep-models)")
 
 
 def _int_list(text: str) -> list[int]:
@@ -363,7 +376,7 @@ def _reproduce_histology(args: argparse.Namespace) -> int:
                                repeats=args.repeats, folds=args.folds, seed=args.seed, epochs=args.epochs,
                                patience=args.patience, lr=args.lr, weight_decay=args.weight_decay,
                                augment=not args.no_augment, stain_normalize=args.stain_normalize, out_dir=out,
-                               progress=not args.no_progress, jobs=args.jobs)
+                               progress=not args.no_progress, jobs=args.jobs, keep_models=args.keep_models)
     for row in rows:
         print(f"{row.metric:>12}: {format_row(row)}")
     print(f"wrote {out}/results.md, results.json, results.csv" if rows else
@@ -375,7 +388,8 @@ def _explain_histology(args: argparse.Namespace) -> int:
     from abmil.experiments.histology import explain_histology
 
     print(explain_histology(args.run, model=args.model, image=args.image, out=args.out,
-                            markers=not args.no_markers, downsample=args.downsample))
+                            markers=not args.no_markers, downsample=args.downsample, repeat=args.repeat,
+                            fold=args.fold))
     return 0
 
 
@@ -429,7 +443,7 @@ def _heatmap(args: argparse.Namespace) -> int:
         from abmil.experiments.histology import explain_histology
 
         print(explain_histology(args.run, model=args.model, image=args.image, out=args.out,
-                                downsample=args.downsample or 1.0))
+                                downsample=args.downsample or 1.0, repeat=args.repeat, fold=args.fold))
         return 0
     from abmil.explain.slide import slide_heatmap
 

@@ -237,10 +237,12 @@ def _train_unit(unit: Unit) -> dict[str, Any]:
         "train_seconds": history.seconds,
         "seconds_per_epoch": history.seconds / max(history.epochs_run, 1),
     }
+    paths = [out / "models" / f"{unit.key}.safetensors"] if _STATE["keep_models"] else []
     if unit.repeat == 0 and unit.fold == 0:
-        _save_model(out / "models" / f"{unit.model}.safetensors", model, record["settings"],
-                    {"test": record["test"], "test_labels": record["test_labels"],
-                     "test_paths": [data.bags[i].path for i in test_idx]})
+        paths.append(out / "models" / f"{unit.model}.safetensors")
+    for path in paths:
+        _save_model(path, model, record["settings"], {"test": record["test"], "test_labels": record["test_labels"],
+                                                      "test_paths": [data.bags[i].path for i in test_idx]})
     write_json_atomic(out / "units" / f"{unit.key}.json", record)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return record
@@ -260,17 +262,21 @@ def _save_model(path: Path, model: torch.nn.Module, settings: dict[str, Any], te
     write_safetensors_atomic(path, model.state_dict(), meta)
 
 
-def load_unit_model(run_dir: str | Path, model: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The saved repeat-0 fold-0 model of a run, in eval mode, and its metadata ``{"settings": the unit's settings,
-    "test": test bag ids, "test_labels": their labels, "test_paths": their image files}`` (weights read with
-    safetensors only)."""
+def load_unit_model(run_dir: str | Path, model: str, *, repeat: int = 0,
+                    fold: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A run's saved model of one unit (default repeat 0, fold 0, which every run keeps; the others need
+    ``keep_models``), in eval mode, and its metadata ``{"settings": the unit's settings, "test": test bag ids,
+    "test_labels": their labels, "test_paths": their image files}`` (weights read with safetensors only)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = Path(run_dir) / "models" / f"{model}.safetensors"
+    key = Unit(model, repeat, fold, 0).key
+    path = Path(run_dir) / "models" / (f"{model}.safetensors" if (repeat, fold) == (0, 0) else f"{key}.safetensors")
     if not path.is_file():
+        hint = ("fold 0 of repeat 0 saves one" if (repeat, fold) == (0, 0) else
+                "with --keep-models, which saves every fold's model")
         raise FileNotFoundError(f"no saved model {path}: run `abmil reproduce histology --models {model} "
-                                f"--out {run_dir}` first (fold 0 of repeat 0 saves one)")
+                                f"--out {run_dir}` first ({hint})")
     with safe_open(str(path), framework="pt") as f:
         meta = {k: json.loads(v) for k, v in f.metadata().items()}
     settings = meta["settings"]
@@ -470,6 +476,7 @@ def reproduce_histology(
     out_dir: str | Path = "runs/histology",
     progress: bool = True,
     jobs: int = 1,
+    keep_models: bool = False,
 ) -> list[ResultRow]:
     """Run the paper's CV protocol on one histology dataset; write results.{json,csv,md} beside Table 2 or 3.
 
@@ -486,6 +493,8 @@ def reproduce_histology(
         out_dir: where results.*, units/ and models/ go (created; an existing one is resumed from).
         progress: a tqdm bar over units on stderr.
         jobs: worker processes (one CPU core and torch thread each); the numbers do not change.
+        keep_models: save every unit's weights as ``OUT/models/<model>__rep<r>__fold<f>.safetensors`` (about 5 MB
+            each), not only repeat 0 fold 0's ``OUT/models/<model>.safetensors``; for heatmaps of any fold.
 
     Returns:
         rows (model x metric) of the models whose units are all finished; ``std`` over per-repeat means (over
@@ -517,7 +526,7 @@ def reproduce_histology(
 
     (out / "units").mkdir(parents=True, exist_ok=True)
     _STATE.update(data=data, splits=splits, config=config, stopping=stopping, out=out, augment=bool(augment),
-                  settings=settings, threads=1 if jobs > 1 else torch.get_num_threads())
+                  settings=settings, keep_models=bool(keep_models), threads=1 if jobs > 1 else torch.get_num_threads())
     bar = None
     if progress and todo:
         from tqdm import tqdm
@@ -555,27 +564,34 @@ def reproduce_histology(
 
 
 def explain_histology(run_dir: str | Path, *, model: str = "attention", image: str | Path | None = None,
-                      out: str | Path | None = None, markers: bool = True, downsample: float = 1.0) -> str:
-    """Paint the per-patch scores of a run's saved model (repeat 0, fold 0) over one image; return a short report.
+                      out: str | Path | None = None, markers: bool = True, downsample: float = 1.0,
+                      repeat: int = 0, fold: int = 0) -> str:
+    """Paint the per-patch scores of a run's saved model over one image; return a short report.
 
-    ``image`` defaults to the first positive test image of that fold (an image the model did not train on).
-    ``markers``: circle the epithelial nuclei (annotated colon images). The PNG goes to ``out`` (default
-    ``RUN/heatmap_<model>__<image>.png``).
+    ``repeat``, ``fold``: the unit whose model is used (default 0, 0, the one every run saves; others need
+    ``reproduce_histology(keep_models=True)``). ``image`` defaults to the first positive test image of that fold (an
+    image the model did not train on). ``markers``: circle the epithelial nuclei (annotated colon images). The PNG
+    goes to ``out`` (default ``RUN/heatmap_<model>__<image>.png``, ``heatmap_<model>__rep<r>__fold<f>__<image>.png``
+    for another unit).
     """
     from abmil.explain.histology import heatmap_for_image
 
-    net, meta = load_unit_model(run_dir, model)
+    net, meta = load_unit_model(run_dir, model, repeat=repeat, fold=fold)
+    unit = Unit(model, repeat, fold, 0)
     if image is None:
         paths, labels = meta.get("test_paths"), meta.get("test_labels")
         if not paths:
             raise ValueError(f"the saved {model!r} model does not list its test images: pass --image PATH")
         image = next((p for p, y in zip(paths, labels) if y == 1), paths[0])
     image = Path(image)
-    out = Path(out) if out is not None else Path(run_dir) / f"heatmap_{model}__{image.stem}.png"
+    name = model if (repeat, fold) == (0, 0) else unit.key
+    out = Path(out) if out is not None else Path(run_dir) / f"heatmap_{name}__{image.stem}.png"
     heat = heatmap_for_image(net, image, out, patch_size=int(meta["settings"]["patch_size"]), markers=markers,
                              downsample=downsample, model_name=model)
-    seen = "a test image of fold 0" if image.stem in meta.get("test", []) else (
-        "a TRAINING image of fold 0" if image.stem in _training_ids(run_dir, model) else "an image outside the run")
+    which = f"fold {fold}" if repeat == 0 else f"repeat {repeat} fold {fold}"
+    trained_on = _training_ids(run_dir, unit.key)
+    seen = f"a test image of {which}" if image.stem in meta.get("test", []) else (
+        f"a TRAINING image of {which}" if image.stem in trained_on else "an image outside the run")
     lines = [f"{image} ({seen}): {len(heat.scores)} patches of {heat.patch_size}x{heat.patch_size}, "
              f"P(positive) = {heat.prob:.3f}" + (f", label {heat.bag.label}" if heat.bag.label in (0, 1) else "")]
     if heat.bag.instance_labels is not None and 0 < heat.bag.instance_labels.sum() < len(heat.bag):
@@ -587,9 +603,9 @@ def explain_histology(run_dir: str | Path, *, model: str = "attention", image: s
     return "\n".join(lines)
 
 
-def _training_ids(run_dir: str | Path, model: str) -> list[str]:
+def _training_ids(run_dir: str | Path, key: str) -> list[str]:
     try:
-        unit = json.loads((Path(run_dir) / "units" / f"{model}__rep0__fold0.json").read_text(encoding="utf-8"))
+        unit = json.loads((Path(run_dir) / "units" / f"{key}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     return list(unit.get("train", [])) + list(unit.get("val", []))
