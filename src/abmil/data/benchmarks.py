@@ -154,8 +154,8 @@ def _check_feature_count(d: int, expected: int | None, source: str) -> None:
         return
     msg = f"inconsistent feature dimension: {d} features, expected {expected}"
     if d == expected + 1:
-        msg += (f"; one extra column is the known leak of an instance-label column in some circulating copies "
-                f"(e.g. Musk1 with 167 vs 166, Fox with 231 vs 230) - drop that column, do not train on it")
+        msg += ("; one extra column is the known leak of an instance-label column in some circulating copies "
+                "(e.g. Musk1 with 167 vs 166, Fox with 231 vs 230) - drop that column, do not train on it")
     else:
         msg += " (a copy with one extra column, e.g. 167 vs 166, usually leaks the instance label)"
     raise DataError(msg, path=source)
