@@ -1,8 +1,8 @@
 """The histology experiment end to end on real images: CV units, results files, resume, input errors, heatmaps, demo.
 
 Fixtures are built in tmp_path in the published layouts from the real images of /work/shared/data: UCSB TIFFs
-cropped to 96x128 px (10-12 tissue tiles) under their own names, and six Warwick ``img{i}`` folders copied unchanged. Tests
-that need them skip when that folder is absent.
+cropped to 96x128 px (10-12 tissue tiles) under their own names, and six Warwick ``img{i}`` folders copied unchanged.
+Tests that need them skip when that folder is absent.
 """
 from __future__ import annotations
 
