@@ -24,7 +24,7 @@ from abmil.explain.heatmap import heatmap_layout, paint_heatmap
 from abmil.io import atomic_open
 from abmil.nn.models import MILOutput
 
-__all__ = ["ImageHeatmap", "PATCH_MODES", "annotated_folder", "heatmap_for_image", "image_bag"]
+__all__ = ["ImageHeatmap", "PATCH_MODES", "annotated_folder", "heatmap_for_image", "image_bag", "patch_scores"]
 
 PATCH_MODES = ("auto", "grid", "nuclei")
 MARKER_RADIUS = 3  # PNG pixels; a 27x27 colon patch is 27 px wide at downsample 1
@@ -88,8 +88,9 @@ def image_bag(image_path: str | Path, patch_size: int, mode: str = "auto", *,
 
 
 @torch.no_grad()
-def _scores(model: nn.Module, patches: np.ndarray) -> tuple[float, np.ndarray, str]:
-    """Run ``model`` on one bag of uint8 patches (n, 3, s, s): (P(positive), (n,) scores, score kind)."""
+def patch_scores(model: nn.Module, patches: np.ndarray) -> tuple[float, np.ndarray, str]:
+    """Run ``model`` on one bag of uint8 patches (n, 3, s, s): (P(positive), (n,) scores, score kind), the scores
+    being attention weights (kind "attention", summing to 1) or instance probabilities ("instance probability")."""
     model.eval()
     x = patches_to_tensor(patches)
     out: MILOutput = model(x, torch.zeros(x.shape[0], dtype=torch.long), 1)
@@ -154,7 +155,7 @@ def heatmap_for_image(
     if patch_size is None:
         patch_size = int(getattr(getattr(model, "encoder", None), "patch_size", BREAST_PATCH_SIZE))
     bag = image_bag(image_path, patch_size, mode)
-    prob, scores, kind = _scores(model, bag.patches)
+    prob, scores, kind = patch_scores(model, bag.patches)
     if normalise is None:
         normalise = "minmax" if kind == "attention" else "none"
     if title is None:

@@ -1,0 +1,58 @@
+"""Does a breast model's attention follow how much of a patch is background?
+
+The UCSB images have no annotations to score attention against, so this measures the one thing a heatmap of them
+suggests: high-attention patches sit at the edge of the tissue. For each test image of each kept fold model it prints
+the Spearman correlation between a patch's attention weight and its white fraction (the measure the grid uses to drop
+background tiles, abmil.data.patches.white_fraction), and the mean white fraction of the top 10% of patches by
+attention against that of all patches.
+
+    python results/histology-breast/attention_vs_background.py --run results/histology-breast \
+        --data-dir DIR/ucsb_breast_images --folds 0:0,0:8 [--model attention]
+
+(--folds: repeat:fold pairs whose models the run kept; fold 0 of repeat 0 always, the others with --keep-models.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from abmil.data.patches import white_fraction
+from abmil.experiments.histology import load_unit_model
+from abmil.explain.histology import image_bag, patch_scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--data-dir", required=True, help="folder holding the UCSB .tif files (searched below)")
+    parser.add_argument("--folds", required=True, help="repeat:fold pairs, comma-separated")
+    parser.add_argument("--model", default="attention")
+    args = parser.parse_args()
+    images = {p.stem: p for p in Path(args.data_dir).rglob("*.tif")}
+    rhos, top_white, all_white = [], [], []
+    for pair in args.folds.split(","):
+        repeat, fold = (int(v) for v in pair.split(":"))
+        model, _ = load_unit_model(args.run, args.model, repeat=repeat, fold=fold)
+        unit = json.loads((Path(args.run) / "units" / f"{args.model}__rep{repeat}__fold{fold}.json").read_text())
+        print(f"repeat {repeat} fold {fold}: test AUC {unit['metrics']['auc']:.3f}")
+        for name, label in zip(unit["test"], unit["test_labels"]):
+            bag = image_bag(images[name], int(unit["settings"]["patch_size"]), "grid")
+            prob, attention, _ = patch_scores(model, bag.patches)
+            white = white_fraction(bag.patches)
+            top = np.argsort(-attention)[:max(1, len(attention) // 10)]
+            rho = float(spearmanr(attention, white)[0])
+            rhos.append(rho)
+            top_white.append(white[top].mean())
+            all_white.append(white.mean())
+            print(f"  {name} label {label} P(positive) {prob:.3f} patches {len(attention)}: rho {rho:+.2f}, "
+                  f"white fraction of the top 10% {white[top].mean():.2f} vs all {white.mean():.2f}")
+    print(f"{len(rhos)} images: median rho {np.median(rhos):+.2f} (range {min(rhos):+.2f} to {max(rhos):+.2f}); "
+          f"white fraction of the top 10% {np.mean(top_white):.2f} vs all {np.mean(all_white):.2f} on average")
+
+
+if __name__ == "__main__":
+    main()
