@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +24,13 @@ from abmil.experiments import histology as hx
 from abmil.experiments.histology import explain_histology, load_unit_model, reproduce_histology
 from abmil.experiments.histology_demo import DEMO_IMAGE, demo_bags, demo_histology, demo_image_path
 from abmil.explain.heatmap import COLORBAR_PX, heatmap_layout
-from abmil.explain.histology import heatmap_for_image
+from abmil.explain.histology import heatmap_for_image, patch_scores
 from abmil.report import paper
 from abmil.report.results import CORE_KEYS, read_results
 from abmil.train.fit import predict
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BACKGROUND_SCRIPT = Path(__file__).resolve().parents[1] / "results" / "histology-breast" / "attention_vs_background.py"
 BISQUE = SHARED_DATA / "ucsb_breast_images" / "Bisque"
 CLASSIFICATION = SHARED_DATA / "colon_crc" / "Classification"
 BREAST_FILES = [f"ytma10_010704_{kind}{i}_ccd.tif" for kind in ("benign", "malignant") for i in (1, 2, 3)]
@@ -139,6 +142,17 @@ def test_breast_run_files_schema_and_resume(breast_root, tmp_path, monkeypatch, 
         assert im.size == (layout.width, layout.height) and layout.width >= 128 + COLORBAR_PX
     assert heat.score_kind == "attention" and heat.scores.shape == (len(heat.bag),) and len(heat.bag) >= 10
     assert heat.bag.label == int("malignant" in image.name)
+    prob, scores, kind = patch_scores(net, heat.bag.patches)
+    assert kind == "attention" and prob == heat.prob and np.array_equal(scores, heat.scores)
+    assert abs(scores.sum() - 1.0) < 1e-5
+
+    # the committed breast analysis script runs on such a run: one line per test image of the fold, then a summary
+    done = subprocess.run([sys.executable, str(BACKGROUND_SCRIPT), "--run", str(out), "--data-dir", str(breast_root),
+                           "--folds", "0:0"], capture_output=True, text=True, check=True)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("repeat 0 fold 0: test AUC ") and len(lines) == 2 + len(meta["test"])
+    assert all(f"  {name} label " in line for name, line in zip(meta["test"], lines[1:-1]))
+    assert lines[-1].startswith(f"{len(meta['test'])} images: median rho ")
 
 
 def test_killed_unit_resumes_from_its_checkpoint(breast_root, tmp_path, monkeypatch):
