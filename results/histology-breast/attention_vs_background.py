@@ -4,7 +4,9 @@ The UCSB images have no annotations to score attention against, so this measures
 suggests: high-attention patches sit at the edge of the tissue. For each test image of each kept fold model it prints
 the Spearman correlation between a patch's attention weight and its white fraction (the measure the grid uses to drop
 background tiles, abmil.data.patches.white_fraction), and the mean white fraction of the top 10% of patches by
-attention against that of all patches.
+attention against that of all patches. First it prints how well the background alone tells the classes apart: the
+AUC, over every image, of minus the image's mean white fraction (benign tissue has more white space) and of its number
+of tissue tiles — no model involved.
 
     python results/histology-breast/attention_vs_background.py --run results/histology-breast \
         --data-dir DIR/ucsb_breast_images --folds 0:0,0:8 [--model attention]
@@ -19,20 +21,26 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
 
 from abmil.data.patches import white_fraction
-from abmil.experiments.histology import load_unit_model
-from abmil.explain.histology import image_bag, patch_scores
+from abmil.experiments.histology import load_histology, load_unit_model
+from abmil.explain.histology import patch_scores
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True)
-    parser.add_argument("--data-dir", required=True, help="folder holding the UCSB .tif files (searched below)")
+    parser.add_argument("--data-dir", required=True, help="the UCSB Bisque folder, or the folder holding it")
     parser.add_argument("--folds", required=True, help="repeat:fold pairs, comma-separated")
     parser.add_argument("--model", default="attention")
     args = parser.parse_args()
-    images = {p.stem: p for p in Path(args.data_dir).rglob("*.tif")}
+    data = load_histology("breast", args.data_dir)
+    bags = {b.bag_id: b for b in data.bags}
+    mean_white = np.array([white_fraction(b.patches).mean() for b in data.bags])
+    tiles = np.array([len(b) for b in data.bags])
+    print(f"{len(data.bags)} images, no model: AUC of -(mean white fraction) {roc_auc_score(data.labels, -mean_white):.3f}"
+          f", of the number of tissue tiles {roc_auc_score(data.labels, tiles):.3f}")
     rhos, top_white, all_white = [], [], []
     for pair in args.folds.split(","):
         repeat, fold = (int(v) for v in pair.split(":"))
@@ -40,7 +48,7 @@ def main() -> None:
         unit = json.loads((Path(args.run) / "units" / f"{args.model}__rep{repeat}__fold{fold}.json").read_text())
         print(f"repeat {repeat} fold {fold}: test AUC {unit['metrics']['auc']:.3f}")
         for name, label in zip(unit["test"], unit["test_labels"]):
-            bag = image_bag(images[name], int(unit["settings"]["patch_size"]), "grid")
+            bag = bags[name]
             prob, attention, _ = patch_scores(model, bag.patches)
             white = white_fraction(bag.patches)
             top = np.argsort(-attention)[:max(1, len(attention) // 10)]
