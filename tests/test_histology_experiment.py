@@ -151,8 +151,9 @@ def test_breast_run_files_schema_and_resume(breast_root, tmp_path, monkeypatch, 
                            "--folds", "0:0"], capture_output=True, text=True, check=True)
     lines = done.stdout.splitlines()
     assert lines[0].startswith("6 images, no model: AUC of -(mean white fraction) ")
-    assert lines[1].startswith("repeat 0 fold 0: test AUC ") and len(lines) == 3 + len(meta["test"])
-    assert all(f"  {name} label " in line for name, line in zip(meta["test"], lines[2:-1]))
+    assert lines[1].startswith("2 finished folds of attention, 6 test predictions: rho(P(positive), ")
+    assert lines[2].startswith("repeat 0 fold 0: test AUC ") and len(lines) == 4 + len(meta["test"])
+    assert all(f"  {name} label " in line for name, line in zip(meta["test"], lines[3:-1]))
     assert lines[-1].startswith(f"{len(meta['test'])} images: median rho ")
 
 

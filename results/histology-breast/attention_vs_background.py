@@ -6,7 +6,8 @@ the Spearman correlation between a patch's attention weight and its white fracti
 background tiles, abmil.data.patches.white_fraction), and the mean white fraction of the top 10% of patches by
 attention against that of all patches. First it prints how well the background alone tells the classes apart: the
 AUC, over every image, of minus the image's mean white fraction (benign tissue has more white space) and of its number
-of tissue tiles — no model involved.
+of tissue tiles — no model involved; then, over the test predictions of every finished fold of the model, the Spearman
+correlation between P(positive) and minus the mean white fraction, overall and within each class.
 
     python results/histology-breast/attention_vs_background.py --run results/histology-breast \
         --data-dir DIR/ucsb_breast_images --folds 0:0,0:8 [--model attention]
@@ -41,6 +42,15 @@ def main() -> None:
     tiles = np.array([len(b) for b in data.bags])
     print(f"{len(data.bags)} images, no model: AUC of -(mean white fraction) {roc_auc_score(data.labels, -mean_white):.3f}"
           f", of the number of tissue tiles {roc_auc_score(data.labels, tiles):.3f}")
+    white_of = dict(zip(bags, mean_white))
+    units = [json.loads(path.read_text()) for path in sorted((Path(args.run) / "units").glob(f"{args.model}__rep*.json"))]
+    y = np.array([label for u in units for label in u["test_labels"]])
+    prob = np.array([q for u in units for q in u["test_probs"]])
+    density = -np.array([white_of[name] for u in units for name in u["test"]])
+    within = ", ".join(f"{kind} {spearmanr(prob[y == c], density[y == c])[0]:+.2f}"
+                       for c, kind in ((0, "benign"), (1, "malignant")) if (y == c).sum() > 2)
+    print(f"{len(units)} finished folds of {args.model}, {len(y)} test predictions: rho(P(positive), "
+          f"-(mean white fraction)) {spearmanr(prob, density)[0]:+.2f}; within a class: {within or 'too few'}")
     rhos, top_white, all_white = [], [], []
     for pair in args.folds.split(","):
         repeat, fold = (int(v) for v in pair.split(":"))
