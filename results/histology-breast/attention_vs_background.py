@@ -43,7 +43,8 @@ def main() -> None:
     print(f"{len(data.bags)} images, no model: AUC of -(mean white fraction) {roc_auc_score(data.labels, -mean_white):.3f}"
           f", of the number of tissue tiles {roc_auc_score(data.labels, tiles):.3f}")
     white_of = dict(zip(bags, mean_white))
-    units = [json.loads(path.read_text()) for path in sorted((Path(args.run) / "units").glob(f"{args.model}__rep*.json"))]
+    unit_files = sorted((Path(args.run) / "units").glob(f"{args.model}__rep*.json"))
+    units = [json.loads(path.read_text()) for path in unit_files]
     y = np.array([label for u in units for label in u["test_labels"]])
     prob = np.array([q for u in units for q in u["test_probs"]])
     density = -np.array([white_of[name] for u in units for name in u["test"]])
