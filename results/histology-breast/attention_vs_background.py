@@ -40,8 +40,9 @@ def main() -> None:
     bags = {b.bag_id: b for b in data.bags}
     mean_white = np.array([white_fraction(b.patches).mean() for b in data.bags])
     tiles = np.array([len(b) for b in data.bags])
-    print(f"{len(data.bags)} images, no model: AUC of -(mean white fraction) {roc_auc_score(data.labels, -mean_white):.3f}"
-          f", of the number of tissue tiles {roc_auc_score(data.labels, tiles):.3f}")
+    print(f"{len(data.bags)} images, no model: AUC of -(mean white fraction) "
+          f"{roc_auc_score(data.labels, -mean_white):.3f}, of the number of tissue tiles "
+          f"{roc_auc_score(data.labels, tiles):.3f}")
     white_of = dict(zip(bags, mean_white))
     unit_files = sorted((Path(args.run) / "units").glob(f"{args.model}__rep*.json"))
     units = [json.loads(path.read_text()) for path in unit_files]
