@@ -288,6 +288,36 @@ def test_lr_weight_decay_stain_normalisation_and_kept_models(breast_root, tmp_pa
     assert "a test image of fold 1" in capsys.readouterr().out and (tmp_path / "fold1.png").is_file()
 
 
+def test_stricter_background_rule_trains_tests_and_paints_the_same_cut(breast_root, tmp_path, capsys):
+    """--max-white-fraction: the run's bags, its unit settings, its command, --status and its heatmaps all use it."""
+    out = tmp_path / "strict"
+    assert main(["reproduce", "histology", "--dataset", "breast", "--data-dir", str(breast_root), "--models",
+                 "attention", "--repeats", "1", "--folds", "2", "--epochs", "1", "--patience", "1",
+                 "--max-white-fraction", "0.25", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    unit = json.loads((out / "units" / "attention__rep0__fold0.json").read_text())
+    assert unit["settings"]["max_white_fraction"] == 0.25
+    assert "--max-white-fraction 0.25 --out" in (out / "results.md").read_text()
+    paper_rule = {b.bag_id: len(b) for b in hx.load_histology("breast", breast_root).bags}
+    strict = {b.bag_id: b for b in hx.load_histology("breast", breast_root, max_white_fraction=0.25).bags}
+    assert all(len(strict[k]) <= paper_rule[k] for k in paper_rule)
+    assert sum(map(len, strict.values())) < sum(paper_rule.values())  # some tissue tiles are 25-75% white
+    status = {**{k: v for k, v in FAST.items() if k != "progress"}, "epochs": 1}
+    assert hx.histology_progress("breast", breast_root, models=["attention"], out_dir=out, max_white_fraction=0.25,
+                                 **status).startswith("breast attention: 2/2 folds")
+    assert hx.histology_progress("breast", breast_root, models=["attention"], out_dir=out, **status) == (
+        "breast attention: 0/2 folds")  # the paper's rule is another run
+    # the saved model was tested on the strict bags, and a heatmap of a test image cuts it the same way
+    net, _ = load_unit_model(out, "attention")
+    test = FloatBags([strict[i] for i in unit["test"]])
+    assert np.allclose(predict(net, test)[0].numpy(), unit["test_probs"], atol=1e-5)
+    name = max(unit["test"], key=lambda k: paper_rule[k] - len(strict[k]))
+    assert len(strict[name]) < paper_rule[name]  # so that the count below tells the two cuts apart
+    image = breast_root / "Bisque" / f"{name}.tif"
+    assert main(["heatmap", "--run", str(out), "--image", str(image), "--out", str(tmp_path / "strict.png")]) == 0
+    assert f": {len(strict[name])} patches of 32x32" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"dataset": "lung"}, "dataset must be one of breast, colon"),
     ({"models": ["mi-net-ds"]}, "unknown histology model"),
@@ -297,6 +327,9 @@ def test_lr_weight_decay_stain_normalisation_and_kept_models(breast_root, tmp_pa
     ({"lr": 0.0}, "lr must be > 0"),
     ({"weight_decay": float("nan")}, "weight_decay must be a finite number"),
     ({"weight_decay": -1e-3}, "weight_decay and lr_decay must be >= 0"),
+    ({"max_white_fraction": 0.0}, r"max_white_fraction must be in \(0, 1\]"),
+    ({"max_white_fraction": 1.5}, r"max_white_fraction must be in \(0, 1\]"),
+    ({"dataset": "colon", "max_white_fraction": 0.5}, "max_white_fraction is for the breast grid"),
 ])
 def test_bad_arguments_write_nothing(kwargs, message, tmp_path):
     args = {"dataset": "breast", "data_dir": tmp_path / "nowhere", "out_dir": tmp_path / "out", **FAST, **kwargs}

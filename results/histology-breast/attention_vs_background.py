@@ -24,7 +24,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from abmil.data.patches import white_fraction
+from abmil.data.patches import MAX_WHITE_FRACTION, white_fraction
 from abmil.experiments.histology import load_histology, load_unit_model
 from abmil.explain.histology import patch_scores
 
@@ -36,7 +36,12 @@ def main() -> None:
     parser.add_argument("--folds", required=True, help="repeat:fold pairs, comma-separated")
     parser.add_argument("--model", default="attention")
     args = parser.parse_args()
-    data = load_histology("breast", args.data_dir)
+    unit_files = sorted((Path(args.run) / "units").glob(f"{args.model}__rep*.json"))
+    units = [json.loads(path.read_text()) for path in unit_files]
+    if not units:
+        raise SystemExit(f"no finished {args.model} folds in {args.run}/units")
+    rule = units[0]["settings"].get("max_white_fraction", MAX_WHITE_FRACTION)  # cut the images as the run did
+    data = load_histology("breast", args.data_dir, max_white_fraction=rule)
     bags = {b.bag_id: b for b in data.bags}
     mean_white = np.array([white_fraction(b.patches).mean() for b in data.bags])
     tiles = np.array([len(b) for b in data.bags])
@@ -44,8 +49,6 @@ def main() -> None:
           f"{roc_auc_score(data.labels, -mean_white):.3f}, of the number of tissue tiles "
           f"{roc_auc_score(data.labels, tiles):.3f}")
     white_of = dict(zip(bags, mean_white))
-    unit_files = sorted((Path(args.run) / "units").glob(f"{args.model}__rep*.json"))
-    units = [json.loads(path.read_text()) for path in unit_files]
     y = np.array([label for u in units for label in u["test_labels"]])
     prob = np.array([q for u in units for q in u["test_probs"]])
     density = -np.array([white_of[name] for u in units for name in u["test"]])

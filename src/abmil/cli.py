@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     histo.add_argument("--stain-normalize", action="store_true",
                        help="Reinhard-normalise each patch's Lab colours to a fixed H&E target, in training and "
                             "testing (a third-party code's step; not in the paper's known protocol)")
+    histo.add_argument("--max-white-fraction", type=float, default=None, metavar="F",
+                       help="breast: drop a grid tile as background when at least this share of its pixels is white "
+                            "(default 0.75, the paper's rule as far as it is known); heatmaps of the run use it too")
     histo.add_argument("--jobs", type=int, default=1, help="worker processes, one CPU core each (default 1)")
     histo.add_argument("--keep-models", action="store_true",
                        help="save every fold's weights (OUT/models/<model>__rep<r>__fold<f>.safetensors, ~5 MB each), "
@@ -370,12 +373,14 @@ def _reproduce_histology(args: argparse.Namespace) -> int:
         print(histology_progress(args.dataset, args.data_dir, models=args.models or list(HISTOLOGY_MODELS),
                                  repeats=args.repeats, folds=args.folds, seed=args.seed, epochs=args.epochs,
                                  patience=args.patience, lr=args.lr, weight_decay=args.weight_decay,
-                                 augment=not args.no_augment, stain_normalize=args.stain_normalize, out_dir=out))
+                                 augment=not args.no_augment, stain_normalize=args.stain_normalize,
+                                 max_white_fraction=args.max_white_fraction, out_dir=out))
         return 0
     rows = reproduce_histology(args.dataset, args.data_dir, models=args.models or list(HISTOLOGY_MODELS),
                                repeats=args.repeats, folds=args.folds, seed=args.seed, epochs=args.epochs,
                                patience=args.patience, lr=args.lr, weight_decay=args.weight_decay,
-                               augment=not args.no_augment, stain_normalize=args.stain_normalize, out_dir=out,
+                               augment=not args.no_augment, stain_normalize=args.stain_normalize,
+                               max_white_fraction=args.max_white_fraction, out_dir=out,
                                progress=not args.no_progress, jobs=args.jobs, keep_models=args.keep_models)
     for row in rows:
         print(f"{row.metric:>12}: {format_row(row)}")

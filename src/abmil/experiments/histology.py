@@ -45,7 +45,7 @@ import torch
 
 from abmil.data.histology import PatchBag, load_colon_crc, load_ucsb_breast, read_rgb
 from abmil.data.histology_training import BagAugmenter, FloatBags
-from abmil.data.patches import BREAST_PATCH_SIZE, COLON_PATCH_SIZE
+from abmil.data.patches import BREAST_PATCH_SIZE, COLON_PATCH_SIZE, MAX_WHITE_FRACTION
 from abmil.errors import DataError
 from abmil.experiments.mnist_bags import instance_auc
 from abmil.io import write_json_atomic, write_safetensors_atomic
@@ -126,17 +126,20 @@ def _resolve_root(dataset: str, data_dir: str | Path) -> Path:
     return sub if sub.is_dir() else root
 
 
-def load_histology(dataset: str, data_dir: str | Path) -> HistologyData:
+def load_histology(dataset: str, data_dir: str | Path, *,
+                   max_white_fraction: float = MAX_WHITE_FRACTION) -> HistologyData:
     """Read the whole dataset (every file decoded and checked) into patch bags.
 
     ``data_dir``: the UCSB ``Bisque`` folder (breast) or the Warwick ``Classification`` folder (colon), or the folder
-    holding it. Raises :class:`DataError` naming the file on any bad input (see :mod:`abmil.data.histology`).
+    holding it. ``max_white_fraction``: breast only, a grid tile is dropped as background when at least this share
+    of its pixels is white (:func:`abmil.data.patches.grid_patches`). Raises :class:`DataError` naming the file on
+    any bad input (see :mod:`abmil.data.histology`).
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
     root = _resolve_root(dataset, data_dir)
     if dataset == "breast":
-        bags = load_ucsb_breast(root)
+        bags = load_ucsb_breast(root, max_white_fraction=max_white_fraction)
         images = None
     else:
         bags = load_colon_crc(root)
@@ -172,8 +175,8 @@ class Unit:
 
 
 def _settings(dataset: str, unit: Unit, *, folds: int, repeats: int, seed: int, config: TrainConfig,
-              stopping: EarlyStopping, augment: bool, stain_normalize: bool, patch_size: int, fingerprint: str,
-              n_bags: int) -> dict[str, Any]:
+              stopping: EarlyStopping, augment: bool, stain_normalize: bool, max_white_fraction: float,
+              patch_size: int, fingerprint: str, n_bags: int) -> dict[str, Any]:
     """Everything that determines a unit's numbers; a cached unit is reused only when all of it matches."""
     settings = {
         "format": UNIT_FORMAT, "dataset": dataset, "model": unit.model, "repeat": unit.repeat, "fold": unit.fold,
@@ -181,8 +184,11 @@ def _settings(dataset: str, unit: Unit, *, folds: int, repeats: int, seed: int, 
         "stopping": stopping.to_dict(), "augment": augment, "patch_size": patch_size, "data_sha256": fingerprint,
         "n_bags": n_bags,
     }
-    if stain_normalize:  # only when on: the units written before the option existed stay valid
+    # Only when not the default: the units written before these options existed stay valid.
+    if stain_normalize:
         settings["stain_normalize"] = True
+    if max_white_fraction != MAX_WHITE_FRACTION:
+        settings["max_white_fraction"] = max_white_fraction
     return json.loads(json.dumps(settings))
 
 
@@ -332,8 +338,8 @@ def _check_float(value: Any, name: str) -> float:
     return float(value)
 
 
-def _command(dataset, data_dir, models, repeats, folds, seed, epochs, patience, augment, stain_normalize, out,
-             config) -> str:
+def _command(dataset, data_dir, models, repeats, folds, seed, epochs, patience, augment, stain_normalize,
+             max_white_fraction, out, config) -> str:
     args = ["abmil", "reproduce", "histology", "--dataset", dataset, "--data-dir", str(data_dir),
             "--models", ",".join(models), "--repeats", str(repeats), "--folds", str(folds), "--seed", str(seed),
             "--epochs", str(epochs), "--patience", str(patience)]
@@ -346,6 +352,8 @@ def _command(dataset, data_dir, models, repeats, folds, seed, epochs, patience, 
         args.append("--no-augment")
     if stain_normalize:
         args.append("--stain-normalize")
+    if max_white_fraction != MAX_WHITE_FRACTION:
+        args += ["--max-white-fraction", repr(max_white_fraction)]
     return shlex.join(args + ["--out", str(out)])
 
 
@@ -362,6 +370,7 @@ class _Plan:
     patience: int
     config: TrainConfig
     stopping: EarlyStopping
+    max_white_fraction: float
     splits: dict[tuple[int, int], Split]
     units: list[Unit]
     settings: dict[str, dict[str, Any]]
@@ -370,7 +379,7 @@ class _Plan:
 
 
 def _plan(dataset, data_dir, *, models, repeats, folds, seed, epochs, patience, lr, weight_decay, augment,
-          stain_normalize, out_dir) -> _Plan:
+          stain_normalize, max_white_fraction, out_dir) -> _Plan:
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
     models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
@@ -385,26 +394,35 @@ def _plan(dataset, data_dir, *, models, repeats, folds, seed, epochs, patience, 
     # None: the preset's value (the paper's setting as far as it is known); TrainConfig checks the signs.
     overrides = {k: _check_float(v, k) for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None}
     config, stopping = histology_config(epochs=epochs, **overrides), histology_stopping(patience=patience)
+    if max_white_fraction is None:
+        max_white_fraction = MAX_WHITE_FRACTION
+    else:
+        max_white_fraction = _check_float(max_white_fraction, "max_white_fraction")
+        if dataset != "breast":
+            raise ValueError("max_white_fraction is for the breast grid; colon patches sit on annotated nuclei")
+        if not 0.0 < max_white_fraction <= 1.0:
+            raise ValueError(f"max_white_fraction must be in (0, 1], got {max_white_fraction!r}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {out} exists and is not a directory")
 
-    data = load_histology(dataset, data_dir)  # every file decoded and checked before anything is written
+    # every file decoded and checked before anything is written
+    data = load_histology(dataset, data_dir, max_white_fraction=max_white_fraction)
     _check_splittable(data, folds)
     splits = {(s.repeat, s.fold): s for s in cv_splits(data.labels, folds=folds, repeats=repeats, seed=seed)}
     units = [Unit(m, r, f, splits[(r, f)].seed) for m in models for r in range(repeats) for f in range(folds)]
     fingerprint = data.fingerprint()
     settings = {u.key: _settings(dataset, u, folds=folds, repeats=repeats, seed=seed, config=config,
                                  stopping=stopping, augment=bool(augment), stain_normalize=bool(stain_normalize),
-                                 patch_size=data.patch_size,
+                                 max_white_fraction=max_white_fraction, patch_size=data.patch_size,
                                  fingerprint=fingerprint, n_bags=len(data.bags)) for u in units}
     records = {}
     for u in units:
         rec = _read_unit(out / "units" / f"{u.key}.json", settings[u.key])
         if rec is not None:
             records[u.key] = rec
-    return _Plan(data, models, repeats, folds, seed, epochs, patience, config, stopping, splits, units, settings,
-                 records, out)
+    return _Plan(data, models, repeats, folds, seed, epochs, patience, config, stopping, max_white_fraction, splits,
+                 units, settings, records, out)
 
 
 def _checkpointed_epoch(out: Path, key: str, settings: dict[str, Any]) -> int:
@@ -422,12 +440,14 @@ def histology_progress(dataset: str, data_dir: str | Path, **run: Any) -> str:
     checkpoint to resume from.
 
     ``run``: the keyword arguments of :func:`reproduce_histology` that decide its units (models, repeats, folds, seed,
-    epochs, patience, lr, weight_decay, augment, stain_normalize, out_dir), with the same defaults; only units whose
+    epochs, patience, lr, weight_decay, augment, stain_normalize, max_white_fraction, out_dir), with the same
+    defaults; only units whose
     settings match count, as when the run resumes.
     """
     params = inspect.signature(reproduce_histology).parameters  # its defaults, so the two cannot drift apart
     args = {k: params[k].default for k in ("models", "repeats", "folds", "seed", "epochs", "patience", "lr",
-                                           "weight_decay", "augment", "stain_normalize", "out_dir")}
+                                           "weight_decay", "augment", "stain_normalize", "max_white_fraction",
+                                           "out_dir")}
     unknown = sorted(set(run) - set(args))
     if unknown:
         raise TypeError(f"histology_progress() got unexpected keyword argument(s) {', '.join(unknown)}")
@@ -473,6 +493,7 @@ def reproduce_histology(
     weight_decay: float | None = None,
     augment: bool = True,
     stain_normalize: bool = False,
+    max_white_fraction: float | None = None,
     out_dir: str | Path = "runs/histology",
     progress: bool = True,
     jobs: int = 1,
@@ -490,6 +511,9 @@ def reproduce_histology(
         augment: H&E jitter + square symmetries (+ colon centre jitter) at each visit of a training bag.
         stain_normalize: Reinhard colour normalisation of every patch inside the model (gmum's; off in the paper's
             known protocol; :class:`abmil.nn.stain_norm.ReinhardNormalize`).
+        max_white_fraction: breast only: drop a grid tile as background when at least this share of its pixels is
+            white; None: the paper's 0.75 (:data:`abmil.data.patches.MAX_WHITE_FRACTION`). Heatmaps of the run cut
+            their images the same way.
         out_dir: where results.*, units/ and models/ go (created; an existing one is resumed from).
         progress: a tqdm bar over units on stderr.
         jobs: worker processes (one CPU core and torch thread each); the numbers do not change.
@@ -508,13 +532,13 @@ def reproduce_histology(
     jobs = _check_int(jobs, "jobs", 1)
     plan = _plan(dataset, data_dir, models=models, repeats=repeats, folds=folds, seed=seed, epochs=epochs,
                  patience=patience, lr=lr, weight_decay=weight_decay, augment=augment,
-                 stain_normalize=stain_normalize, out_dir=out_dir)
+                 stain_normalize=stain_normalize, max_white_fraction=max_white_fraction, out_dir=out_dir)
     data, models, units, records, out = plan.data, plan.models, plan.units, plan.records, plan.out
     repeats, folds, seed, epochs, patience = plan.repeats, plan.folds, plan.seed, plan.epochs, plan.patience
     config, stopping, splits, settings = plan.config, plan.stopping, plan.splits, plan.settings
     todo = [u for u in units if u.key not in records]
     command = _command(dataset, data.root, models, repeats, folds, seed, epochs, patience, augment, stain_normalize,
-                       out, config)
+                       plan.max_white_fraction, out, config)
 
     def publish() -> list[ResultRow]:
         rows = _rows(dataset, models, units, records, repeats=repeats, folds=folds, epochs=epochs,
@@ -587,7 +611,8 @@ def explain_histology(run_dir: str | Path, *, model: str = "attention", image: s
     name = model if (repeat, fold) == (0, 0) else unit.key
     out = Path(out) if out is not None else Path(run_dir) / f"heatmap_{name}__{image.stem}.png"
     heat = heatmap_for_image(net, image, out, patch_size=int(meta["settings"]["patch_size"]), markers=markers,
-                             downsample=downsample, model_name=model)
+                             downsample=downsample, model_name=model,
+                             max_white_fraction=meta["settings"].get("max_white_fraction", MAX_WHITE_FRACTION))
     which = f"fold {fold}" if repeat == 0 else f"repeat {repeat} fold {fold}"
     trained_on = _training_ids(run_dir, unit.key)
     seen = f"a test image of {which}" if image.stem in meta.get("test", []) else (

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from abmil.data.histology import COLON_CLASSES, PatchBag, breast_label, colon_bag, read_rgb
-from abmil.data.patches import BREAST_PATCH_SIZE, grid_patches, patches_to_tensor
+from abmil.data.patches import BREAST_PATCH_SIZE, MAX_WHITE_FRACTION, grid_patches, patches_to_tensor
 from abmil.errors import DataError
 from abmil.explain.heatmap import heatmap_layout, paint_heatmap
 from abmil.io import atomic_open
@@ -62,7 +62,7 @@ def annotated_folder(image_path: str | Path) -> bool:
 
 
 def image_bag(image_path: str | Path, patch_size: int, mode: str = "auto", *,
-              max_white_fraction: float | None = 0.75) -> PatchBag:
+              max_white_fraction: float | None = MAX_WHITE_FRACTION) -> PatchBag:
     """Cut one image into the bag a model sees: nucleus-centred windows or a background-filtered grid.
 
     ``mode``: "nuclei" (needs :func:`annotated_folder`), "grid", or "auto" (nuclei when annotated, else grid).
@@ -134,6 +134,7 @@ def heatmap_for_image(
     model_name: str | None = None,
     normalise: str | None = None,
     alpha: float = 0.5,
+    max_white_fraction: float | None = MAX_WHITE_FRACTION,
 ) -> ImageHeatmap:
     """Cut ``image_path`` into patches, run ``model`` on them as one bag, and paint the per-patch scores.
 
@@ -151,10 +152,11 @@ def heatmap_for_image(
             (the paper rescales a_k to [0, 1] for its Fig. 5; min-max is the common reading) and "none" for
             instance probabilities (already in [0, 1]).
         alpha: opacity of the colours.
+        max_white_fraction: grid cuts only: the background rule the model was trained with (:func:`image_bag`).
     """
     if patch_size is None:
         patch_size = int(getattr(getattr(model, "encoder", None), "patch_size", BREAST_PATCH_SIZE))
-    bag = image_bag(image_path, patch_size, mode)
+    bag = image_bag(image_path, patch_size, mode, max_white_fraction=max_white_fraction)
     prob, scores, kind = patch_scores(model, bag.patches)
     if normalise is None:
         normalise = "minmax" if kind == "attention" else "none"
