@@ -50,12 +50,12 @@ def main() -> None:
           f"{roc_auc_score(data.labels, tiles):.3f}")
     white_of = dict(zip(bags, mean_white))
     y = np.array([label for u in units for label in u["test_labels"]])
-    prob = np.array([q for u in units for q in u["test_probs"]])
+    probs = np.array([q for u in units for q in u["test_probs"]])
     density = -np.array([white_of[name] for u in units for name in u["test"]])
-    within = ", ".join(f"{kind} {spearmanr(prob[y == c], density[y == c])[0]:+.2f}"
+    within = ", ".join(f"{kind} {spearmanr(probs[y == c], density[y == c])[0]:+.2f}"
                        for c, kind in ((0, "benign"), (1, "malignant")) if (y == c).sum() > 2)
     print(f"{len(units)} finished folds of {args.model}, {len(y)} test predictions: rho(P(positive), "
-          f"-(mean white fraction)) {spearmanr(prob, density)[0]:+.2f}; within a class: {within or 'too few'}")
+          f"-(mean white fraction)) {spearmanr(probs, density)[0]:+.2f}; within a class: {within or 'too few'}")
     rhos, top_white, all_white = [], [], []
     for pair in args.folds.split(","):
         repeat, fold = (int(v) for v in pair.split(":"))

@@ -441,8 +441,7 @@ def histology_progress(dataset: str, data_dir: str | Path, **run: Any) -> str:
 
     ``run``: the keyword arguments of :func:`reproduce_histology` that decide its units (models, repeats, folds, seed,
     epochs, patience, lr, weight_decay, augment, stain_normalize, max_white_fraction, out_dir), with the same
-    defaults; only units whose
-    settings match count, as when the run resumes.
+    defaults; only units whose settings match count, as when the run resumes.
     """
     params = inspect.signature(reproduce_histology).parameters  # its defaults, so the two cannot drift apart
     args = {k: params[k].default for k in ("models", "repeats", "folds", "seed", "epochs", "patience", "lr",
