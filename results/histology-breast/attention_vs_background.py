@@ -47,7 +47,8 @@ def main() -> None:
     tiles = np.array([len(b) for b in data.bags])
     print(f"{len(data.bags)} images, no model: AUC of -(mean white fraction) "
           f"{roc_auc_score(data.labels, -mean_white):.3f}, of the number of tissue tiles "
-          f"{roc_auc_score(data.labels, tiles):.3f}")
+          f"{roc_auc_score(data.labels, tiles):.3f}; mean white fraction benign "
+          f"{mean_white[data.labels == 0].mean():.2f}, malignant {mean_white[data.labels == 1].mean():.2f}")
     white_of = dict(zip(bags, mean_white))
     y = np.array([label for u in units for label in u["test_labels"]])
     probs = np.array([q for u in units for q in u["test_probs"]])
