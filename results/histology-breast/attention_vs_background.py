@@ -38,6 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     unit_files = sorted((Path(args.run) / "units").glob(f"{args.model}__rep*.json"))
     units = [json.loads(path.read_text()) for path in unit_files]
+    by_fold = {(u["settings"]["repeat"], u["settings"]["fold"]): u for u in units}
     if not units:
         raise SystemExit(f"no finished {args.model} folds in {args.run}/units")
     rule = units[0]["settings"].get("max_white_fraction", MAX_WHITE_FRACTION)  # cut the images as the run did
@@ -61,7 +62,7 @@ def main() -> None:
     for pair in args.folds.split(","):
         repeat, fold = (int(v) for v in pair.split(":"))
         model, _ = load_unit_model(args.run, args.model, repeat=repeat, fold=fold)
-        unit = json.loads((Path(args.run) / "units" / f"{args.model}__rep{repeat}__fold{fold}.json").read_text())
+        unit = by_fold[(repeat, fold)]
         print(f"repeat {repeat} fold {fold}: test AUC {unit['metrics']['auc']:.3f}")
         for name, label in zip(unit["test"], unit["test_labels"]):
             bag = bags[name]
