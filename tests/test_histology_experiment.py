@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from abmil.cli import main
 from abmil.data.histology_training import FloatBags
@@ -87,19 +88,33 @@ def test_breast_run_files_schema_and_resume(breast_root, tmp_path, monkeypatch, 
         f"{m}__rep0__fold{f}.json" for m in models for f in (0, 1))
     assert sorted(p.name for p in (out / "models").iterdir()) == [f"{m}.safetensors" for m in sorted(models)]
 
-    # one row per (model, metric); the core schema first; the paper's number beside ours
-    assert [(r.model, r.metric) for r in rows] == [(m, x) for m in models for x in paper.HISTOLOGY_METRICS]
+    # one row per (model, metric, averaging): the per-fold means first, then the pooled predictions; the core
+    # schema first; the paper's number beside ours
+    assert [(r.model, r.metric, r.extra["averaging"]) for r in rows] == [
+        (m, x, how) for how in ("folds", "pooled") for m in models for x in paper.HISTOLOGY_METRICS]
     raw = json.loads((out / "results.json").read_text())
     assert all(list(d)[:len(CORE_KEYS)] == list(CORE_KEYS) for d in raw)
     for r in rows:
-        assert r.dataset == "breast" and r.n_runs == 2 and 0.0 <= r.mean <= 1.0
+        assert r.dataset == "breast" and 0.0 <= r.mean <= 1.0
         assert (r.paper_mean, r.paper_std) == paper.paper_value("histology", "breast", r.model, r.metric)
-        assert r.extra["std_over"] == "folds" and r.extra["max_epochs"] == 2 and r.extra["patience"] == 1
+        assert r.extra["max_epochs"] == 2 and r.extra["patience"] == 1
+        if r.extra["averaging"] == "folds":
+            assert r.n_runs == 2 and r.extra["std_over"] == "folds"
+        else:  # one repetition: one pooled score, no spread
+            assert r.n_runs == 1 and r.std is None
+    # pooled = the metric of all six test predictions of the repetition at once, not the mean of the two folds'
+    units = [json.loads((out / "units" / f"attention__rep0__fold{f}.json").read_text()) for f in (0, 1)]
+    labels = np.concatenate([u["test_labels"] for u in units])
+    probs = np.concatenate([u["test_probs"] for u in units])
+    pooled = {r.metric: r.mean for r in rows if r.model == "attention" and r.extra["averaging"] == "pooled"}
+    assert pooled["accuracy"] == np.mean((probs >= 0.5) == labels) and len(labels) == 6
+    assert pooled["auc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-12)
     assert [(r.model, r.metric, r.mean) for r in read_results(out / "results.csv")] == [
         (r.model, r.metric, r.mean) for r in rows]
     md = (out / "results.md").read_text()
     assert "### Breast Cancer" in md and "| Attention | ours " in md and "paper 0.745 ± 0.018" in md
     assert "Gated-Attention (paper only)" in md and "--dataset breast" in md
+    assert "### Breast Cancer (averaging=pooled, " in md and "averaging=pooled: each repetition's" in md
 
     unit = json.loads((out / "units" / "attention__rep0__fold1.json").read_text())
     assert set(unit["metrics"]) == set(paper.HISTOLOGY_METRICS)
@@ -124,6 +139,7 @@ def test_breast_run_files_schema_and_resume(breast_root, tmp_path, monkeypatch, 
     acc = next(r.mean for r in rows if (r.model, r.metric) == ("attention", "accuracy"))
     assert status[0].startswith("breast attention: 2/2 folds, ") and f"accuracy {acc:.3f}" in status[0]
     assert "(done)" in status[0] and "to go" not in status[0]
+    assert f"pooled per repetition, mean over the 1 finished: accuracy {pooled['accuracy']:.3f}," in status[0]
     assert hx.histology_progress("breast", breast_root, models=["gated"], out_dir=out, **fast) == (
         "breast gated: 0/2 folds")
     assert hx.histology_progress("breast", breast_root, models=models, out_dir=out, **{**fast, "epochs": 3}) == (
@@ -196,8 +212,11 @@ def test_killed_unit_resumes_from_its_checkpoint(breast_root, tmp_path, monkeypa
 def test_colon_run_localisation_and_marked_heatmap(colon_root, tmp_path):
     out = tmp_path / "run"
     rows = reproduce_histology("colon", colon_root, models=["attention"], out_dir=out, **{**FAST, "epochs": 1})
-    assert [r.metric for r in rows] == [*paper.HISTOLOGY_METRICS, "instance_auc"]
-    inst = rows[-1]
+    # instance AUC is a per-fold measure: no pooled row of it
+    assert [(r.metric, r.extra["averaging"]) for r in rows] == [
+        *((x, "folds") for x in paper.HISTOLOGY_METRICS), ("instance_auc", "folds"),
+        *((x, "pooled") for x in paper.HISTOLOGY_METRICS)]
+    inst = rows[len(paper.HISTOLOGY_METRICS)]
     assert inst.paper_mean is None and 0.0 <= inst.mean <= 1.0 and inst.n_runs == 2
     assert "Instance AUC" in (out / "results.md").read_text()
 

@@ -383,7 +383,7 @@ def _reproduce_histology(args: argparse.Namespace) -> int:
                                max_white_fraction=args.max_white_fraction, out_dir=out,
                                progress=not args.no_progress, jobs=args.jobs, keep_models=args.keep_models)
     for row in rows:
-        print(f"{row.metric:>12}: {format_row(row)}")
+        print(f"{row.extra['averaging']:>6} {row.metric:>12}: {format_row(row)}")
     print(f"wrote {out}/results.md, results.json, results.csv" if rows else
           f"no model finished all its folds yet; finished folds are in {out}/units")
     return 0

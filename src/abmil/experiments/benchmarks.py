@@ -371,7 +371,8 @@ def format_row(row: ResultRow) -> str:
     """One line: ``dataset/model: ours mean ± std (paper mean ± std)``."""
     paper_txt = "n/a" if row.paper_mean is None else f"{row.paper_mean:.3f} ± " + (
         "N/A" if row.paper_std is None else f"{row.paper_std:.3f}")
-    return f"{row.dataset}/{row.model}: {row.mean:.3f} ± {row.std:.3f} (paper {paper_txt})"
+    std = "?" if row.std is None else f"{row.std:.3f}"
+    return f"{row.dataset}/{row.model}: {row.mean:.3f} ± {std} (paper {paper_txt})"
 
 
 def _cell_line(row: ResultRow, resumed: bool) -> str:

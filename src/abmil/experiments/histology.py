@@ -10,7 +10,8 @@ over all test instances of the attention weight x bag size (attention models) or
 
 Protocol (shared/paper/protocols.md section 4; most of it unconfirmed for the paper): stratified 10-fold CV repeated
 5 times (:func:`abmil.train.cv.cv_splits`); bags and patches from :mod:`abmil.data.histology`; metric ± over the
-per-repeat means (over folds with one repeat), the paper's number beside each cell.
+per-repeat means (over folds with one repeat), the paper's number beside each cell. A second table scores each
+repetition's test predictions pooled (see :func:`_rows`): the paper does not say how it averaged.
 
 Output directory (every file written atomically; a killed run resumes from the finished units and the
 checkpoint of each unfinished one)::
@@ -295,10 +296,27 @@ def load_unit_model(run_dir: str | Path, model: str, *, repeat: int = 0,
 # Summary
 
 
+def _pooled_scores(units: Sequence[Unit], records: dict[str, dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """{repeat: bag metrics of its test predictions pooled} for each repetition of ``units`` with every fold done."""
+    out = {}
+    for rep in sorted({u.repeat for u in units}):
+        mine = [u for u in units if u.repeat == rep]
+        if all(u.key in records for u in mine):
+            out[rep] = bag_metrics(np.concatenate([records[u.key]["test_labels"] for u in mine]),
+                                   np.concatenate([records[u.key]["test_probs"] for u in mine]))
+    return out
+
+
 def _rows(dataset: str, models: Sequence[str], units: Sequence[Unit], records: dict[str, dict[str, Any]], *,
           repeats: int, folds: int, epochs: int, patience: int) -> list[ResultRow]:
-    """One row per (model, metric) for every model whose units are all finished."""
-    rows = []
+    """One row per (model, metric, averaging) for every model whose units are all finished.
+
+    ``averaging="folds"``: a metric per test fold, averaged (the core's rows; on breast a fold is 5-6 images, and one
+    that calls no image positive scores precision and recall 0). ``averaging="pooled"``: each repetition's test
+    predictions pooled (every image once) and scored once, mean ± over the repetitions. The paper does not say
+    which it used; the per-fold rows come first.
+    """
+    per_fold, pooled = [], []
     metrics = BAG_METRICS + (("instance_auc",) if dataset == "colon" else ())
     for model in models:
         mine = [u for u in units if u.model == model]
@@ -308,18 +326,29 @@ def _rows(dataset: str, models: Sequence[str], units: Sequence[Unit], records: d
         run = {"seconds": round(sum(r["train_seconds"] for r in recs), 1),
                "mean_epochs_run": float(np.mean([r["history"]["epochs_run"] for r in recs])),
                "mean_seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in recs]))}
+        # Flat extras must be equal across the rows of a call (results.md tables rows per flat setting).
+        extra = {"folds": folds, "max_epochs": epochs, "patience": patience, "run": run}
         for metric in metrics:
             pairs = [(u.repeat, r["metrics"].get(metric)) for u, r in zip(mine, recs)]
             pairs = [(rep, v) for rep, v in pairs if v is not None]  # undefined (e.g. one-class fold) -> skipped
             if not pairs:
                 continue
-            rows.append(summarise(
+            per_fold.append(summarise(
                 [v for _, v in pairs], dataset=dataset, model=model, metric=metric, experiment="histology",
                 std_over="repeats" if repeats > 1 else "folds", repeat_ids=[rep for rep, _ in pairs],
-                # Flat extras must be equal across the rows of a call (results.md tables rows per flat setting).
-                extra={"folds": folds, "max_epochs": epochs, "patience": patience, "run": run},
-            ))
-    return rows
+                extra={"averaging": "folds", **extra}))
+        scores = _pooled_scores(mine, records)
+        for metric in BAG_METRICS:
+            pairs = [(rep, s[metric]) for rep, s in scores.items() if not math.isnan(s[metric])]
+            if not pairs:  # AUC of a one-class dataset
+                continue
+            row = summarise([v for _, v in pairs], dataset=dataset, model=model, metric=metric,
+                            experiment="histology", std_over="repeats", repeat_ids=[rep for rep, _ in pairs],
+                            extra={"averaging": "pooled", **extra})
+            if len(pairs) == 1:
+                row.std = None  # one pooled score: no spread to give
+            pooled.append(row)
+    return per_fold + pooled
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -469,6 +498,10 @@ def histology_progress(dataset: str, data_dir: str | Path, **run: Any) -> str:
                      else "done")
             line += (f", {minutes:.1f} min of training per fold ({to_go}); over the finished folds: "
                      + ", ".join(means))
+            pooled = _pooled_scores([u for u in plan.units if u.model == model], plan.records)
+            if pooled:
+                line += f"; pooled per repetition, mean over the {len(pooled)} finished: " + ", ".join(
+                    f"{metric} {np.nanmean([s[metric] for s in pooled.values()]):.3f}" for metric in BAG_METRICS)
         started = [f"rep{u.repeat} fold{u.fold} after epoch {epoch}" for u in plan.units
                    if u.model == model and u.key not in plan.records
                    and (epoch := _checkpointed_epoch(plan.out, u.key, plan.settings[u.key]))]

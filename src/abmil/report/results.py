@@ -364,6 +364,11 @@ def _footnotes(rows: Sequence[ResultRow], experiment: str) -> str:
         "✓: our mean is within one paper ± of the paper mean; ✗: it is not; no mark: the paper gives no ± (N/A) "
         "or no number. \"paper only\": a method not run here.",
     ]
+    if any(r.extra.get("averaging") == "pooled" for r in rows):
+        notes.append("averaging=folds: each metric computed on each test fold, then averaged (a fold that calls no "
+                     "bag positive scores precision and recall 0); averaging=pooled: each repetition's test "
+                     "predictions (every bag once) scored together, mean ± over the repetitions (± ? with one). "
+                     "The paper does not say which it used.")
     return "\n".join(f"{i}. {n}" for i, n in enumerate(notes, 1))
 
 
