@@ -173,6 +173,30 @@ def test_breast_run_files_schema_and_resume(breast_root, tmp_path, monkeypatch, 
     assert lines[-1].startswith(f"{len(meta['test'])} images: median rho ")
 
 
+def test_more_repeats_on_a_finished_run_trains_only_the_new_repeats(breast_root, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    reproduce_histology("breast", breast_root, models=["attention"], out_dir=out, **FAST)
+    first = {f: (out / "units" / f"attention__rep0__fold{f}.json").read_bytes() for f in (0, 1)}
+
+    trained, train_unit = [], hx._train_unit
+
+    def spy(unit):
+        trained.append(unit.key)
+        return train_unit(unit)
+
+    monkeypatch.setattr(hx, "_train_unit", spy)
+    rows = reproduce_histology("breast", breast_root, models=["attention"], out_dir=out, **{**FAST, "repeats": 2})
+    assert sorted(trained) == ["attention__rep1__fold0", "attention__rep1__fold1"]
+    assert all((out / "units" / f"attention__rep0__fold{f}.json").read_bytes() == first[f] for f in (0, 1))
+    acc = next(r for r in rows if (r.metric, r.extra["averaging"]) == ("accuracy", "folds"))
+    assert acc.n_runs == 4 and acc.extra["std_over"] == "repeats"
+    assert "--repeats 2" in (out / "results.md").read_text()
+    # the units that stay count as finished for --status too
+    fast = {k: v for k, v in FAST.items() if k != "progress"}
+    assert hx.histology_progress("breast", breast_root, models=["attention"], out_dir=out,
+                                 **{**fast, "repeats": 3}).startswith("breast attention: 4/6 folds, ")
+
+
 def test_killed_unit_resumes_from_its_checkpoint(breast_root, tmp_path, monkeypatch):
     """A run killed in the middle of a unit leaves that unit's checkpoint; the rerun continues it (no epoch trained
     twice) and the unit comes out as in a run that was never killed."""

@@ -23,7 +23,8 @@ checkpoint of each unfinished one)::
                                                     the unit is done), so a killed run resumes mid-unit
 
 A unit file is reused only when everything that determines its numbers (settings, a fingerprint of the patches)
-matches; otherwise it is recomputed and replaced.
+matches; otherwise it is recomputed and replaced. The number of repeats does not count: ``--repeats 5`` on the folder
+of a ``--repeats 1`` run trains repeats 1-4 only.
 """
 from __future__ import annotations
 
@@ -193,12 +194,22 @@ def _settings(dataset: str, unit: Unit, *, folds: int, repeats: int, seed: int, 
     return json.loads(json.dumps(settings))
 
 
+# Recorded in a unit's settings but not a cause of its numbers: repeat r's splits and seeds do not depend on how many
+# repeats follow (:func:`cv_splits`), so a run extended from 1 to 5 repeats keeps the first repeat's finished folds.
+_NOT_DETERMINING = ("repeats",)
+
+
+def _determining(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in _NOT_DETERMINING}
+
+
 def _read_unit(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    ok = isinstance(record, dict) and record.get("settings") == settings and isinstance(record.get("metrics"), dict)
+    ok = (isinstance(record, dict) and isinstance(record.get("settings"), dict)
+          and _determining(record["settings"]) == _determining(settings) and isinstance(record.get("metrics"), dict))
     return record if ok else None
 
 
