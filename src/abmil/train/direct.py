@@ -28,6 +28,7 @@ from .config import TrainConfig
 from .fit import epoch_order, fit, is_decayed
 from .fused_optim import fused_update, state_kinds
 from .loss import PROB_CLAMP
+from .subnormal import flush_subnormal_
 
 _ENCODER_LAYERS = (nn.Linear, nn.ReLU, KeyedDropout, nn.Identity)
 
@@ -262,6 +263,7 @@ class DirectTrainer:
                 for m in self._dropouts:
                     m.step = j
                 self._step(bags[i], labels[i])
+            flush_subnormal_(self.model.parameters())
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
         return self.model

@@ -39,6 +39,7 @@ from .checkpoint import load_extra, load_weights, read_checkpoint, restore_optim
 from .config import TrainConfig
 from .fit import epoch_order, make_optimizer, predict
 from .loss import bernoulli_nll, mil_loss
+from .subnormal import flush_subnormal_
 
 __all__ = ["EarlyStopping", "FitHistory", "Augment", "fit_early_stopping", "validation_split", "visit_generator"]
 
@@ -198,6 +199,7 @@ def fit_early_stopping(
             loss.backward()
             opt.step()
             step += 1
+        flush_subnormal_(model.parameters())
         history.epochs_run = epoch + 1
         if validate:
             error, vloss = _score(model, val_bags, val_y)

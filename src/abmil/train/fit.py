@@ -17,6 +17,7 @@ from ..nn.dropout import set_dropout_key
 from ..nn.models import MILOutput
 from .config import TrainConfig
 from .loss import mil_loss
+from .subnormal import flush_subnormal_
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -70,6 +71,7 @@ def fit(model: nn.Module, bags: Sequence[Tensor], labels: Tensor, config: TrainC
             loss.backward()
             opt.step()
             step += 1
+        flush_subnormal_(model.parameters())
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
     return model

@@ -29,6 +29,7 @@ from .config import TrainConfig
 from .fit import epoch_order, is_decayed
 from .fused_optim import fused_update, state_kinds
 from .loss import bernoulli_nll
+from .subnormal import flush_subnormal_
 
 
 @dataclass
@@ -233,6 +234,7 @@ class StackedTrainer:
                         self.grads[n][span].copy_(g)
                 self._update(n_active)
                 self._steps[:n_active] += 1
+            flush_subnormal_(self.weights.values())
             if progress is not None:
                 progress(epoch)
         self._source.tensors = self.weights

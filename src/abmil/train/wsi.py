@@ -46,6 +46,7 @@ from .distributed import (World, all_reduce_sum, barrier, gather_lists, init_dis
                           shutdown)
 from .fit import make_optimizer
 from .loss import bernoulli_nll
+from .subnormal import flush_subnormal_
 from .wsi_schedule import Step, epoch_steps, train_val_split
 
 #: Test hook: a process SIGKILLs itself after this many optimizer steps (to test resuming).
@@ -359,6 +360,7 @@ def _train(dataset: FeatureBagDataset, run_dir: Path, config: WSIConfig, world: 
             step += 1
             if kill_after is not None and step >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
+        flush_subnormal_(model.parameters())
         loss_sum, n_bags = all_reduce_sum([loss_sum, n_bags], world, dev)
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_bags, 1)}
         if world.distributed:
