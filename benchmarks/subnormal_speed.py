@@ -1,20 +1,25 @@
-"""What subnormal weights cost a CPU training step, and what flushing them (abmil.train.subnormal) gives back.
+"""What subnormals cost a CPU training step, and what abmil.train.subnormal gives back.
 
 The breast patch CNN under gated attention, after ~100 epochs of the paper's protocol, had a quarter of its first fc
-layer's weights (and a sixth of the second's) below float32's smallest normal number. This times one training
+layer's weights (and a sixth of the second's) below float32's smallest normal number. Part 1 times one training
 step's forward and backward pass on one bag of patches with such weights and with the same weights flushed to
-zero, alternating the two, and checks the two give the same bag probability bitwise.
+zero, alternating the two, and checks the two give the same bag probability bitwise. Part 2 times the same pass
+with the flushed weights, the thread's flush-to-zero mode off and on (``subnormals_as_zero``, as the training loops
+run): it removes the subnormal activation gradients that a peaked attention makes in the backward pass.
 
     python benchmarks/subnormal_speed.py [--patches 600] [--repeats 5] [--threads 1] [--weights RUN.safetensors]
+                                         [--image H&E.tif]
 
 Without ``--weights`` the subnormal weights are planted in a fresh model at the shares seen in the real run (25% of
 fc-1, 17% of fc-2, 7% of the attention V and U); with it, a saved histology model is loaded as it is (e.g.
 ``results/histology-breast/models/gated__rep2__fold7.safetensors`` from ``abmil reproduce histology
---keep-models``).
+--keep-models``). ``--image``: the bag is that image's grid tiles (background dropped, the first ``--patches``),
+not uniform noise; the subnormal gradients depend on what the model sees.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import time
 
@@ -22,7 +27,9 @@ import torch
 from safetensors.torch import load_file
 
 from abmil.nn.zoo import histology_model
-from abmil.train.subnormal import flush_subnormal_
+from abmil.data.histology import read_rgb
+from abmil.data.patches import grid_patches, patches_to_tensor
+from abmil.train.subnormal import flush_subnormal_, subnormals_as_zero
 
 SHARES = {"encoder.fc.0.weight": 0.25, "encoder.fc.3.weight": 0.17, "pool.V.weight": 0.07, "pool.U.weight": 0.07}
 
@@ -42,13 +49,27 @@ def plant(model: torch.nn.Module, seed: int) -> None:
                 p[pick] = torch.where(p[pick] < 0, -1e-40, 1e-40)
 
 
-def step_seconds(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+def step_seconds(model: torch.nn.Module, x: torch.Tensor, flush_mode: bool = False) -> tuple[float, torch.Tensor]:
     index = torch.zeros(x.shape[0], dtype=torch.long)
     model.zero_grad(set_to_none=True)
-    t = time.perf_counter()
-    out = model(x, index, 1)
-    out.prob.sum().backward()
-    return time.perf_counter() - t, out.prob.detach()
+    mode = subnormals_as_zero() if flush_mode else contextlib.nullcontext()
+    with mode:
+        t = time.perf_counter()
+        out = model(x, index, 1)
+        out.prob.sum().backward()
+        return time.perf_counter() - t, out.prob.detach()
+
+
+def alternate(repeats: int, **passes) -> dict[str, tuple[float, torch.Tensor]]:
+    """Best time and the last output of each named ``() -> (seconds, prob)`` pass, run in turn ``repeats`` times."""
+    for run in passes.values():
+        run()  # warm-up
+    times, probs = {k: [] for k in passes}, {}
+    for _ in range(repeats):
+        for name, run in passes.items():
+            t, probs[name] = run()
+            times[name].append(t)
+    return {k: (min(times[k]), probs[k]) for k in passes}
 
 
 def main() -> None:
@@ -58,6 +79,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--weights", help="a saved gated histology model (safetensors); default: planted subnormals")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--image", help="cut the bag from this H&E image (32x32 grid tiles); default: uniform noise")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -71,19 +93,21 @@ def main() -> None:
     flushed = flush_subnormal_(fast.parameters())
     n_sub, n_all = subnormal_count(slow)
     print(f"subnormal weights: {n_sub} of {n_all} ({n_sub / n_all:.1%}); flushed {flushed}")
-    x = torch.rand(args.patches, 3, 32, 32, generator=torch.Generator().manual_seed(args.seed))
-    step_seconds(slow, x), step_seconds(fast, x)  # warm-up
-    times = {"subnormal": [], "flushed": []}
-    for _ in range(args.repeats):
-        t_slow, p_slow = step_seconds(slow, x)
-        t_fast, p_fast = step_seconds(fast, x)
-        times["subnormal"].append(t_slow)
-        times["flushed"].append(t_fast)
-        assert torch.equal(p_slow, p_fast), "flushing changed the bag probability"
-    best = {k: min(v) for k, v in times.items()}
-    print(f"forward+backward, {args.patches} patches, {args.threads} thread(s), best of {args.repeats}: "
-          f"subnormal {best['subnormal'] * 1e3:.0f} ms, flushed {best['flushed'] * 1e3:.0f} ms, "
-          f"ratio {best['subnormal'] / best['flushed']:.2f}x (bag probabilities bitwise equal)")
+    if args.image:
+        x = patches_to_tensor(grid_patches(read_rgb(args.image), 32, path=args.image).patches[:args.patches])
+    else:
+        x = torch.rand(args.patches, 3, 32, 32, generator=torch.Generator().manual_seed(args.seed))
+    print(f"bag: {x.shape[0]} patches from {args.image or 'uniform noise'}; {args.threads} thread(s), "
+          f"best of {args.repeats}, forward+backward")
+    part1 = alternate(args.repeats, subnormal=lambda: step_seconds(slow, x), flushed=lambda: step_seconds(fast, x))
+    (t_slow, p_slow), (t_fast, p_fast) = part1["subnormal"], part1["flushed"]
+    assert torch.equal(p_slow, p_fast), "flushing changed the bag probability"
+    print(f"1. weights: subnormal {t_slow * 1e3:.0f} ms, flushed {t_fast * 1e3:.0f} ms, ratio {t_slow / t_fast:.2f}x "
+          "(bag probabilities bitwise equal)")
+    part2 = alternate(args.repeats, off=lambda: step_seconds(fast, x), on=lambda: step_seconds(fast, x, True))
+    (t_off, p_off), (t_on, p_on) = part2["off"], part2["on"]
+    print(f"2. flushed weights, flush-to-zero mode: off {t_off * 1e3:.0f} ms, on {t_on * 1e3:.0f} ms, "
+          f"ratio {t_off / t_on:.2f}x (bag probability {p_off.item():.9g} vs {p_on.item():.9g})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Subnormal weights are flushed to zero at every epoch's end, by every training loop, and that changes no output.
+"""Subnormal weights are flushed to zero at every epoch's end, by every training loop, and that changes no output;
+every training loop runs its arithmetic with subnormals treated as zero, and leaves the thread's mode as it was.
 
 The training tests give the first layer an input feature that is always 0 and set that feature's weights to a
 float32 subnormal: with no weight decay their gradient and every optimizer update are exactly 0, so only the flush
@@ -19,7 +20,7 @@ from abmil.train.direct import DirectTrainer
 from abmil.train.early_stopping import EarlyStopping, fit_early_stopping
 from abmil.train.fit import fit
 from abmil.train.stacked import RunSpec, StackedTrainer
-from abmil.train.subnormal import flush_subnormal_
+from abmil.train.subnormal import flush_subnormal_, subnormals_as_zero, subnormals_flushed
 
 SUB32 = 1e-40  # below torch.finfo(torch.float32).tiny (1.18e-38), above 0
 IN_DIM = 166
@@ -53,6 +54,30 @@ def test_flushing_subnormal_weights_changes_no_output_bitwise():
     assert torch.equal(before.prob, after.prob) and torch.equal(before.weights, after.weights)
 
 
+@pytest.fixture
+def mode_off():
+    torch.set_flush_denormal(False)
+    yield
+    torch.set_flush_denormal(False)
+
+
+def test_subnormals_as_zero_sets_the_mode_in_the_block_and_restores_it(mode_off):
+    sub = torch.tensor([SUB32])
+    assert not subnormals_flushed() and (sub * 2).item() != 0
+    with subnormals_as_zero() as supported:
+        if not supported:
+            pytest.skip("this CPU has no flush-to-zero mode")
+        assert subnormals_flushed() and (sub * 2).item() == 0 and (sub * 1e30).item() == 0
+        with subnormals_as_zero():
+            assert subnormals_flushed()
+        assert subnormals_flushed()  # the inner block found it on and left it on
+    assert not subnormals_flushed() and (sub * 2).item() == pytest.approx(2 * SUB32, rel=1e-5)
+    torch.set_flush_denormal(True)  # a user's own setting survives a block
+    with subnormals_as_zero():
+        pass
+    assert subnormals_flushed()
+
+
 def dead_feature_bags() -> tuple[list[torch.Tensor], torch.Tensor]:
     """20 Musk1 bags, standardised, with feature 0 set to 0 everywhere."""
     ds = load_benchmark("musk1")
@@ -81,25 +106,28 @@ def first_column_and_moved(model: torch.nn.Module, start: torch.Tensor) -> tuple
 
 
 @pytest.mark.parametrize("loop", ["fit", "fit_early_stopping", "direct"])
-def test_training_loops_flush_at_epoch_end(loop):
+def test_training_loops_flush_at_epoch_end(loop, mode_off):
     bags, labels = dead_feature_bags()
     torch.manual_seed(0)
     model = with_subnormal_column(benchmark_model("gated", IN_DIM))
     start = model.encoder.layers[0].weight.detach().clone()
     cfg = TrainConfig(**CONFIG)
+    modes = []
+    record = lambda *_: modes.append(subnormals_flushed())  # noqa: E731
     if loop == "fit":
-        fit(model, bags, labels, cfg, seed=3)
+        fit(model, bags, labels, cfg, seed=3, on_epoch_end=record)
     elif loop == "fit_early_stopping":
         fit_early_stopping(model, bags[:15], labels[:15], cfg, seed=3, val_bags=bags[15:], val_labels=labels[15:],
-                           stopping=EarlyStopping(patience=5))
+                           stopping=EarlyStopping(patience=5), on_epoch_end=record)
     else:
-        DirectTrainer(model, cfg, seed=3).fit(bags, labels)
+        DirectTrainer(model, cfg, seed=3).fit(bags, labels, on_epoch_end=record)
     column, moved = first_column_and_moved(model, start)
     assert moved > 1e-4  # the run trained
     assert column.eq(0).all()
+    assert modes == [True, True] and not subnormals_flushed()  # on while training, off again after
 
 
-def test_stacked_engine_flushes_every_run():
+def test_stacked_engine_flushes_every_run(mode_off):
     bags, labels = dead_feature_bags()
     runs = [RunSpec(seed=s, train=np.arange(s, s + 15)) for s in range(3)]
     trainer = StackedTrainer(lambda: with_subnormal_column(benchmark_model("gated", IN_DIM)), bags, labels, runs,
@@ -107,14 +135,16 @@ def test_stacked_engine_flushes_every_run():
     start = [trainer.params(k) for k in range(len(runs))]
     name = next(n for n in start[0] if n.endswith("weight") and start[0][n].shape[-1] == IN_DIM)
     assert all(p[name][:, 0].eq(SUB32).all() for p in start)
-    trainer.fit()
+    modes = []
+    trainer.fit(progress=lambda _: modes.append(subnormals_flushed()))
+    assert modes == [True, True] and not subnormals_flushed()
     for k in range(len(runs)):
         w = trainer.params(k)[name]
         assert (w[:, 1:] - start[k][name][:, 1:]).abs().max() > 1e-4
         assert w[:, 0].eq(0).all()
 
 
-def test_whole_slide_training_flushes(tmp_path, monkeypatch):
+def test_whole_slide_training_flushes(tmp_path, monkeypatch, mode_off):
     import h5py
 
     import abmil.train.wsi as wsi
@@ -128,7 +158,10 @@ def test_whole_slide_training_flushes(tmp_path, monkeypatch):
     build = wsi.build_model
     monkeypatch.setattr(wsi, "build_model", lambda *a, **k: with_subnormal_column(build(*a, **k)))
     config = wsi.WSIConfig(epochs=1, hidden=32, att_dim=16, chunk_size=32, lr=1e-3, weight_decay=0.0)
-    wsi.train_feature_model(FeatureBagDataset(manifest, features), tmp_path / "run", config)
+    modes = []
+    wsi.train_feature_model(FeatureBagDataset(manifest, features), tmp_path / "run", config,
+                            on_epoch=lambda _: modes.append(subnormals_flushed()))
+    assert modes == [True] and not subnormals_flushed()
     start = with_subnormal_column(build(DIM, 2, config))
     w = load_weights(tmp_path / "run")["encoder.layers.0.weight"]
     assert (w[:, 1:] - start.encoder.layers[0].weight.detach()[:, 1:]).abs().max() > 1e-5

@@ -28,7 +28,7 @@ from .config import TrainConfig
 from .fit import epoch_order, fit, is_decayed
 from .fused_optim import fused_update, state_kinds
 from .loss import PROB_CLAMP
-from .subnormal import flush_subnormal_
+from .subnormal import flush_subnormal_, subnormals_as_zero
 
 _ENCODER_LAYERS = (nn.Linear, nn.ReLU, KeyedDropout, nn.Identity)
 
@@ -247,6 +247,7 @@ class DirectTrainer:
                          [[self._states[p][k] for p in group] for k in range(len(state_kinds(self.config)))])
         self.step += 1
 
+    @subnormals_as_zero()
     def fit(self, bags: Sequence[Tensor], labels: Tensor,
             on_epoch_end: Callable[[int], None] | None = None) -> nn.Module:
         """Train on ``bags`` [(n_i, d)] with ``labels`` (n_bags,) 0/1 for ``config.epochs``; returns the model."""

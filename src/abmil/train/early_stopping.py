@@ -39,7 +39,7 @@ from .checkpoint import load_extra, load_weights, read_checkpoint, restore_optim
 from .config import TrainConfig
 from .fit import epoch_order, make_optimizer, predict
 from .loss import bernoulli_nll, mil_loss
-from .subnormal import flush_subnormal_
+from .subnormal import flush_subnormal_, subnormals_as_zero
 
 __all__ = ["EarlyStopping", "FitHistory", "Augment", "fit_early_stopping", "validation_split", "visit_generator"]
 
@@ -136,6 +136,7 @@ def _score(model: nn.Module, bags: Sequence[Tensor], labels: Tensor) -> tuple[fl
     return error, float(bernoulli_nll(probs, y).mean())
 
 
+@subnormals_as_zero()
 def fit_early_stopping(
     model: nn.Module,
     bags: Sequence[Tensor],

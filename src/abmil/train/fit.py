@@ -17,7 +17,7 @@ from ..nn.dropout import set_dropout_key
 from ..nn.models import MILOutput
 from .config import TrainConfig
 from .loss import mil_loss
-from .subnormal import flush_subnormal_
+from .subnormal import flush_subnormal_, subnormals_as_zero
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -44,6 +44,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.Adam(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=True)
 
 
+@subnormals_as_zero()
 def fit(model: nn.Module, bags: Sequence[Tensor], labels: Tensor, config: TrainConfig, *, seed: int,
         on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
     """Train ``model`` in place on ``bags`` [(n_i, *shape)] with ``labels`` (n_bags,) 0/1.

@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .fit import epoch_order, is_decayed
 from .fused_optim import fused_update, state_kinds
 from .loss import bernoulli_nll
-from .subnormal import flush_subnormal_
+from .subnormal import flush_subnormal_, subnormals_as_zero
 
 
 @dataclass
@@ -204,6 +204,7 @@ class StackedTrainer:
         return (x.reshape(g * rows, -1), torch.as_tensor(bag_index).reshape(-1), torch.as_tensor(y),
                 torch.as_tensor(valid))
 
+    @subnormals_as_zero()
     def fit(self, progress: Callable[[int], None] | None = None) -> None:
         """Train all runs for ``config.epochs``; ``progress(epoch)`` after each epoch."""
         cfg, bs = self.config, self.config.batch_size

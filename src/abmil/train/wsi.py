@@ -46,7 +46,7 @@ from .distributed import (World, all_reduce_sum, barrier, gather_lists, init_dis
                           shutdown)
 from .fit import make_optimizer
 from .loss import bernoulli_nll
-from .subnormal import flush_subnormal_
+from .subnormal import flush_subnormal_, subnormals_as_zero
 from .wsi_schedule import Step, epoch_steps, train_val_split
 
 #: Test hook: a process SIGKILLs itself after this many optimizer steps (to test resuming).
@@ -313,6 +313,7 @@ def train_feature_model(dataset: FeatureBagDataset, run_dir: str | os.PathLike, 
         shutdown(world)
 
 
+@subnormals_as_zero()
 def _train(dataset: FeatureBagDataset, run_dir: Path, config: WSIConfig, world: World, dev: torch.device,
            resume: bool, on_epoch: Callable[[dict], None] | None) -> dict:
     classes = class_names(dataset)
