@@ -5,7 +5,10 @@ layer's weights (and a sixth of the second's) below float32's smallest normal nu
 step's forward and backward pass on one bag of patches with such weights and with the same weights flushed to
 zero, alternating the two, and checks the two give the same bag probability bitwise. Part 2 times the same pass
 with the flushed weights, the thread's flush-to-zero mode off and on (``subnormals_as_zero``, as the training loops
-run): it removes the subnormal activation gradients that a peaked attention makes in the backward pass.
+run): it removes the subnormal activation gradients that a peaked attention makes in the backward pass. Part 3
+(``--threads`` > 1) sets the mode against the same pass where torch runs several intra-op threads: on in the
+training thread only (a training loop called from a script), and on in every thread (a process that turned it on
+before torch started its threads, as the ``abmil`` command does; a spawned child, alternating with this process).
 
     python benchmarks/subnormal_speed.py [--patches 600] [--repeats 5] [--threads 1] [--weights RUN.safetensors]
                                          [--image H&E.tif]
@@ -21,15 +24,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import multiprocessing as mp
+import os
 import time
 
-import torch
-from safetensors.torch import load_file
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the abmil command: idle threads must not spin between passes
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
-from abmil.nn.zoo import histology_model
-from abmil.data.histology import read_rgb
-from abmil.data.patches import grid_patches, patches_to_tensor
-from abmil.train.subnormal import flush_subnormal_, subnormals_as_zero
+from abmil.data.histology import read_rgb  # noqa: E402
+from abmil.data.patches import grid_patches, patches_to_tensor  # noqa: E402
+from abmil.nn.zoo import histology_model  # noqa: E402
+from abmil.train.subnormal import flush_subnormal_, subnormals_as_zero  # noqa: E402
 
 SHARES = {"encoder.fc.0.weight": 0.25, "encoder.fc.3.weight": 0.17, "pool.V.weight": 0.07, "pool.U.weight": 0.07}
 
@@ -72,6 +78,18 @@ def alternate(repeats: int, **passes) -> dict[str, tuple[float, torch.Tensor]]:
     return {k: (min(times[k]), probs[k]) for k in passes}
 
 
+def mode_from_start(conn, threads: int) -> None:
+    """Child process: the mode on before torch starts any thread; then one pass per request on the sent model."""
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(threads)
+    state, x = conn.recv()
+    model = histology_model("gated", 32)
+    model.load_state_dict(state)
+    model.eval()
+    while conn.recv():
+        conn.send(step_seconds(model, x))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--patches", type=int, default=600, help="instances in the bag (a breast image has ~300-900)")
@@ -108,6 +126,23 @@ def main() -> None:
     (t_off, p_off), (t_on, p_on) = part2["off"], part2["on"]
     print(f"2. flushed weights, flush-to-zero mode: off {t_off * 1e3:.0f} ms, on {t_on * 1e3:.0f} ms, "
           f"ratio {t_off / t_on:.2f}x (bag probability {p_off.item():.9g} vs {p_on.item():.9g})")
+    if args.threads > 1:
+        ctx = mp.get_context("spawn")
+        here, there = ctx.Pipe()
+        child = ctx.Process(target=mode_from_start, args=(there, args.threads), daemon=True)
+        child.start()
+        here.send((fast.state_dict(), x))
+
+        def in_child() -> tuple[float, torch.Tensor]:
+            here.send(True)
+            return here.recv()
+
+        part3 = alternate(args.repeats, thread=lambda: step_seconds(fast, x, True), every=in_child)
+        here.send(False)
+        child.join()
+        (t_thread, _), (t_every, _) = part3["thread"], part3["every"]
+        print(f"3. {args.threads} threads, mode on in the training thread only {t_thread * 1e3:.0f} ms, "
+              f"in every thread {t_every * 1e3:.0f} ms, ratio {t_thread / t_every:.2f}x")
 
 
 if __name__ == "__main__":

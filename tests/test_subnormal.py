@@ -8,6 +8,9 @@ can zero them (without it they would end the run as they began).
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -166,3 +169,35 @@ def test_whole_slide_training_flushes(tmp_path, monkeypatch, mode_off):
     w = load_weights(tmp_path / "run")["encoder.layers.0.weight"]
     assert (w[:, 1:] - start.encoder.layers[0].weight.detach()[:, 1:]).abs().max() > 1e-5
     assert w[:, 0].eq(0).all()
+
+
+def test_commands_run_with_the_mode_and_restore_it(monkeypatch, mode_off):
+    import abmil.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_demo", lambda args: seen.append(subnormals_flushed()) or 0)
+    assert cli.main(["demo"]) == 0
+    assert seen == [True] and not subnormals_flushed()
+
+
+def test_a_command_flushes_in_every_intra_op_thread():
+    """The mode is on before torch starts its worker threads, so they have it too (a fresh process, 2 threads)."""
+    code = textwrap.dedent("""
+        import torch
+        import abmil.cli as cli
+
+        torch.set_num_threads(2)
+
+        def probe(args):
+            y = torch.full((1_000_000,), 1e-39) * 3.0  # split over both threads
+            print("nonzero", int((y != 0).sum()))
+            return 0
+
+        cli._demo = probe
+        raise SystemExit(cli.main(["demo"]))
+    """)
+    with subnormals_as_zero() as supported:
+        if not supported:
+            pytest.skip("this CPU has no flush-to-zero mode")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["nonzero", "0"]

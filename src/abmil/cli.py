@@ -469,9 +469,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, usage errors (argparse has printed them)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     from abmil.errors import DataError
+    from abmil.train.subnormal import subnormals_as_zero
 
     try:
-        return args.handler(args)
+        # Entered before torch's first parallel op: its intra-op threads, started inside, inherit the mode, so all
+        # of the command's CPU arithmetic treats subnormals as zero, not only the training thread's.
+        with subnormals_as_zero():
+            return args.handler(args)
     except (DataError, ValueError, FileNotFoundError) as e:
         _error(str(e))
         return 2

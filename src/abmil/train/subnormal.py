@@ -12,8 +12,10 @@ Two sources, two remedies, both applied by every training loop:
   through V, U and the encoder's layers multiplies them down into the subnormal range (a tenth of the activation
   gradients of a late breast fold). :func:`subnormals_as_zero` runs the training call with the CPU's
   flush-to-zero and denormals-are-zero modes on (``torch.set_flush_denormal``) and restores the previous mode
-  after. The mode is per thread: it covers the training thread (all of a one-thread worker's arithmetic), not
-  the intra-op worker threads torch already started.
+  after. The mode is per thread, and a new thread copies its creator's: it covers the training thread (all of a
+  one-thread worker's arithmetic), not the intra-op threads torch has already started. The ``abmil`` command
+  enters it before torch starts them, so there every thread has it; a script gets the same by calling
+  ``torch.set_flush_denormal(True)`` before its first torch operation.
 """
 from __future__ import annotations
 
