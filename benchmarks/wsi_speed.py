@@ -3,7 +3,7 @@
 Bags of N instances with D=1024 features, the CLAM-sized gated attention net (Linear D→512 + ReLU;
 attention V, U: 512→256, w: 256→1; classifier 512→1), one bag per optimizer step unless said:
 
-- ``abmil``: :class:`abmil.nn.slide.SlideMIL` (bags above ``--chunk`` instances pooled in chunks
+- ``abmil``: :func:`abmil.nn.zoo.slide_model` (bags above ``--chunk`` instances pooled in chunks
   with recompute), the package's Adam (``make_optimizer``), the package's loss.
 - ``reference``: the AttentionDeepMIL ``GatedAttention`` loop: the whole bag in memory as
   (1, N, D), ``A = softmax(w(tanh(V h) * sigm(U h)))ᵀ``, ``Z = A @ H``, sigmoid, clamped
@@ -87,20 +87,20 @@ def _bags(sizes: list[int]):
 
 
 def _abmil_step(sizes: list[int], args):
-    """One bag per step: the package's SlideMIL (chunked above ``--chunk``), fused Adam, its loss."""
+    """One bag per step: the package's slide model (chunked above ``--chunk``), fused Adam, its loss."""
     import torch
 
-    from abmil.nn.slide import SlideMIL
+    from abmil.nn.zoo import slide_model
     from abmil.train.config import TrainConfig
     from abmil.train.fit import make_optimizer
     from abmil.train.wsi import slide_loss
 
-    model = SlideMIL(D, 2, hidden=HIDDEN, att_dim=ATT, dropout=0.0, chunk_size=args.chunk)
+    model = slide_model("gated", D, 2, hidden=HIDDEN, att_dim=ATT, dropout=0.0, chunk_size=args.chunk)
     opt = make_optimizer(model, TrainConfig(optimizer="adam", lr=1e-4))
 
     def step(x: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
-        slide_loss(model(x).logits, 1).backward()
+        slide_loss(model(x), 1).backward()
         opt.step()
     return _one_bag_per_step(step, sizes)
 
@@ -113,12 +113,13 @@ def _abmil_packed_step(sizes: list[int], args):
 
     from abmil.data.bags import pack
     from abmil.data.samplers import InstanceBudgetSampler
-    from abmil.nn.slide import SlideMIL
+    from abmil.nn.zoo import slide_model
     from abmil.train.config import TrainConfig
     from abmil.train.fit import make_optimizer
-    from abmil.train.wsi import WSIConfig, pack_groups, pack_limit, slide_losses
+    from abmil.train.loss import bag_losses
+    from abmil.train.wsi import WSIConfig, pack_groups, pack_limit
 
-    model = SlideMIL(D, 2, hidden=HIDDEN, att_dim=ATT, dropout=0.0)
+    model = slide_model("gated", D, 2, hidden=HIDDEN, att_dim=ATT, dropout=0.0)
     opt = make_optimizer(model, TrainConfig(optimizer="adam", lr=1e-4))
     if len(sizes) == 1:  # one size: a fixed batch of budget // N bags
         sizes = sizes * max(1, args.budget // sizes[0])
@@ -136,8 +137,8 @@ def _abmil_packed_step(sizes: list[int], args):
         for passes, n_step in steps:
             opt.zero_grad(set_to_none=True)
             for x, bag_index, n_bags in passes:
-                logits = model(x, bag_index, n_bags).logits.view(n_bags, -1)
-                (slide_losses(logits, torch.ones(n_bags, dtype=torch.long)).sum() / n_step).backward()
+                out = model(x, bag_index, n_bags)
+                (bag_losses(out, torch.ones(n_bags, dtype=torch.long)).sum() / n_step).backward()
             opt.step()
     return epoch, sum(sizes), sum(train_flops(n) for n in sizes), len(steps)
 

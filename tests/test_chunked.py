@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from abmil.nn.chunked import ChunkedAttentionMIL, OnlineSoftmaxPool, chunked_attention, chunked_attention_pool
+from abmil.nn.chunked import OnlineSoftmaxPool, chunked_attention, chunked_attention_pool
 from abmil.nn.models import EmbeddingMIL
 from abmil.nn.pooling import AttentionPool, MeanPool
 
@@ -188,44 +188,48 @@ def test_online_softmax_rescales_when_the_max_grows():
     assert close(state.result(), ref, 1e-12)
 
 
-# ----------------------------------------------------------------------------- the model wrapper
-def test_wrapper_loads_an_ordinary_model_and_matches_it():
+# ----------------------------------------------------------------------------- giant-bag mode of the model
+def test_giant_bag_mode_loads_an_ordinary_model_and_matches_it():
     encoder, pool = make_parts(gated=True)
     model = EmbeddingMIL(encoder, pool)
     enc2, pool2 = make_parts(gated=True, seed=1)
-    chunked = ChunkedAttentionMIL(enc2, pool2, chunk_size=64)
+    chunked = EmbeddingMIL(enc2, pool2, chunk_size=64)
     chunked.load_state_dict(model.state_dict())  # strict: the same parameter names
     x = torch.randn(700, 16)
     bag_index = torch.zeros(700, dtype=torch.long)
 
     out0 = model(x, bag_index)
     out0.prob.sum().backward()
-    out1 = chunked(x, bag_index)
+    out1 = chunked(x)  # one bag, no bag_index: pooled in chunks of 64, recomputed in backward
     out1.prob.sum().backward()
-    assert out1.prob.shape == (1,) and out1.weights.shape == (700,)
+    assert out1.prob.shape == (1,) and out1.weights.shape == (700,) and out1.attention_logits.shape == (700,)
     assert close(out1.prob, out0.prob) and close(out1.weights, out0.weights)
     assert grads_close([p.grad for p in chunked.parameters()], [p.grad for p in model.parameters()])
+    # packed bags with a bag_index go through the segment pooling even in giant-bag mode
+    assert close(chunked(x, bag_index).prob, out0.prob)
 
     with torch.no_grad():  # inference streams; chunks may come from an iterator
-        out2 = chunked(iter(x.split(100)))
-        out3 = ChunkedAttentionMIL.from_model(model, chunk_size=33)(x)
-    assert close(out2.prob, out0.prob) and close(out2.weights, out0.weights)
+        out2 = chunked.pool_chunks(iter(x.split(100)))
+        out3 = chunked(x)
+    assert close(out2.prob, out0.prob) and close(torch.softmax(out2.attention_logits, 0), out0.weights)
     assert close(out3.prob, out0.prob)
 
 
-def test_wrapper_rejects_what_it_cannot_do():
+def test_giant_bag_mode_rejects_what_it_cannot_do():
     encoder, pool = make_parts()
-    model = ChunkedAttentionMIL(encoder, pool, chunk_size=8)
-    with pytest.raises(ValueError, match="one bag"):
-        model(torch.randn(4, 16), torch.tensor([0, 0, 1, 1]))
-    with pytest.raises(ValueError, match="one tensor"):
-        model(iter(torch.randn(20, 16).split(8)))  # chunks, but gradients wanted
     with pytest.raises(TypeError, match="AttentionPool"):
-        ChunkedAttentionMIL(encoder, MeanPool())
+        EmbeddingMIL(encoder, MeanPool(), chunk_size=8)
+    with pytest.raises(ValueError, match="chunk_size"):
+        EmbeddingMIL(encoder, pool, chunk_size=0)
+    with pytest.raises(TypeError, match="AttentionPool"):
+        EmbeddingMIL(encoder, MeanPool()).pool_chunks([torch.randn(4, 16)])
+    with pytest.raises(ValueError, match="non-empty bag"):
+        EmbeddingMIL(encoder, pool, chunk_size=8)(torch.randn(0, 16))
     with pytest.raises(ValueError, match="chunk_size"):
         chunked_attention(torch.randn(4, 16), encoder, pool, 0)
     with pytest.raises(ValueError, match="non-empty bag"):
         chunked_attention(torch.randn(0, 16), encoder, pool, 4)
+
 
 
 # ----------------------------------------------------------------------------- memory

@@ -6,7 +6,8 @@ import torch
 
 from abmil.data.bags import pack
 from abmil.nn.lenet import LeNetEncoder
-from abmil.nn.models import EmbeddingMIL, InstanceMIL, make_pool
+from abmil.nn.models import EmbeddingMIL, InstanceMIL
+from abmil.nn.pooling import make_pool
 
 
 def test_shapes_and_parameter_count():

@@ -6,7 +6,8 @@ import torch
 
 from abmil.data.bags import pack, unpack
 from abmil.nn.dropout import KeyedDropout, hash_uniform, set_dropout_key
-from abmil.nn.models import DeepSupervisedMINet, EmbeddingMIL, InstanceMIL, MILOutput, ResidualMINet, make_pool
+from abmil.nn.models import DeepSupervisedMINet, EmbeddingMIL, InstanceMIL, MILOutput, ResidualMINet
+from abmil.nn.pooling import make_pool
 from abmil.nn.segment import segment_sum
 from abmil.nn.zoo import ATTENTION_KEYS, MODEL_KEYS, benchmark_model, check_model_key
 
@@ -74,7 +75,7 @@ def test_packed_equals_alone_eval(key):
             assert maxdiff(out.prob[i:i + 1], alone.prob) < TOL, (key, i)
             if scores is not None:
                 assert maxdiff(parts[i], alone.instance_scores()) < TOL, (key, i)
-            for head, head_alone in zip(out.aux_probs, alone.aux_probs):
+            for head, head_alone in zip(out.aux_logits, alone.aux_logits):
                 assert maxdiff(head[i:i + 1], head_alone) < TOL
 
 
@@ -108,9 +109,10 @@ def test_deep_supervision_heads():
     x, bag_index = pack(bags)
     with torch.no_grad():
         out = model(x, bag_index, len(bags))
-    assert len(out.aux_probs) == 3
-    assert all(p.shape == (3,) for p in out.aux_probs)
-    assert maxdiff(out.prob, torch.stack(out.aux_probs).mean(0)) < 1e-7
+    assert len(out.aux_logits) == 3
+    assert all(l.shape == (3, 1) for l in out.aux_logits)
+    assert maxdiff(out.prob, torch.stack([torch.sigmoid(l[:, 0]) for l in out.aux_logits]).mean(0)) < 1e-7
+    assert maxdiff(torch.sigmoid(out.logits[:, 0]), out.prob) < 1e-6  # the pooled probability's logit
 
 
 def test_model_structure():
@@ -128,7 +130,7 @@ def test_model_structure():
     with pytest.raises(ValueError):
         make_pool("median", 4)
     with pytest.raises(ValueError):
-        InstanceMIL(build("attention").encoder, pool="attention")
+        InstanceMIL(build("attention").encoder, pooling="attention")
 
 
 @pytest.mark.parametrize("key", MODEL_KEYS)

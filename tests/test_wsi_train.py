@@ -17,13 +17,18 @@ import pytest
 import torch
 
 from abmil.data.features import FeatureBagDataset
-from abmil.nn.slide import SlideMIL, class_probabilities
+from abmil.nn.models import MILOutput
+from abmil.nn.zoo import slide_model
 from abmil.train.checkpoint import (load_optimizer_state, optimizer_from_safetensors, optimizer_to_safetensors,
                                     read_checkpoint)
 from abmil.train.wsi import KILL_AFTER_STEPS_ENV, WSIConfig, slide_loss, train_feature_model
 from abmil.train.wsi_schedule import epoch_steps, train_val_split
 
 from wsi_helpers import DIM, load_weights, make_dataset
+
+
+def SlideMIL(in_dim, n_classes, **kwargs):  # noqa: N802 - the slide model, gated attention
+    return slide_model("gated", in_dim, n_classes, **kwargs)
 
 SMALL = dict(hidden=32, att_dim=16, chunk_size=32, lr=1e-3)
 
@@ -38,7 +43,7 @@ def test_slide_model_chunked_equals_whole_bag_in_value_and_gradient():
     outs = []
     for m in (whole, chunked):
         out = m(x)
-        slide_loss(out.logits, 2).backward()
+        slide_loss(out, 2).backward()
         outs.append((out, {n: p.grad.clone() for n, p in m.named_parameters()}))
     (a, ga), (b, gb) = outs
     torch.testing.assert_close(a.logits, b.logits)
@@ -53,14 +58,14 @@ def test_slide_model_chunked_equals_whole_bag_in_value_and_gradient():
 def test_binary_is_one_sigmoid_logit_multiclass_softmax():
     binary, multi = SlideMIL(DIM, 2, hidden=8, att_dim=4), SlideMIL(DIM, 4, hidden=8, att_dim=4)
     x = torch.randn(5, DIM)
-    assert binary(x).logits.shape == (1,) and multi(x).logits.shape == (4,)
-    logit = torch.tensor([0.3])
-    torch.testing.assert_close(class_probabilities(logit), torch.tensor([1 - torch.sigmoid(logit)[0],
-                                                                          torch.sigmoid(logit)[0]]))
+    assert binary(x).logits.shape == (1, 1) and multi(x).logits.shape == (1, 4)
+    logit = MILOutput(torch.tensor([[0.3]]))
+    torch.testing.assert_close(logit.probabilities(), torch.tensor([[1 - torch.sigmoid(torch.tensor(0.3)),
+                                                                     torch.sigmoid(torch.tensor(0.3))]]))
     # binary: the package's Bernoulli NLL of the sigmoid; multi-class: cross-entropy
-    torch.testing.assert_close(slide_loss(logit, 1), -torch.log(torch.sigmoid(logit[0])))
-    logits = torch.tensor([0.1, 2.0, -1.0, 0.0])
-    torch.testing.assert_close(slide_loss(logits, 1), -torch.log_softmax(logits, 0)[1])
+    torch.testing.assert_close(slide_loss(logit, 1), -torch.log(torch.sigmoid(torch.tensor(0.3))))
+    logits = torch.tensor([[0.1, 2.0, -1.0, 0.0]])
+    torch.testing.assert_close(slide_loss(MILOutput(logits), 1), -torch.log_softmax(logits[0], 0)[1])
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -194,7 +199,7 @@ def test_packed_forward_equals_slides_one_at_a_time(n_classes):
     """Packed bags with per-bag dropout keys: the same logits and the same summed gradient as each bag
     forwarded alone with its own key (float64, dropout on)."""
     from abmil.nn.dropout import set_dropout_key
-    from abmil.train.wsi import slide_losses
+    from abmil.train.loss import bag_losses
 
     torch.manual_seed(0)
     model = SlideMIL(DIM, n_classes, hidden=24, att_dim=8, dropout=0.4).double().train()
@@ -206,15 +211,15 @@ def test_packed_forward_equals_slides_one_at_a_time(n_classes):
         set_dropout_key(model, 3, v)
         out = model(x)
         alone_logits.append(out.logits.detach())
-        slide_loss(out.logits, y).backward()
+        slide_loss(out, y).backward()
     alone = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
 
     set_dropout_key(model, 3, visits, rows=sizes)
     bag_index = torch.repeat_interleave(torch.arange(4), torch.tensor(sizes))
     out = model(torch.cat(bags), bag_index, 4)
-    slide_losses(out.logits, torch.tensor(labels)).sum().backward()
-    torch.testing.assert_close(out.logits.detach(), torch.stack(alone_logits))
+    bag_losses(out, torch.tensor(labels)).sum().backward()
+    torch.testing.assert_close(out.logits.detach(), torch.cat(alone_logits))
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, alone[n], msg=n)
     # a mask keyed for other row counts is refused, not silently misapplied
@@ -262,7 +267,7 @@ def test_blocked_and_chunked_forward_equal_the_whole_bag_with_keyed_dropout(monk
         model.load_state_dict(whole.state_dict())
         set_dropout_key(model, 7, 123)
         out = model(x)
-        slide_loss(out.logits, 1).backward()
+        slide_loss(out, 1).backward()
         results.append((out, {n: p.grad for n, p in model.named_parameters()}))
     (a, ga), (b, gb) = results
     torch.testing.assert_close(b.logits, a.logits)

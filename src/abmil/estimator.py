@@ -27,7 +27,8 @@ from .data.bags import pack
 from .data.benchmarks import validate_bags
 from .errors import DataError
 from .nn.encoders import MLPEncoder
-from .nn.models import EmbeddingMIL, make_pool
+from .nn.models import EmbeddingMIL
+from .nn.pooling import make_pool
 from .train.config import TrainConfig
 from .train.cv import fold_standardiser
 from .train.direct import fit_auto
@@ -211,9 +212,9 @@ class AttentionMILClassifier(ClassifierMixin, BaseEstimator):
             for start in range(0, len(tensors), _PREDICT_CHUNK):
                 chunk = tensors[start:start + _PREDICT_CHUNK]
                 x, bag_index = pack(chunk)
-                z, w = model.pool(model.encoder(x), bag_index, len(chunk))
-                logits.append(model.classifier(model.dropout(z)).squeeze(-1))
-                if w is not None:
+                out = model(x, bag_index, len(chunk))
+                logits.append(out.logits[:, 0])
+                if (w := out.weights) is not None:
                     weights += [t.numpy().astype(np.float64) for t in torch.split(w, [t.shape[0] for t in chunk])]
         scores = weights if weights else None
         return torch.cat(logits).numpy().astype(np.float64), scores

@@ -25,8 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .dropout import KeyedDropout, dropout_row_offset
-from .models import EmbeddingMIL, MILOutput
+from .dropout import dropout_row_offset
 from .pooling import AttentionPool
 
 #: Bags above this many instances are pooled in chunks, recomputed in the backward pass. The recompute costs training
@@ -279,67 +278,30 @@ def chunked_attention(x: Tensor, encoder: nn.Module | None, pool: AttentionPool,
     return _ChunkedAttention.apply(x, chunk_size, encoder, pool, *_params(encoder, pool))
 
 
-class ChunkedAttentionMIL(nn.Module):
-    """Attention MIL for whole-slide bags: ``prob = sigm(g(chunked attention pool(f(x))))``.
+def attention_pool_bag(encoder: nn.Module | None, pool: AttentionPool, x: Tensor,
+                       chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Tensor, Tensor]:
+    """Attention pooling of one bag ``x`` (n_instances, in_dim) held in memory, as its size asks.
 
-    Same parameter names as :class:`~abmil.nn.models.EmbeddingMIL` (``encoder``, ``pool``,
-    ``classifier``), so the state dict of an ordinary attention model loads as it is, and
-    :meth:`from_model` shares one's modules. One bag per call.
+    Above ``chunk_size`` instances: :func:`chunked_attention` while gradients are on (in the weights' dtype even
+    under autocast: its recomputing backward mixes dtypes otherwise), else streamed by :func:`chunked_attention_pool`.
+    On CPU above :data:`ENCODE_BLOCK` instances: encoded in cache-sized blocks kept for autograd (the same values,
+    faster). Otherwise in one piece. The single-bag ``softmax(l) @ h`` is a matmul, faster than the segment sum.
 
-    - with gradients: :func:`chunked_attention` on the bag held in memory;
-    - without (``torch.no_grad()`` / inference): :func:`chunked_attention_pool`, which also
-      takes the bag as an iterable of chunks streamed from disk.
-
-    Args:
-        encoder: instance encoder f (with ``out_dim``, or give ``pool`` of the right ``in_dim``),
-            or None for features used directly.
-        pool: the attention pooling (``AttentionPool``, plain or gated).
-        classifier: bag classifier g on z; default ``nn.Linear(pool.in_dim, 1)`` as EmbeddingMIL.
-        chunk_size: instances per chunk.
-        dropout: dropout on z before the classifier (EmbeddingMIL's ``dropout``).
+    Returns:
+        ``z`` (1, dim) and the attention logits (n_instances,).
     """
-
-    def __init__(self, encoder: nn.Module | None, pool: AttentionPool, classifier: nn.Module | None = None,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, dropout: float = 0.0):
-        super().__init__()
-        if not isinstance(pool, AttentionPool):
-            raise TypeError(f"chunked pooling needs an AttentionPool, got {type(pool).__name__}")
-        self.encoder = encoder if encoder is not None else nn.Identity()
-        self.pool = pool
-        self.dropout = KeyedDropout(dropout, salt=101) if dropout > 0 else nn.Identity()
-        self.classifier = classifier if classifier is not None else nn.Linear(pool.in_dim, 1)
-        self.chunk_size = chunk_size
-
-    @classmethod
-    def from_model(cls, model: EmbeddingMIL, chunk_size: int = DEFAULT_CHUNK_SIZE) -> ChunkedAttentionMIL:
-        """A chunked view of an :class:`EmbeddingMIL` with attention pooling, sharing its modules."""
-        out = cls(model.encoder, model.pool, model.classifier, chunk_size)
-        out.dropout = model.dropout
-        return out
-
-    def pool_bag(self, x: Tensor | Iterable[Tensor | Sequence]) -> tuple[Tensor, Tensor]:
-        """``z`` (1, dim) and attention logits (n_instances,) of one bag (tensor or chunks)."""
-        encoder = None if isinstance(self.encoder, nn.Identity) else self.encoder
-        if isinstance(x, Tensor):
-            wants_grad = torch.is_grad_enabled() and (
-                x.requires_grad or any(p.requires_grad for p in self.parameters()))
-            if wants_grad:
-                return chunked_attention(x, encoder, self.pool, self.chunk_size)
-            x = x.split(self.chunk_size)
-        elif torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
-            raise ValueError("training needs the bag as one tensor; pass chunks only under torch.no_grad()")
-        z, logits = chunked_attention_pool(encoder, self.pool, x, return_logits=True)
+    if x.dim() != 2 or x.shape[0] == 0:
+        raise ValueError(f"expected one non-empty bag (n_instances, in_dim), got shape {tuple(x.shape)}")
+    if x.shape[0] > chunk_size:
+        if torch.is_grad_enabled():
+            with torch.autocast(x.device.type, enabled=False):
+                return chunked_attention(x.to(pool.V.weight.dtype), encoder, pool, chunk_size)
+        return chunked_attention_pool(encoder, pool, x.split(chunk_size), return_logits=True)
+    if x.device.type == "cpu" and x.shape[0] > ENCODE_BLOCK:
+        blocks = [(h, l) for _, h, l in encode_blocks(encoder, pool, x)]
+        logits = torch.cat([l for _, l in blocks])
+        weights = torch.softmax(logits, 0).split([len(l) for _, l in blocks])
+        z = sum((a.unsqueeze(0) @ h).to(h.dtype) for a, (h, _) in zip(weights, blocks))
         return z, logits
-
-    def forward(self, x: Tensor | Iterable[Tensor | Sequence], bag_index: Tensor | None = None,
-                n_bags: int | None = None) -> MILOutput:
-        """One bag ``x`` (n_instances, in_dim) or its chunks → ``prob`` (1,), ``weights`` (n_instances,).
-
-        ``bag_index`` and ``n_bags`` are accepted for the common model signature and must
-        describe a single bag."""
-        if n_bags not in (None, 1) or (bag_index is not None and bag_index.numel()
-                                       and int(bag_index.max()) != 0):
-            raise ValueError("ChunkedAttentionMIL pools one bag per call")
-        z, logits = self.pool_bag(x)
-        prob = torch.sigmoid(self.classifier(self.dropout(z)).squeeze(-1))
-        return MILOutput(prob, torch.softmax(logits, 0))
+    h, logits = _embed(encoder, pool, x)
+    return (torch.softmax(logits, 0).unsqueeze(0) @ h).to(h.dtype), logits

@@ -64,3 +64,18 @@ class AttentionPool(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, att_dim={self.att_dim}, gated={self.gated}"
+
+
+#: The pooling choices, by the one name used everywhere (models, estimator, configs, CLI).
+POOLINGS = ("attention", "gated", "mean", "max")
+
+
+def make_pool(pooling: str, dim: int, att_dim: int = 128) -> nn.Module:
+    """The pooling named ``pooling`` (one of :data:`POOLINGS`) over ``dim``-wide embeddings."""
+    if pooling == "mean":
+        return MeanPool()
+    if pooling == "max":
+        return MaxPool()
+    if pooling in ("attention", "gated"):
+        return AttentionPool(dim, att_dim, gated=pooling == "gated")
+    raise ValueError(f"unknown pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")

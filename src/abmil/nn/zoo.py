@@ -1,6 +1,10 @@
-"""The paper's named models, built from the composable parts.
+"""The model registry: every named model of the package, built from the composable parts.
 
-Model keys are shared by every experiment family and by the CLI:
+    create_model("gated", family="benchmark", in_dim=166)
+    create_model("gated", family="slide", in_dim=1024, n_classes=3)
+
+A model is a *key* (the rows of the paper's tables, one table below) built for a *family* (the experiment's
+instance encoder and sizes). Model keys are shared by every experiment family and by the CLI:
 
     attention       embedding-level, attention pooling          (Ilse et al.)
     gated           embedding-level, gated attention pooling    (Ilse et al.)
@@ -13,20 +17,36 @@ Model keys are shared by every experiment family and by the CLI:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from torch import nn
 
+from .chunked import DEFAULT_CHUNK_SIZE
 from .encoders import MLPEncoder
 from .init import keras_init_
 from .lenet import LeNetEncoder
-from .models import DeepSupervisedMINet, EmbeddingMIL, InstanceMIL, ResidualMINet, make_pool
+from .models import DeepSupervisedMINet, EmbeddingMIL, InstanceMIL, ResidualMINet
+from .pooling import make_pool
 
-MODEL_KEYS = ("attention", "gated", "embedding-max", "embedding-mean", "instance-max", "instance-mean",
-              "mi-net-ds", "mi-net-rc")
-ATTENTION_KEYS = ("attention", "gated")
+#: The one table of model keys: key -> (paper's name, level, pooling). Level ``embedding`` pools instance embeddings,
+#: ``instance`` pools instance probabilities, ``ds``/``rc`` are MI-Net's deep-supervision and residual variants.
+MODELS: dict[str, tuple[str, str, str]] = {
+    "attention": ("Attention", "embedding", "attention"),
+    "gated": ("Gated-Attention", "embedding", "gated"),
+    "embedding-max": ("MI-Net / Embedding+max", "embedding", "max"),
+    "embedding-mean": ("Embedding+mean", "embedding", "mean"),
+    "instance-max": ("mi-Net / Instance+max", "instance", "max"),
+    "instance-mean": ("Instance+mean", "instance", "mean"),
+    "mi-net-ds": ("MI-Net with DS", "ds", "max"),
+    "mi-net-rc": ("MI-Net with RC", "rc", "max"),
+}
+MODEL_KEYS = tuple(MODELS)
+ATTENTION_KEYS = tuple(k for k, (_, level, pooling) in MODELS.items() if pooling in ("attention", "gated"))
 
 
 def check_model_key(name: str) -> str:
-    if name not in MODEL_KEYS:
+    if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODEL_KEYS)}")
     return name
 
@@ -45,12 +65,12 @@ def benchmark_model(name: str, in_dim: int, *, attention_dropout: float = 0.2) -
         return EmbeddingMIL(MLPEncoder(in_dim, (256, 128, 64), dropout=attention_dropout),
                             make_pool(name, 64, att_dim=64))
     if name == "mi-net-ds":
-        return keras_init_(DeepSupervisedMINet(in_dim, (256, 128, 64), pool="max", dropout=0.5))
+        return keras_init_(DeepSupervisedMINet(in_dim, (256, 128, 64), pooling="max", dropout=0.5))
     if name == "mi-net-rc":
-        return keras_init_(ResidualMINet(in_dim, 128, 3, pool="max", dropout=0.5))
-    level, pool = name.split("-")
+        return keras_init_(ResidualMINet(in_dim, 128, 3, pooling="max", dropout=0.5))
+    _, level, pooling = MODELS[name]
     encoder = MLPEncoder(in_dim, (256, 128, 64), dropout=0.5, dropout_after=[2])
-    model = EmbeddingMIL(encoder, make_pool(pool, 64)) if level == "embedding" else InstanceMIL(encoder, pool)
+    model = EmbeddingMIL(encoder, make_pool(pooling, 64)) if level == "embedding" else InstanceMIL(encoder, pooling)
     return keras_init_(model)
 
 
@@ -71,12 +91,10 @@ def mnist_bags_model(name: str) -> nn.Module:
 
 def _six_model(name: str, encoder: nn.Module) -> nn.Module:
     """One of the six rows of the MNIST-bags figures and Tables 2-3 on ``encoder`` (attention L = 128)."""
-    level, _, pool = name.partition("-")
-    if name in ATTENTION_KEYS:
-        return EmbeddingMIL(encoder, make_pool(name, encoder.out_dim, att_dim=128))
+    _, level, pooling = MODELS[name]
     if level == "embedding":
-        return EmbeddingMIL(encoder, make_pool(pool, encoder.out_dim))
-    return InstanceMIL(encoder, pool)
+        return EmbeddingMIL(encoder, make_pool(pooling, encoder.out_dim, att_dim=128))
+    return InstanceMIL(encoder, pooling)
 
 
 def histology_model(name: str, patch_size: int, *, dropout: float | None = None,
@@ -97,3 +115,49 @@ def histology_model(name: str, patch_size: int, *, dropout: float | None = None,
         raise ValueError(f"unknown histology model {name!r}: expected one of {', '.join(MNIST_BAGS_KEYS)}")
     preprocess = ReinhardNormalize() if stain_normalize else None
     return _six_model(name, PatchCNN(patch_size, PATCH_CNN_DROPOUT if dropout is None else dropout, preprocess))
+
+
+#: Poolings a slide model can use: giant bags are pooled in chunks, which attention pooling allows.
+SLIDE_KEYS = ATTENTION_KEYS
+
+
+def slide_model(name: str, in_dim: int, n_classes: int = 2, *, hidden: int = 512, att_dim: int = 256,
+                dropout: float = 0.25, chunk_size: int = DEFAULT_CHUNK_SIZE) -> EmbeddingMIL:
+    """Whole-slide attention MIL on patch features, CLAM-sized (Lu et al. 2021), binary or multi-class.
+
+        x (n, in_dim) → Linear(in_dim, hidden) + ReLU + dropout       (f, an MLPEncoder)
+                      → attention pooling, plain or gated (hidden → att_dim → 1)
+                      → Linear(hidden, n_out)                           (g)
+
+    ``n_out`` is 1 for two classes (sigmoid, the paper's clamped Bernoulli likelihood) and ``n_classes`` otherwise
+    (softmax, cross-entropy). A slide forwarded alone is pooled in bounded memory (``chunk_size``,
+    :func:`abmil.nn.chunked.attention_pool_bag`); several small slides can be packed with a ``bag_index``.
+    """
+    if name not in SLIDE_KEYS:
+        raise ValueError(f"unknown slide model {name!r}: expected one of {', '.join(SLIDE_KEYS)}")
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+    if in_dim < 1 or hidden < 1 or att_dim < 1:
+        raise ValueError("in_dim, hidden and att_dim must be >= 1")
+    encoder = MLPEncoder(in_dim, (hidden,), dropout=dropout)
+    return EmbeddingMIL(encoder, make_pool(MODELS[name][2], hidden, att_dim=att_dim),
+                        n_out=1 if n_classes == 2 else n_classes, chunk_size=chunk_size)
+
+
+#: The families: how a model key becomes a network for one kind of data.
+FAMILIES: dict[str, Callable[..., nn.Module]] = {
+    "benchmark": benchmark_model,
+    "mnist-bags": mnist_bags_model,
+    "histology": histology_model,
+    "slide": slide_model,
+}
+
+
+def create_model(name: str, *, family: str = "benchmark", **kwargs: Any) -> nn.Module:
+    """The model ``name`` (a key of :data:`MODELS`) built for ``family`` (a key of :data:`FAMILIES`), with the
+    family builder's keyword arguments (``in_dim`` for ``benchmark`` and ``slide``, ``patch_size`` for
+    ``histology``...). Initialise under ``torch.manual_seed`` for reproducible weights."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}: expected one of {', '.join(FAMILIES)}")
+    check_model_key(name)
+    return FAMILIES[family](name, **kwargs)

@@ -1,13 +1,21 @@
-"""The paper's training objective."""
+"""The training objective, for every model and task: per-bag losses and their mean.
+
+Two classes: the paper's loss, the negative Bernoulli log-likelihood of the bag probability clamped to
+[1e-5, 1 - 1e-5] as in Ilse et al.'s reference code (for probability-pooling models the pooled probability itself).
+More classes: softmax cross-entropy on the logits.
+"""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..nn.models import MILOutput
 
 #: The reference code clamps probabilities to [1e-5, 1 - 1e-5] before the log.
 PROB_CLAMP = 1e-5
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def bernoulli_nll(prob: Tensor, y: Tensor) -> Tensor:
@@ -16,8 +24,27 @@ def bernoulli_nll(prob: Tensor, y: Tensor) -> Tensor:
     return -(y * torch.log(p) + (1.0 - y) * torch.log(1.0 - p))
 
 
+def _binary_nll(prob: Tensor, y: Tensor) -> Tensor:
+    prob = prob.float() if prob.dtype in _HALF else prob  # autocast logits: the loss in float32
+    return bernoulli_nll(prob, y.to(prob.dtype))
+
+
+def bag_losses(out: MILOutput, y: Tensor) -> Tensor:
+    """The loss of each bag, (n_bags,): ``y`` 0/1 (two classes) or class indices. Deep-supervision heads
+    (Wang et al.'s MI-Net with DS) add up."""
+    if out.aux_logits:
+        return sum(_binary_nll(torch.sigmoid(l[:, 0]), y) for l in out.aux_logits)
+    if out.pooled_prob is not None:
+        return _binary_nll(out.pooled_prob, y)
+    logits = out.logits.float() if out.logits.dtype in _HALF else out.logits
+    if logits.shape[-1] == 1:
+        return _binary_nll(torch.sigmoid(logits[:, 0]), y)
+    return F.cross_entropy(logits, y.long(), reduction="none")
+
+
 def mil_loss(out: MILOutput, y: Tensor) -> Tensor:
-    """Mean bag NLL; with deep supervision, the sum over the heads (Wang et al.'s [1, 1, 1, 0])."""
-    if out.aux_probs:
-        return sum(bernoulli_nll(p, y).mean() for p in out.aux_probs)
-    return bernoulli_nll(out.prob, y).mean()
+    """Mean bag loss of a step; with deep supervision, the sum over the heads of their means (Wang et al.'s
+    loss weights [1, 1, 1, 0])."""
+    if out.aux_logits:
+        return sum(_binary_nll(torch.sigmoid(l[:, 0]), y).mean() for l in out.aux_logits)
+    return bag_losses(out, y).mean()

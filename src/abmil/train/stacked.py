@@ -226,7 +226,7 @@ class StackedTrainer:
                     self._source.tensors = leaves
                     x, bag_index, y, valid = self._batch(ids, [batches[k] for k in ids], bs)
                     out = self.stacked(x, bag_index, len(ids) * (bs + 1))
-                    heads = out.aux_probs if out.aux_probs else (out.prob,)
+                    heads = tuple(torch.sigmoid(l[:, 0]) for l in out.aux_logits) or (out.prob,)
                     # Sum over runs of each run's mean loss: run k's gradient is its own.
                     loss = sum(((bernoulli_nll(p.view(len(ids), bs + 1)[:, :bs], y) * valid).sum(1)
                                 / valid.sum(1)).sum() for p in heads)

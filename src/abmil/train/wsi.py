@@ -2,7 +2,7 @@
 
     train_feature_model(FeatureBagDataset(manifest, features), "runs/x", WSIConfig(epochs=20))
 
-- Model: :class:`~abmil.nn.slide.SlideMIL` (CLAM-sized gated attention by default). Two classes:
+- Model: :func:`abmil.nn.zoo.slide_model`, an :class:`~abmil.nn.models.EmbeddingMIL` (CLAM-sized gated attention by default). Two classes:
   one logit, ``sigmoid``, the paper's clamped Bernoulli likelihood (as the rest of the package);
   more: one logit per class, softmax cross-entropy.
 - Steps: one slide per optimizer step by default (the paper's batch size 1). With a larger batch
@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.features import FeatureBagDataset
@@ -39,13 +38,14 @@ from ..errors import DataError
 from ..nn import chunked
 from ..nn.chunked import DEFAULT_CHUNK_SIZE
 from ..nn.dropout import set_dropout_key
-from ..nn.slide import SlideMIL, class_probabilities
+from ..nn.models import EmbeddingMIL
+from ..nn.zoo import slide_model
 from .checkpoint import load_weights, read_checkpoint, restore_optimizer, save_checkpoint
 from .config import TrainConfig
 from .distributed import (World, all_reduce_sum, barrier, gather_lists, init_distributed, max_divergence,
                           shutdown)
 from .fit import make_optimizer
-from .loss import bernoulli_nll
+from .loss import bag_losses
 from .subnormal import flush_subnormal_, subnormals_as_zero
 from .wsi_schedule import Step, epoch_steps, train_val_split
 
@@ -62,7 +62,7 @@ class WSIConfig:
 
     Attributes:
         pooling: ``"gated"`` or ``"attention"``.
-        hidden, att_dim, dropout: :class:`~abmil.nn.slide.SlideMIL`'s.
+        hidden, att_dim, dropout: :func:`~abmil.nn.zoo.slide_model`'s.
         optimizer, lr, weight_decay: as :class:`~abmil.train.config.TrainConfig` (L2 on all weights).
         epochs: passes over the training slides.
         batch_size: slides per step (per rank); default 1 unless ``batch_instances`` is given.
@@ -113,25 +113,16 @@ class WSIConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def build_model(in_dim: int, n_classes: int, config: WSIConfig) -> SlideMIL:
+def build_model(in_dim: int, n_classes: int, config: WSIConfig) -> EmbeddingMIL:
     """The run's model, initialised from ``config.seed``."""
     torch.manual_seed(config.seed)
-    return SlideMIL(in_dim, n_classes, pooling=config.pooling, hidden=config.hidden, att_dim=config.att_dim,
-                    dropout=config.dropout, chunk_size=config.chunk_size)
+    return slide_model(config.pooling, in_dim, n_classes, hidden=config.hidden, att_dim=config.att_dim,
+                       dropout=config.dropout, chunk_size=config.chunk_size)
 
 
-def slide_losses(logits: Tensor, labels: Tensor) -> Tensor:
-    """Loss of each slide: logits (n_slides, n_out), class indices (n_slides,) → (n_slides,)
-    (see the module docstring)."""
-    logits = logits.float()
-    if logits.shape[-1] == 1:
-        return bernoulli_nll(torch.sigmoid(logits[:, 0]), labels.to(logits.dtype))
-    return F.cross_entropy(logits, labels, reduction="none")
-
-
-def slide_loss(logits: Tensor, label: int) -> Tensor:
-    """Loss of one slide: logits (n_out,), class index → scalar."""
-    return slide_losses(logits.unsqueeze(0), torch.tensor([label], device=logits.device))[0]
+def slide_loss(out, label: int) -> Tensor:
+    """Loss of one slide's output (logits (1, n_out)), class index → scalar."""
+    return bag_losses(out, torch.tensor([label], device=out.logits.device))[0]
 
 
 def class_names(dataset: FeatureBagDataset) -> list[str]:
@@ -151,7 +142,7 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
-def score_slides(model: SlideMIL, dataset: FeatureBagDataset, indices: list[int], device: torch.device,
+def score_slides(model: EmbeddingMIL, dataset: FeatureBagDataset, indices: list[int], device: torch.device,
                  bf16: bool = False) -> list[tuple[int, float, list[float], int]]:
     """``(slide position, loss, class probabilities (n_classes,), label)`` for each slide of ``indices``."""
     model.eval()
@@ -160,8 +151,7 @@ def score_slides(model: SlideMIL, dataset: FeatureBagDataset, indices: list[int]
         bag = dataset.load(i)
         with _autocast(device, bf16):
             out = model(bag.features.to(device))
-        rows.append((i, float(slide_loss(out.logits, bag.label)),
-                     class_probabilities(out.logits).cpu().tolist(), bag.label))
+        rows.append((i, float(slide_loss(out, bag.label)), out.probabilities()[0].cpu().tolist(), bag.label))
     return rows
 
 
@@ -199,7 +189,7 @@ def _check_resumable(info: dict, config: WSIConfig, classes: list[str], in_dim: 
                          f"{world.size}; resume with the same number so that the steps stay the same")
 
 
-def _data_parallel(model: SlideMIL, dev: torch.device) -> torch.nn.Module:
+def _data_parallel(model: EmbeddingMIL, dev: torch.device) -> torch.nn.Module:
     """DDP that never copies rank 0's buffers over the others' in forward: the only buffers are the
     dropout keys, which differ per rank by design (each rank keys its own slides)."""
     import inspect
@@ -232,7 +222,7 @@ def pack_groups(sizes: Sequence[int], limit: int) -> list[list[int]]:
     return groups
 
 
-def _packed_pass(net: torch.nn.Module, model: SlideMIL, bags: list, visits: list[int], weight: float,
+def _packed_pass(net: torch.nn.Module, model: EmbeddingMIL, bags: list, visits: list[int], weight: float,
                  config: WSIConfig, dev: torch.device) -> float:
     """Forward and backward of several slides packed end to end, each with the dropout mask and the
     loss weight it gets alone: the gradient of the one-at-a-time accumulation, in one pass."""
@@ -243,23 +233,23 @@ def _packed_pass(net: torch.nn.Module, model: SlideMIL, bags: list, visits: list
     set_dropout_key(model, config.seed, visits, rows=sizes)
     with _autocast(dev, config.bf16):
         out = net(x, bag_index, len(bags))
-    losses = slide_losses(out.logits, labels)
+    losses = bag_losses(out, labels)
     (losses.sum() * weight).backward()
     return float(losses.detach().sum())
 
 
-def _slide_pass(net: torch.nn.Module, model: SlideMIL, x: Tensor, label: int, visit: int, weight: float,
+def _slide_pass(net: torch.nn.Module, model: EmbeddingMIL, x: Tensor, label: int, visit: int, weight: float,
                 config: WSIConfig) -> float:
     """Forward and backward of one slide."""
     set_dropout_key(model, config.seed, visit)
     with _autocast(x.device, config.bf16):
         out = net(x)
-    loss = slide_loss(out.logits, label)
+    loss = slide_loss(out, label)
     (loss * weight).backward()
     return float(loss.detach())
 
 
-def _backward_step(net: torch.nn.Module, model: SlideMIL, dataset: FeatureBagDataset, slides: list[int],
+def _backward_step(net: torch.nn.Module, model: EmbeddingMIL, dataset: FeatureBagDataset, slides: list[int],
                    s: Step, config: WSIConfig, world: World, dev: torch.device, in_dim: int) -> tuple[float, int]:
     """Forward and backward of this rank's ``slides`` of step ``s``, gradients accumulating (DDP all-reduces
     once, on the last pass). Consecutive slides that together fit in :func:`pack_limit` are packed into one
@@ -290,7 +280,7 @@ def _kill_after() -> int | None:
 def train_feature_model(dataset: FeatureBagDataset, run_dir: str | os.PathLike, config: WSIConfig, *,
                         device: str = "cpu", resume: bool = False,
                         on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Train a :class:`~abmil.nn.slide.SlideMIL` on ``dataset``; checkpoints go to ``run_dir``.
+    """Train a slide model (:func:`~abmil.nn.zoo.slide_model`) on ``dataset``; checkpoints go to ``run_dir``.
 
     Args:
         dataset: the slides (train and validation; see ``config.val_split``).

@@ -5,7 +5,7 @@
                            ``attention_logits`` (n,), ``coords`` (n, 2) when the slide has them;
                            attributes ``probabilities`` (n_classes,) and ``predicted``
 
-Slides are streamed in chunks (:meth:`~abmil.nn.slide.SlideMIL.pool_chunks`): memory is one
+Slides are streamed in chunks (:meth:`~abmil.nn.models.EmbeddingMIL.pool_chunks`): memory is one
 chunk plus the slide's n attention logits. Everything is computed and checked before the first
 byte is written, and both files are written atomically.
 """
@@ -26,7 +26,7 @@ from ..data.feature_files import FeatureFile
 from ..data.features import FeatureBagDataset
 from ..errors import DataError
 from ..io import atomic_open, write_text_atomic
-from ..nn.slide import SlideMIL, class_probabilities
+from ..nn.models import EmbeddingMIL
 from .checkpoint import load_weights, read_checkpoint
 from .wsi import WSIConfig, build_model
 
@@ -35,7 +35,7 @@ from .wsi import WSIConfig, build_model
 class TrainedRun:
     """A run's model (in eval mode, on ``device``) and what it was trained on."""
 
-    model: SlideMIL
+    model: EmbeddingMIL
     classes: list[str]
     in_dim: int
     info: dict
@@ -93,7 +93,7 @@ def predict_file(run: TrainedRun, file: FeatureFile, label: int | None = None) -
             yield features.float()
 
     out = run.model.pool_chunks(chunks(), device=run.device)
-    probs = class_probabilities(out.logits).cpu().numpy()
+    probs = out.probabilities()[0].cpu().numpy()
     return SlidePrediction(file.slide_id, probs, out.attention_logits.float().cpu().numpy(),
                            np.concatenate(coords) if coords else None, label)
 
