@@ -92,7 +92,7 @@ def _abmil_step(sizes: list[int], args):
 
     from abmil.nn.zoo import slide_model
     from abmil.train.config import TrainConfig
-    from abmil.train.fit import make_optimizer
+    from abmil.train.optim import make_optimizer
     from abmil.train.wsi import slide_loss
 
     model = slide_model("gated", D, 2, hidden=HIDDEN, att_dim=ATT, dropout=0.0, chunk_size=args.chunk)
@@ -115,9 +115,10 @@ def _abmil_packed_step(sizes: list[int], args):
     from abmil.data.samplers import InstanceBudgetSampler
     from abmil.nn.zoo import slide_model
     from abmil.train.config import TrainConfig
-    from abmil.train.fit import make_optimizer
+    from abmil.train.optim import make_optimizer
     from abmil.train.loss import bag_losses
-    from abmil.train.wsi import WSIConfig, pack_groups, pack_limit
+    from abmil.train.loop import pack_groups
+    from abmil.train.wsi import WSIConfig, pack_limit
 
     model = slide_model("gated", D, 2, hidden=HIDDEN, att_dim=ATT, dropout=0.0)
     opt = make_optimizer(model, TrainConfig(optimizer="adam", lr=1e-4))

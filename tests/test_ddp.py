@@ -41,12 +41,12 @@ def test_two_ranks_equal_one_process_with_double_batch(tmp_path):
     info = read_checkpoint(ddp_run)
     assert info["world_size"] == 2 and len(info["train_slides"]) == 7 and "s00" in info["train_slides"]  # s00: chunked
     # both ranks hold the same weights after every epoch (rank 0 broadcasts its copy, max |difference|)
-    assert [h["rank_weight_max_diff"] for h in info["history"]] == [0.0, 0.0]
+    assert [h["rank_weight_max_diff"] for h in info["history"]["records"]] == [0.0, 0.0]
 
     # the documented single-process equivalent: --batch-size 2 (= 2 ranks x 1)
     assert main(["train", *data, "--out", str(tmp_path / "single"), "--batch-size", "2", *ARGS]) == 0
     ddp, single = load_weights(ddp_run), load_weights(tmp_path / "single")
     for k in single:
         torch.testing.assert_close(ddp[k], single[k], rtol=0, atol=1e-6, msg=k)
-    for a, b in zip(info["history"], read_checkpoint(tmp_path / "single")["history"]):
+    for a, b in zip(info["history"]["records"], read_checkpoint(tmp_path / "single")["history"]["records"]):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-6 and abs(a["val_loss"] - b["val_loss"]) < 1e-6

@@ -17,6 +17,7 @@ from abmil.nn import AttentionPool, EmbeddingMIL, MLPEncoder
 from abmil.nn.dropout import hash_keep_masks, hash_uniform
 from abmil.nn.zoo import benchmark_model, mnist_bags_model
 from abmil.train.config import TrainConfig
+from abmil.train import engines
 from abmil.train.direct import DirectTrainer, supports
 from abmil.train.fit import fit
 
@@ -83,7 +84,8 @@ def test_direct_float32_close_to_fit_and_deterministic():
         DirectTrainer(m, cfg, seed=3).fit(bags, labels.float())
         models.append(m)
     torch.manual_seed(3)
-    ref = fit(benchmark_model("gated", 166), bags, labels.float(), cfg, seed=3)
+    ref = benchmark_model("gated", 166)
+    fit(ref, bags, labels.float(), cfg, seed=3)
     for a, b, r in zip(models[0].parameters(), models[1].parameters(), ref.parameters()):
         assert torch.equal(a, b)  # same seed, same numbers
         assert torch.allclose(a, r, rtol=0, atol=1e-4)
@@ -113,16 +115,26 @@ def test_supports_and_refuses():
 
 
 def test_fit_auto_takes_the_direct_engine_where_it_applies_and_fit_elsewhere(monkeypatch):
-    import abmil.train.direct as direct
-
     bags, labels = musk1_subset()
     cfg = TrainConfig(**OPTIMIZERS["sgd"], epochs=1)
     used = []
-    monkeypatch.setattr(direct, "fit", lambda *a, **k: used.append("fit") or fit(*a, **k))
+    monkeypatch.setattr(engines, "fit", lambda *a, **k: used.append("fit") or fit(*a, **k))
     for key in ("gated", "mi-net-ds"):
         torch.manual_seed(0)
-        ours = direct.fit_auto(benchmark_model(key, 166).double(), bags, labels, cfg, seed=1)
+        ours = engines.fit_auto(benchmark_model(key, 166).double(), bags, labels, cfg, seed=1)
         torch.manual_seed(0)
-        ref = fit(benchmark_model(key, 166).double(), bags, labels, cfg, seed=1)
+        ref = benchmark_model(key, 166).double()
+        fit(ref, bags, labels, cfg, seed=1)
         assert all(torch.allclose(a, b, rtol=0, atol=1e-9) for a, b in zip(ours.parameters(), ref.parameters()))
     assert used == ["fit"]  # only mi-net-ds went through fit
+
+
+def test_one_engine_rule_for_cv_and_single_runs():
+    sgd = TrainConfig(**OPTIMIZERS["sgd"], epochs=1)
+    gated, ds = benchmark_model("gated", 166), benchmark_model("mi-net-ds", 166)
+    assert engines.resolve_engine("auto", gated, sgd, n_runs=50) == engines.resolve_engine("auto", gated, sgd) == "direct"
+    assert engines.resolve_engine("auto", ds, sgd, n_runs=50) == "stacked"  # several runs: stacked pays off
+    assert engines.resolve_engine("auto", ds, sgd) == "sequential"  # one run: fit itself
+    assert engines.resolve_engine("stacked", gated, sgd) == "stacked"
+    with pytest.raises(ValueError, match="engine must be one of"):
+        engines.resolve_engine("fast", gated, sgd)

@@ -202,7 +202,7 @@ def test_killed_unit_resumes_from_its_checkpoint(breast_root, tmp_path, monkeypa
     twice) and the unit comes out as in a run that was never killed."""
     settings = {**FAST, "epochs": 3, "patience": 3}
     reproduce_histology("breast", breast_root, models=("attention",), out_dir=tmp_path / "clean", **settings)
-    fit = hx.fit_early_stopping
+    fit = hx.fit
 
     def killed_after_epoch_1(*args, **kwargs):
         def kill(epoch, history):
@@ -212,7 +212,7 @@ def test_killed_unit_resumes_from_its_checkpoint(breast_root, tmp_path, monkeypa
         return fit(*args, on_epoch_end=kill, **kwargs)
 
     out = tmp_path / "run"
-    monkeypatch.setattr(hx, "fit_early_stopping", killed_after_epoch_1)
+    monkeypatch.setattr(hx, "fit", killed_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         reproduce_histology("breast", breast_root, models=("attention",), out_dir=out, **settings)
     assert (out / "checkpoints" / "attention__rep0__fold0" / "checkpoint.json").is_file()

@@ -15,10 +15,11 @@ from abmil.data.histology_training import BagAugmenter, FloatBags
 from abmil.nn.patch_cnn import PatchCNN, flat_dim
 from abmil.nn.zoo import benchmark_model, histology_model
 from abmil.report.metrics import bag_metrics
-from abmil.train import early_stopping as es
+from abmil.train import fit as fit_module
 from abmil.train.config import TrainConfig
-from abmil.train.early_stopping import EarlyStopping, fit_early_stopping, validation_split, visit_generator
-from abmil.train.fit import fit
+from abmil.train.fit import fit, validation_split
+from abmil.train.loop import EarlyStopping, TensorBags, train_loop, visit_generator
+from abmil.train.schedule import paper_steps
 from abmil.train.presets import histology_config, histology_stopping
 
 SIX = ("instance-max", "instance-mean", "embedding-max", "embedding-mean", "attention", "gated")
@@ -111,8 +112,8 @@ def _toy(n: int = 12, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
     return bags, labels
 
 
-def test_without_validation_it_is_fit():
-    """No validation, no augmentation: exactly the reference loop's weights."""
+def test_validation_and_stopping_without_val_bags_is_plain_fit():
+    """No validation bags, no augmentation: exactly the reference loop's weights."""
     bags, labels = _toy()
     cfg = TrainConfig(optimizer="adam", lr=1e-3, weight_decay=5e-4, epochs=3)
     torch.manual_seed(0)
@@ -120,7 +121,7 @@ def test_without_validation_it_is_fit():
     torch.manual_seed(0)
     b = benchmark_model("attention", 6)
     fit(a, bags, labels, cfg, seed=5)
-    hist = fit_early_stopping(b, bags, labels, cfg, seed=5)
+    hist = fit(b, bags, labels, cfg, seed=5)
     assert hist.epochs_run == 3 and hist.best_epoch == -1 and not hist.stopped_early
     for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(p, q, msg=n)
@@ -130,12 +131,13 @@ def test_early_stopping_keeps_the_best_epoch(monkeypatch):
     """Scripted validation scores: lower error wins, a tie goes to the lower loss, `patience` bad epochs stop."""
     script = [(0.5, 0.9), (0.3, 0.8), (0.3, 0.7), (0.3, 0.75), (0.4, 0.1), (0.3, 0.7), (0.2, 0.1)]
     calls = iter(script)
-    monkeypatch.setattr(es, "_score", lambda model, bags, labels: next(calls))
+    monkeypatch.setattr(fit_module, "score_bags",
+                        lambda model, bags, labels: dict(zip(("val_error", "val_loss"), next(calls))))
     bags, labels = _toy()
     snapshots = []
     torch.manual_seed(0)
     model = benchmark_model("attention", 6)
-    hist = fit_early_stopping(
+    hist = fit(
         model, bags[:8], labels[:8], TrainConfig(optimizer="adam", lr=1e-2, epochs=20), seed=0,
         val_bags=bags[8:], val_labels=labels[8:], stopping=EarlyStopping(patience=3),
         on_epoch_end=lambda e, h: snapshots.append({k: v.clone() for k, v in model.state_dict().items()}))
@@ -150,18 +152,18 @@ def test_early_stopping_keeps_the_best_epoch(monkeypatch):
 def test_early_stopping_needs_labels_and_rule():
     bags, labels = _toy()
     with pytest.raises(ValueError, match="val_labels and an EarlyStopping"):
-        fit_early_stopping(benchmark_model("attention", 6), bags, labels, TrainConfig(epochs=1), seed=0,
+        fit(benchmark_model("attention", 6), bags, labels, TrainConfig(epochs=1), seed=0,
                            val_bags=bags[:2])
-    with pytest.raises(ValueError, match="one bag per step"):
-        fit_early_stopping(benchmark_model("attention", 6), bags, labels, TrainConfig(epochs=1, batch_size=2),
-                           seed=0)
+    with pytest.raises(ValueError, match="needs validation"):
+        train_loop(benchmark_model("attention", 6), TensorBags(bags, labels), TrainConfig(epochs=1),
+                   lambda epoch, step: paper_steps(len(bags), 0, epoch, step), seed=0, stopping=EarlyStopping())
 
 
 def test_real_validation_run_stops_and_reports():
     bags, labels = _toy(16)
     torch.manual_seed(0)
     model = benchmark_model("attention", 6)
-    hist = fit_early_stopping(model, bags[:12], labels[:12], TrainConfig(optimizer="adam", lr=1e-3, epochs=8),
+    hist = fit(model, bags[:12], labels[:12], TrainConfig(optimizer="adam", lr=1e-3, epochs=8),
                               seed=0, val_bags=bags[12:], val_labels=labels[12:], stopping=EarlyStopping(patience=2))
     assert len(hist.val_error) == len(hist.val_loss) == hist.epochs_run
     # it ran to the cap, or stopped exactly `patience` epochs after its best
@@ -198,7 +200,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, network):
             if epoch == kill_at:
                 raise _Killed
 
-        history = fit_early_stopping(model, bags[:12], labels[:12], cfg, seed=3, val_bags=bags[12:],
+        history = fit(model, bags[:12], labels[:12], cfg, seed=3, val_bags=bags[12:],
                                      val_labels=labels[12:], stopping=EarlyStopping(patience=4), augment=noisy,
                                      on_epoch_end=stop, checkpoint_dir=ckpt, checkpoint_key=key)
         return model, history

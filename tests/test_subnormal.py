@@ -20,8 +20,8 @@ from abmil.data.benchmarks import load_benchmark
 from abmil.nn.zoo import benchmark_model, histology_model
 from abmil.train.config import TrainConfig
 from abmil.train.direct import DirectTrainer
-from abmil.train.early_stopping import EarlyStopping, fit_early_stopping
 from abmil.train.fit import fit
+from abmil.train.loop import EarlyStopping
 from abmil.train.stacked import RunSpec, StackedTrainer
 from abmil.train.subnormal import flush_subnormal_, subnormals_as_zero, subnormals_flushed
 
@@ -108,7 +108,7 @@ def first_column_and_moved(model: torch.nn.Module, start: torch.Tensor) -> tuple
     return w[:, 0], (w[:, 1:] - start[:, 1:]).abs().max().item()
 
 
-@pytest.mark.parametrize("loop", ["fit", "fit_early_stopping", "direct"])
+@pytest.mark.parametrize("loop", ["fit", "fit-validated", "direct"])
 def test_training_loops_flush_at_epoch_end(loop, mode_off):
     bags, labels = dead_feature_bags()
     torch.manual_seed(0)
@@ -119,9 +119,9 @@ def test_training_loops_flush_at_epoch_end(loop, mode_off):
     record = lambda *_: modes.append(subnormals_flushed())  # noqa: E731
     if loop == "fit":
         fit(model, bags, labels, cfg, seed=3, on_epoch_end=record)
-    elif loop == "fit_early_stopping":
-        fit_early_stopping(model, bags[:15], labels[:15], cfg, seed=3, val_bags=bags[15:], val_labels=labels[15:],
-                           stopping=EarlyStopping(patience=5), on_epoch_end=record)
+    elif loop == "fit-validated":
+        fit(model, bags[:15], labels[:15], cfg, seed=3, val_bags=bags[15:], val_labels=labels[15:],
+            stopping=EarlyStopping(patience=5), on_epoch_end=record)
     else:
         DirectTrainer(model, cfg, seed=3).fit(bags, labels, on_epoch_end=record)
     column, moved = first_column_and_moved(model, start)

@@ -21,8 +21,8 @@ from abmil.nn.models import MILOutput
 from abmil.nn.zoo import slide_model
 from abmil.train.checkpoint import (load_optimizer_state, optimizer_from_safetensors, optimizer_to_safetensors,
                                     read_checkpoint)
-from abmil.train.wsi import KILL_AFTER_STEPS_ENV, WSIConfig, slide_loss, train_feature_model
-from abmil.train.wsi_schedule import epoch_steps, train_val_split
+from abmil.train.wsi import WSIConfig, slide_loss, train_feature_model
+from abmil.train.schedule import epoch_steps, train_val_split
 
 from wsi_helpers import DIM, load_weights, make_dataset
 
@@ -94,7 +94,7 @@ def test_ranks_deal_the_single_process_batches():
             assert dealt == sorted(s.bags)
             # the loss weights make DDP's mean of rank gradients the mean over the global batch
             assert all(r[t].weight == 3 / len(s.bags) for r in ranks)
-            assert sorted(v for r in ranks for v in r[t].visits) == sorted(s.visits)
+            assert sorted(v for r in ranks for v in r[t].keys) == sorted(s.keys)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -138,10 +138,8 @@ def test_train_writes_checkpoint_and_refuses_to_overwrite(tmp_path):
 def _train_cli(manifest: Path, features: Path, run: Path, *, kill_after: int | None = None,
                resume: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env.pop(KILL_AFTER_STEPS_ENV, None)
-    if kill_after is not None:
-        env[KILL_AFTER_STEPS_ENV] = str(kill_after)
-    args = [sys.executable, "-m", "abmil", "train", "--manifest", str(manifest), "--features", str(features),
+    launcher = ["-m", "abmil"] if kill_after is None else [str(Path(__file__).with_name("kill_after.py")), str(kill_after)]
+    args = [sys.executable, *launcher, "train", "--manifest", str(manifest), "--features", str(features),
             "--out", str(run), *RESUME_ARGS] + (["--resume"] if resume else [])
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
 
@@ -171,7 +169,8 @@ def test_killed_mid_epoch_and_resumed_ends_with_identical_weights(tmp_path):
     assert resumed.keys() == reference.keys()
     for k in reference:
         assert torch.equal(resumed[k], reference[k]), k
-    assert read_checkpoint(run)["history"] == read_checkpoint(tmp_path / "reference")["history"]
+    resumed_history, reference_history = read_checkpoint(run)["history"], read_checkpoint(tmp_path / "reference")["history"]
+    assert resumed_history["records"] == reference_history["records"] and resumed_history["resumed_at"] == [1]
     assert not np.allclose(resumed["classifier.weight"].numpy(), 0)
 
 
@@ -183,12 +182,12 @@ def test_instance_budget_steps_and_bf16(tmp_path):
     info = train_feature_model(ds, tmp_path / "run", WSIConfig(epochs=1, batch_instances=100, bf16=True, **SMALL))
     expected = epoch_steps(5, 0, 0, batch_instances=100, bag_sizes=ds.bag_sizes())
     assert info["step"] == len(expected) < 5  # some steps hold several slides
-    assert np.isfinite(info["history"][0]["train_loss"])
+    assert np.isfinite(info["history"]["records"][0]["train_loss"])
 
 
 # ----------------------------------------------------------------------------- packed steps
 def test_pack_groups_consecutive_within_the_limit():
-    from abmil.train.wsi import pack_groups
+    from abmil.train.loop import pack_groups
 
     assert pack_groups([5, 5, 5, 20, 3, 3, 30, 9], 15) == [[0, 1, 2], [3], [4, 5], [6], [7]]
     assert pack_groups([], 15) == []
@@ -231,12 +230,12 @@ def test_packed_forward_equals_slides_one_at_a_time(n_classes):
 def test_training_packs_steps_that_fit_and_matches_accumulation(tmp_path, monkeypatch):
     """Steps of 3 slides: packed when they fit in the pack limit (one pass per step), else one slide
     at a time; both end with the same weights."""
-    import abmil.train.wsi as wsi
+    import abmil.train.loop as loop
 
     manifest, features = make_dataset(tmp_path, 7, sizes=(20, 40))
     calls = []
-    real = wsi._packed_pass
-    monkeypatch.setattr(wsi, "_packed_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = loop._pass
+    monkeypatch.setattr(loop, "_pass", lambda *a, **k: (calls.append(1) if len(a[2]) > 1 else None) or real(*a, **k))
     weights = {}
     for name, chunk in (("packed", 1000), ("alone", 39)):  # sizes 20-39: no bag is chunked, no 2 bags fit together
         calls.clear()

@@ -52,7 +52,7 @@ def _data_paths(values: Sequence[str] | None) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     from abmil import __version__
-    from abmil.train.cv import ENGINES
+    from abmil.train.engines import ENGINES
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="Attention-based deep multiple-instance learning (Ilse et al., ICML 2018).")

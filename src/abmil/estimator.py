@@ -31,7 +31,7 @@ from .nn.models import EmbeddingMIL
 from .nn.pooling import make_pool
 from .train.config import TrainConfig
 from .train.cv import fold_standardiser
-from .train.direct import fit_auto
+from .train.engines import fit_auto
 
 __all__ = ["AttentionMILClassifier"]
 

@@ -2,7 +2,7 @@
 
 Bags stay uint8 in memory (all 58 breast bags are 88 MB as uint8, 352 MB as float32); :class:`FloatBags` makes the
 (n, 3, s, s) float32 [0, 1] tensor of a bag when it is asked for. :class:`BagAugmenter` is the ``augment(i, bag,
-generator)`` of :func:`abmil.train.early_stopping.fit_early_stopping`: every visit of a training bag draws a fresh
+generator)`` of :func:`abmil.train.fit.fit`: every visit of a training bag draws a fresh
 augmentation from the visit's generator (:mod:`abmil.data.augment`):
 
 * colon bags (nucleus-centred, given their image): each nucleus centre moved by round(N(0, 3)) px per axis and the

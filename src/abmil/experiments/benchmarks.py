@@ -42,8 +42,8 @@ from abmil.report import paper
 from abmil.report.metrics import BAG_METRICS, bag_metrics
 from abmil.report.results import ResultRow, summarise, write_results
 from abmil.train.config import TrainConfig
-from abmil.train.cv import ENGINES, cv_splits, fold_standardiser, resolve_engine, run_cv
-from abmil.train.direct import fit_auto
+from abmil.train.cv import cv_splits, fold_standardiser, run_cv
+from abmil.train.engines import ENGINES, fit_auto, resolve_engine
 from abmil.train.fit import predict
 from abmil.train.presets import benchmark_config
 
@@ -290,7 +290,7 @@ def reproduce_benchmarks(
         epochs: ``None`` = the protocol's 50.
         batch_size: bags per optimizer step (1 = the paper's).
         out_dir: where results.{json,csv,md} and cells/ go (created; an existing one is resumed from).
-        engine: :data:`abmil.train.cv.ENGINES`: ``"auto"`` (direct where it applies, else stacked),
+        engine: :data:`abmil.train.engines.ENGINES`: ``"auto"`` (direct where it applies, else stacked),
             ``"direct"``, ``"stacked"`` or ``"sequential"``; same numbers (to float rounding).
         progress: a tqdm bar on stderr (epochs for the stacked engine, runs for the others).
         data_paths: dataset name -> .csv/.mat(.gz) file, used instead of the shipped copy (or for a new name).
@@ -328,7 +328,7 @@ def reproduce_benchmarks(
     settings = {c.key: _cell_settings(c, folds, repeats, seed, fingerprints[c.dataset]) for c in cells}
     cached = {c.key: _read_cell(out / "cells" / f"{c.key}.json", settings[c.key]) for c in cells}
     n_runs = folds * repeats
-    engines = {c.key: resolve_engine(engine, lambda c=c: benchmark_model(c.model, c.data.n_features), c.config)
+    engines = {c.key: resolve_engine(engine, benchmark_model(c.model, c.data.n_features), c.config, n_runs)
                for c in cells}
     units = {c.key: (c.config.epochs if engines[c.key] == "stacked" else n_runs) for c in cells}
     todo = [c for c in cells if cached[c.key] is None]

@@ -2,7 +2,7 @@
 
 One *unit* = one (model, repeat, fold): a fresh patch-CNN model (:func:`abmil.nn.zoo.histology_model`) trained on the
 training folds with on-the-fly augmentation, a validation split and early stopping
-(:func:`abmil.train.early_stopping.fit_early_stopping`; :func:`abmil.train.presets.histology_config` /
+(:func:`abmil.train.fit.fit`; :func:`abmil.train.presets.histology_config` /
 :func:`~abmil.train.presets.histology_stopping`), then scored on the test fold: accuracy, precision, recall, F-score
 and AUC (:func:`abmil.report.metrics.bag_metrics`). Colon also gets the localisation measure ``instance_auc``: the AUC
 over all test instances of the attention weight x bag size (attention models) or the instance probability
@@ -58,8 +58,8 @@ from abmil.report.results import ResultRow, summarise, write_results
 from abmil.train.config import TrainConfig
 from abmil.train.checkpoint import read_checkpoint
 from abmil.train.cv import Split, cv_splits
-from abmil.train.early_stopping import EarlyStopping, fit_early_stopping, validation_split
-from abmil.train.fit import predict
+from abmil.train.fit import fit, predict, validation_split
+from abmil.train.loop import EarlyStopping
 from abmil.train.presets import histology_config, histology_stopping
 
 __all__ = [
@@ -232,7 +232,7 @@ def _train_unit(unit: Unit) -> dict[str, Any]:
     model = histology_model(unit.model, data.patch_size,
                             stain_normalize=_STATE["settings"][unit.key].get("stain_normalize", False))
     checkpoints = out / "checkpoints" / unit.key
-    history = fit_early_stopping(model, FloatBags(train_bags), data.labels[train_idx], config, seed=unit.run_seed,
+    history = fit(model, FloatBags(train_bags), data.labels[train_idx], config, seed=unit.run_seed,
                                  val_bags=FloatBags([data.bags[i] for i in val_idx]),
                                  val_labels=data.labels[val_idx], stopping=stopping, augment=augment,
                                  checkpoint_dir=checkpoints, checkpoint_key=_STATE["settings"][unit.key])

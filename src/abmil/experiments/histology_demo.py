@@ -36,8 +36,7 @@ from abmil.explain.heatmap import paint_heatmap
 from abmil.explain.histology import heatmap_for_image
 from abmil.nn.zoo import histology_model
 from abmil.report.metrics import bag_metrics
-from abmil.train.early_stopping import fit_early_stopping, validation_split
-from abmil.train.fit import predict
+from abmil.train.fit import fit, predict, validation_split
 from abmil.train.presets import histology_config
 
 __all__ = ["DEMO_IMAGE", "DENSE_HEMATOXYLIN", "REGION", "demo_bags", "demo_histology", "dense_tiles"]
@@ -92,7 +91,7 @@ def demo_histology(out_dir: str | Path | None = None, *, epochs: int = 15, seed:
     train = [bags[i] for i in train_pos]
     torch.manual_seed(seed)
     model = histology_model("attention", BREAST_PATCH_SIZE)
-    fit_early_stopping(model, FloatBags(train), labels[train_pos], histology_config(epochs=epochs), seed=seed,
+    fit(model, FloatBags(train), labels[train_pos], histology_config(epochs=epochs), seed=seed,
                        augment=BagAugmenter(train))
     probs, weights = predict(model, FloatBags([bags[i] for i in test_pos]), batch_size=1)
     m = bag_metrics(labels[test_pos], probs.double().numpy())

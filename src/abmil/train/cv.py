@@ -17,7 +17,8 @@ from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
 from .config import TrainConfig
-from .direct import DirectTrainer, supports
+from .direct import DirectTrainer
+from .engines import resolve_engine
 from .fit import fit, predict
 from .stacked import RunSpec, StackedTrainer
 
@@ -64,18 +65,6 @@ class CVResult:
         return np.array([np.mean((p >= 0.5) == (labels[s.test] == 1)) for s, p in zip(self.splits, self.probs)])
 
 
-ENGINES = ("auto", "direct", "stacked", "sequential")
-
-
-def resolve_engine(engine: str, model_factory: Callable[[], nn.Module], config: TrainConfig) -> str:
-    """``"auto"`` → ``"direct"`` where :func:`abmil.train.direct.supports` the model, else ``"stacked"``."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "auto":
-        return "direct" if supports(model_factory(), config) else "stacked"
-    return engine
-
-
 def run_cv(bags: Sequence[np.ndarray], labels: np.ndarray, model_factory: Callable[[], nn.Module],
            config: TrainConfig, *, folds: int = 10, repeats: int = 5, seed: int = 0, engine: str = "auto",
            progress: Callable[[int, int], None] | None = None, n_jobs: int = 1) -> CVResult:
@@ -86,13 +75,13 @@ def run_cv(bags: Sequence[np.ndarray], labels: np.ndarray, model_factory: Callab
             ``"direct"`` one run after another with hand-written backward passes
             (:mod:`abmil.train.direct`; MLP-encoder models at batch size 1), ``"stacked"`` all runs at
             once (:mod:`abmil.train.stacked`), ``"sequential"`` one after another with
-            :func:`abmil.train.fit.fit`; ``"auto"`` direct where it applies, else stacked.
+            :func:`abmil.train.fit.fit`; ``"auto"``: :func:`abmil.train.engines.resolve_engine`.
         progress: called as ``progress(done, total)`` in epochs (stacked) or runs (direct, sequential).
         n_jobs: split the runs over this many forked worker processes (one CPU core each); the runs
             are independent, so the numbers do not change.
     """
     labels = np.asarray(labels)
-    engine = resolve_engine(engine, model_factory, config)
+    engine = resolve_engine(engine, model_factory(), config, n_runs=folds * repeats)
     splits = cv_splits(labels, folds=folds, repeats=repeats, seed=seed)
     stats = [fold_standardiser(bags, s.train) for s in splits]
     result = CVResult(splits)

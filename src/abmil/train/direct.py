@@ -6,7 +6,7 @@ forward and backward are a fixed list of tensor calls on the module's own parame
 go into preallocated buffers, and torch's fused optimizer kernel updates the weights in place.
 
 The numbers are those of :func:`abmil.train.fit.fit`: the same bags in the same order
-(:func:`~abmil.train.fit.epoch_order`), the same keyed dropout masks, the same clamped loss and
+(:func:`~abmil.train.schedule.epoch_order`), the same keyed dropout masks, the same clamped loss and
 the same optimizer update (tests/test_direct.py: equal weights to 1e-9 in float64). Supported:
 :class:`~abmil.nn.models.EmbeddingMIL` and :class:`~abmil.nn.models.InstanceMIL` over an
 :class:`~abmil.nn.encoders.MLPEncoder` with attention, gated attention, mean or max pooling, one bag
@@ -25,8 +25,8 @@ from ..nn.encoders import MLPEncoder
 from ..nn.models import EmbeddingMIL, InstanceMIL
 from ..nn.pooling import AttentionPool, MaxPool, MeanPool
 from .config import TrainConfig
-from .fit import epoch_order, fit, is_decayed
-from .fused_optim import fused_update, state_kinds
+from .optim import fused_update, is_decayed, state_kinds
+from .schedule import epoch_order
 from .loss import PROB_CLAMP
 from .subnormal import flush_subnormal_, subnormals_as_zero
 
@@ -268,11 +268,3 @@ class DirectTrainer:
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
         return self.model
-
-
-def fit_auto(model: nn.Module, bags: Sequence[Tensor], labels: Tensor, config: TrainConfig, *,
-             seed: int) -> nn.Module:
-    """:func:`abmil.train.fit.fit`'s numbers, through :class:`DirectTrainer` where it :func:`supports` the model."""
-    if supports(model, config):
-        return DirectTrainer(model, config, seed=seed).fit(bags, labels)
-    return fit(model, bags, labels, config, seed=seed)

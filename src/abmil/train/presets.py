@@ -19,7 +19,7 @@ from ..nn.zoo import ATTENTION_KEYS
 from .config import TrainConfig
 
 if TYPE_CHECKING:
-    from .early_stopping import EarlyStopping
+    from .loop import EarlyStopping
 
 #: (learning rate, Keras L2 coefficient) per dataset, from Wang et al.'s README.
 BENCHMARK_OPTIM = {
@@ -73,7 +73,7 @@ def histology_config(*, epochs: int = 200, lr: float = 1e-4, weight_decay: float
 def histology_stopping(*, patience: int = 25, val_fraction: float = 0.2) -> "EarlyStopping":
     """Histopathology validation split and early stopping (gmum's values, protocols.md section 4): 20 % of the
     training folds held out (stratified), stop after 25 epochs without a lower validation error (ties broken by the
-    validation loss), keep the best epoch's weights. Returns an :class:`abmil.train.early_stopping.EarlyStopping`."""
-    from .early_stopping import EarlyStopping
+    validation loss), keep the best epoch's weights. Returns an :class:`abmil.train.loop.EarlyStopping`."""
+    from .loop import EarlyStopping
 
     return EarlyStopping(patience=patience, val_fraction=val_fraction)

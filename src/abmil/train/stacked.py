@@ -4,7 +4,7 @@ A CV protocol trains K = folds x repeats models of one architecture, each for th
 one-bag steps; alone, each step is almost all framework overhead. Here the K runs advance in
 lockstep as one module: every ``nn.Linear`` becomes a batched matmul over K weight slices, and
 each run's bag sits in its own block of rows of one packed batch. Run k still sees its own bags
-in its own order (:func:`abmil.train.fit.epoch_order`), its own dropout masks (keyed by its seed
+in its own order (:func:`abmil.train.schedule.epoch_order`), its own dropout masks (keyed by its seed
 and step) and the update ``torch.optim`` would make, so its final weights equal those of
 :func:`abmil.train.fit.fit` to float tolerance (tests/test_stacked.py).
 
@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from ..nn.dropout import KeyedDropout
 from .config import TrainConfig
-from .fit import epoch_order, is_decayed
-from .fused_optim import fused_update, state_kinds
+from .optim import fused_update, is_decayed, state_kinds
+from .schedule import epoch_order
 from .loss import bernoulli_nll
 from .subnormal import flush_subnormal_, subnormals_as_zero
 

@@ -12,7 +12,7 @@
   accumulating, so memory is that of one pass; slides above ``chunk_size`` instances are pooled
   in chunks.
 - Checkpoints (:mod:`abmil.train.checkpoint`) after every epoch; ``resume=True`` continues from
-  the last one. Because the schedule depends only on (seed, epoch) (:mod:`abmil.train.wsi_schedule`),
+  the last one. Because the schedule depends only on (seed, epoch) (:mod:`abmil.train.schedule`),
   dropout masks only on (seed, visit) (:mod:`abmil.nn.dropout`) and the optimizer state is
   restored, a run killed anywhere and resumed ends with the weights of an uninterrupted run.
 - Data parallel under ``torchrun``: each rank reads only its slides of every step, DDP averages
@@ -23,9 +23,7 @@
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -37,20 +35,14 @@ from ..data.features import FeatureBagDataset
 from ..errors import DataError
 from ..nn import chunked
 from ..nn.chunked import DEFAULT_CHUNK_SIZE
-from ..nn.dropout import set_dropout_key
 from ..nn.models import EmbeddingMIL
 from ..nn.zoo import slide_model
-from .checkpoint import load_weights, read_checkpoint, restore_optimizer, save_checkpoint
+from .checkpoint import read_checkpoint
 from .config import TrainConfig
-from .distributed import (World, all_reduce_sum, barrier, gather_lists, init_distributed, max_divergence,
-                          shutdown)
-from .fit import make_optimizer
+from .distributed import World, gather_lists, init_distributed, max_divergence, shutdown
+from .loop import Callback, Checkpointing, FitHistory, bf16_autocast, train_loop
 from .loss import bag_losses
-from .subnormal import flush_subnormal_, subnormals_as_zero
-from .wsi_schedule import Step, epoch_steps, train_val_split
-
-#: Test hook: a process SIGKILLs itself after this many optimizer steps (to test resuming).
-KILL_AFTER_STEPS_ENV = "ABMIL_FAULT_KILL_AFTER_STEPS"
+from .schedule import epoch_steps, train_val_split
 
 
 @dataclass(frozen=True)
@@ -137,10 +129,6 @@ def class_names(dataset: FeatureBagDataset) -> list[str]:
     return names
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
-
-
 @torch.no_grad()
 def score_slides(model: EmbeddingMIL, dataset: FeatureBagDataset, indices: list[int], device: torch.device,
                  bf16: bool = False) -> list[tuple[int, float, list[float], int]]:
@@ -149,7 +137,7 @@ def score_slides(model: EmbeddingMIL, dataset: FeatureBagDataset, indices: list[
     rows = []
     for i in indices:
         bag = dataset.load(i)
-        with _autocast(device, bf16):
+        with bf16_autocast(device, bf16):
             out = model(bag.features.to(device))
         rows.append((i, float(slide_loss(out, bag.label)), out.probabilities()[0].cpu().tolist(), bag.label))
     return rows
@@ -207,79 +195,27 @@ def pack_limit(config: WSIConfig, device: torch.device) -> int:
     return min(config.chunk_size, chunked.ENCODE_BLOCK) if device.type == "cpu" else config.chunk_size
 
 
-def pack_groups(sizes: Sequence[int], limit: int) -> list[list[int]]:
-    """Positions of consecutive slides grouped while a group's instances stay within ``limit`` (a larger slide
-    alone)."""
-    groups: list[list[int]] = []
-    total = 0
-    for j, n in enumerate(sizes):
-        if groups and total + n <= limit:
-            groups[-1].append(j)
-            total += n
-        else:
-            groups.append([j])
-            total = n
-    return groups
+class SlideBags:
+    """The training slides of a dataset as the loop's bag source: read from disk at each visit."""
 
+    def __init__(self, dataset: FeatureBagDataset, positions: list[int]):
+        self.dataset, self.positions = dataset, positions
+        self._sizes = dataset.bag_sizes()  # metadata, cached by validate()
 
-def _packed_pass(net: torch.nn.Module, model: EmbeddingMIL, bags: list, visits: list[int], weight: float,
-                 config: WSIConfig, dev: torch.device) -> float:
-    """Forward and backward of several slides packed end to end, each with the dropout mask and the
-    loss weight it gets alone: the gradient of the one-at-a-time accumulation, in one pass."""
-    sizes = [len(b.features) for b in bags]
-    x = torch.cat([b.features for b in bags]).to(dev, non_blocking=True)
-    bag_index = torch.repeat_interleave(torch.arange(len(bags), device=dev), torch.tensor(sizes, device=dev))
-    labels = torch.tensor([b.label for b in bags], device=dev)
-    set_dropout_key(model, config.seed, visits, rows=sizes)
-    with _autocast(dev, config.bf16):
-        out = net(x, bag_index, len(bags))
-    losses = bag_losses(out, labels)
-    (losses.sum() * weight).backward()
-    return float(losses.detach().sum())
+    def __len__(self) -> int:
+        return len(self.positions)
 
+    def size(self, i: int) -> int:
+        return self._sizes[self.positions[i]]
 
-def _slide_pass(net: torch.nn.Module, model: EmbeddingMIL, x: Tensor, label: int, visit: int, weight: float,
-                config: WSIConfig) -> float:
-    """Forward and backward of one slide."""
-    set_dropout_key(model, config.seed, visit)
-    with _autocast(x.device, config.bf16):
-        out = net(x)
-    loss = slide_loss(out, label)
-    (loss * weight).backward()
-    return float(loss.detach())
-
-
-def _backward_step(net: torch.nn.Module, model: EmbeddingMIL, dataset: FeatureBagDataset, slides: list[int],
-                   s: Step, config: WSIConfig, world: World, dev: torch.device, in_dim: int) -> tuple[float, int]:
-    """Forward and backward of this rank's ``slides`` of step ``s``, gradients accumulating (DDP all-reduces
-    once, on the last pass). Consecutive slides that together fit in :func:`pack_limit` are packed into one
-    pass; the others go one at a time. Returns (sum of the slides' losses, count)."""
-    if not slides:  # this rank still takes part in the all-reduce, with a zero-weighted dummy
-        _slide_pass(net, model, torch.zeros(1, in_dim, device=dev), 0, 0, 0.0, config)
-        return 0.0, 0
-    sizes = dataset.bag_sizes()  # metadata, cached by validate()
-    groups = pack_groups([sizes[i] for i in slides], pack_limit(config, dev))
-    total = 0.0
-    for j, group in enumerate(groups):
-        with nullcontext() if j == len(groups) - 1 or not world.distributed else net.no_sync():
-            if len(group) > 1:
-                total += _packed_pass(net, model, [dataset.load(slides[k]) for k in group],
-                                      [s.visits[k] for k in group], s.weight, config, dev)
-            else:
-                bag = dataset.load(slides[group[0]])
-                total += _slide_pass(net, model, bag.features.to(dev, non_blocking=True), bag.label,
-                                     s.visits[group[0]], s.weight, config)
-    return total, len(slides)
-
-
-def _kill_after() -> int | None:
-    value = os.environ.get(KILL_AFTER_STEPS_ENV)
-    return int(value) if value else None
+    def load(self, i: int, epoch: int) -> tuple[Tensor, int]:
+        bag = self.dataset.load(self.positions[i])
+        return bag.features, bag.label
 
 
 def train_feature_model(dataset: FeatureBagDataset, run_dir: str | os.PathLike, config: WSIConfig, *,
                         device: str = "cpu", resume: bool = False,
-                        on_epoch: Callable[[dict], None] | None = None) -> dict:
+                        on_epoch: Callable[[dict], None] | None = None, callbacks: Sequence[Callback] = ()) -> dict:
     """Train a slide model (:func:`~abmil.nn.zoo.slide_model`) on ``dataset``; checkpoints go to ``run_dir``.
 
     Args:
@@ -289,6 +225,7 @@ def train_feature_model(dataset: FeatureBagDataset, run_dir: str | os.PathLike, 
         device: ``"cpu"``, ``"cuda"`` (under torchrun: ``cuda:<LOCAL_RANK>``) or ``"mps"``.
         resume: continue from ``run_dir``'s checkpoint (start afresh if it has none).
         on_epoch: called on rank 0 with each epoch's record (epoch, train_loss, val metrics).
+        callbacks: further :class:`~abmil.train.loop.Callback` s of the loop (on every rank).
 
     Returns:
         The final checkpoint's info (``checkpoint.json``'s content).
@@ -298,14 +235,13 @@ def train_feature_model(dataset: FeatureBagDataset, run_dir: str | os.PathLike, 
     """
     world, dev = init_distributed(device)
     try:
-        return _train(dataset, Path(run_dir), config, world, dev, resume, on_epoch)
+        return _train(dataset, Path(run_dir), config, world, dev, resume, on_epoch, callbacks)
     finally:
         shutdown(world)
 
 
-@subnormals_as_zero()
 def _train(dataset: FeatureBagDataset, run_dir: Path, config: WSIConfig, world: World, dev: torch.device,
-           resume: bool, on_epoch: Callable[[dict], None] | None) -> dict:
+           resume: bool, on_epoch: Callable[[dict], None] | None, callbacks: Sequence[Callback]) -> dict:
     classes = class_names(dataset)
     in_dim = dataset.validate()
     train_idx, val_idx = train_val_split(dataset.labels, dataset.splits, config.val_split, config.seed)
@@ -313,58 +249,36 @@ def _train(dataset: FeatureBagDataset, run_dir: Path, config: WSIConfig, world: 
     sizes = dataset.bag_sizes() if config.batch_instances is not None else None
     train_sizes = None if sizes is None else [sizes[i] for i in train_idx]
 
-    info = read_checkpoint(run_dir)
-    if info is not None and not resume:
-        raise ValueError(f"{run_dir} already holds a run (checkpoint.json): pass --resume to continue it, "
-                         "or choose another --out")
-    if info is not None:
-        _check_resumable(info, config, classes, in_dim, train_slides, world)
+    def accept(found: dict) -> bool:  # a run's folder is resumed only when asked, and only by the same run
+        if not resume:
+            raise ValueError(f"{run_dir} already holds a run (checkpoint.json): pass --resume to continue it, "
+                             "or choose another --out")
+        _check_resumable(found, config, classes, in_dim, train_slides, world)
+        return True
 
     model = build_model(in_dim, len(classes), config).to(dev)
-    optimizer = make_optimizer(model, config.train_config())
-    start_epoch, step, history = 0, 0, []
-    if info is not None:
-        model.load_state_dict(load_weights(run_dir, info))
-        restore_optimizer(optimizer, run_dir, info)
-        start_epoch, step, history = int(info["epoch"]), int(info["step"]), list(info["history"])
-    net = model
-    if world.distributed:
-        net = _data_parallel(model, dev)
-    kill_after, schedule = _kill_after(), config.train_config()
-    base = {"model": "SlideMIL", "in_dim": in_dim, "classes": classes, "config": config.to_dict(),
+    net = _data_parallel(model, dev) if world.distributed else model
+
+    def validate(m: torch.nn.Module) -> dict:
+        record = {"rank_weight_max_diff": max_divergence(m, world)} if world.distributed else {}
+        if val_idx:  # each rank scores its share of the validation slides
+            rows = gather_lists(score_slides(m, dataset, val_idx[world.rank::world.size], dev, config.bf16), world)
+            record.update({f"val_{k}": v for k, v in val_metrics(rows).items()})
+        return record
+
+    class Report(Callback):
+        def on_epoch_end(self, epoch: int, record: dict, history: FitHistory) -> None:
+            if on_epoch is not None and world.is_main:
+                on_epoch(record)
+
+    info = {"in_dim": in_dim, "classes": classes, "config": config.to_dict(),
             "world_size": world.size, "train_slides": train_slides,
             "val_slides": [dataset.slide_ids[i] for i in val_idx]}
-
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        loss_sum = n_bags = 0.0
-        for s in epoch_steps(len(train_idx), config.seed, epoch, rank=world.rank, world_size=world.size,
-                             batch_size=config.batch_size, batch_instances=config.batch_instances,
-                             bag_sizes=train_sizes):
-            for group in optimizer.param_groups:
-                group["lr"] = schedule.lr_at(step)
-            optimizer.zero_grad(set_to_none=True)
-            total, count = _backward_step(net, model, dataset, [train_idx[b] for b in s.bags], s, config, world,
-                                          dev, in_dim)
-            loss_sum, n_bags = loss_sum + total, n_bags + count
-            optimizer.step()
-            step += 1
-            if kill_after is not None and step >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-        flush_subnormal_(model.parameters())
-        loss_sum, n_bags = all_reduce_sum([loss_sum, n_bags], world, dev)
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_bags, 1)}
-        if world.distributed:
-            record["rank_weight_max_diff"] = max_divergence(model, world)
-        if val_idx:  # each rank scores its share of the validation slides
-            rows = gather_lists(score_slides(model, dataset, val_idx[world.rank::world.size], dev, config.bf16),
-                                world)
-            record.update({f"val_{k}": v for k, v in val_metrics(rows).items()})
-        if world.is_main:
-            history.append(record)
-            info = {**base, "epoch": epoch + 1, "step": step, "history": history}
-            save_checkpoint(run_dir, model, optimizer, info)
-            if on_epoch is not None:
-                on_epoch(record)
-        barrier(world)
+    train_loop(model, SlideBags(dataset, train_idx), config.train_config(),
+               lambda epoch, step: epoch_steps(len(train_idx), config.seed, epoch, rank=world.rank,
+                                               world_size=world.size, batch_size=config.batch_size,
+                                               batch_instances=config.batch_instances, bag_sizes=train_sizes),
+               seed=config.seed, validate=validate, checkpoint=Checkpointing(run_dir, "slide", None, info, accept),
+               callbacks=[*callbacks, Report()], net=net, world=world, device=dev, bf16=config.bf16,
+               pack_limit=pack_limit(config, dev))
     return read_checkpoint(run_dir)

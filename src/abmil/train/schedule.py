@@ -1,8 +1,13 @@
-"""Which slides train, which validate, and which slides each optimizer step (and each rank) sees.
+"""Schedules: which bags each optimizer step (and each rank) sees, as :class:`~abmil.train.loop.Step` s.
 
-The schedule is a pure function of (seed, epoch) and the world size, so that a resumed run
-replays exactly the steps an uninterrupted one takes, and K data-parallel ranks together take
-the steps of one process with K times their batch:
+A schedule is a pure function of (seed, epoch) and the world size, so that a resumed run replays exactly the steps
+an uninterrupted one takes. Two schedules share the epoch order (``default_rng([seed, epoch]).permutation``):
+
+:func:`paper_steps`, the paper's loop: ``batch_size`` consecutive bags of the order per step (1 in the paper), packed
+into one pass whose dropout masks are keyed by the step number.
+
+:func:`epoch_steps`, for whole slides: K data-parallel ranks together take the steps of one process with K times
+their batch, and each bag's dropout mask is keyed by its own visit (so packing bags changes nothing):
 
 - the epoch's order is :class:`~abmil.data.samplers.InstanceBudgetSampler`'s (``default_rng([seed, epoch])``);
 - consecutive bags of that order form *global* batches of ``K * batch_size`` bags (or up to
@@ -14,11 +19,11 @@ the steps of one process with K times their batch:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import numpy as np
 
 from ..data.samplers import InstanceBudgetSampler
+from .loop import Step
 
 VAL_SPLITS = ("val", "valid", "validation")
 TRAIN_SPLIT = "train"
@@ -69,15 +74,17 @@ def train_val_split(labels: Sequence[int], splits: Sequence[str | None], val_spl
     return train, val
 
 
-class Step(NamedTuple):
-    """One optimizer step, as seen by one rank."""
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order in which a run with ``seed`` visits its ``n`` training bags in ``epoch``."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
-    bags: list[int]
-    """Positions (into the training slides) this rank computes; may be empty."""
-    visits: list[int]
-    """A unique number per (epoch, bag) visit, keying the bags' dropout masks."""
-    weight: float
-    """Factor on each bag's loss: world_size / len(global batch)."""
+
+def paper_steps(n_train: int, seed: int, epoch: int, first_step: int, batch_size: int = 1) -> list[Step]:
+    """The paper's loop: ``batch_size`` bags per step in :func:`epoch_order`, each step's bags packed into one pass
+    with one dropout key, the step number, and the step's mean loss."""
+    order = epoch_order(seed, epoch, n_train).tolist()
+    return [Step(order[start:start + batch_size], first_step + t, 1.0 / len(order[start:start + batch_size]))
+            for t, start in enumerate(range(0, n_train, batch_size))]
 
 
 def epoch_steps(n_train: int, seed: int, epoch: int, *, rank: int = 0, world_size: int = 1,
