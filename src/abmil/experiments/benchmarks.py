@@ -266,7 +266,7 @@ def _command(datasets, models, folds, repeats, seed, epochs, batch_size, engine,
 
 
 def reproduce_benchmarks(
-    datasets: Sequence[str] = DEFAULT_DATASETS,
+    datasets: Sequence[str] | None = None,
     models: Sequence[str] = DEFAULT_MODELS,
     *,
     folds: int = 10,
@@ -285,7 +285,7 @@ def reproduce_benchmarks(
 
     Args:
         datasets: shipped benchmark names (:data:`abmil.data.benchmarks.BENCHMARKS`) or names given a file in
-            ``data_paths``.
+            ``data_paths``; None: the names in ``data_paths`` if any, else :data:`DEFAULT_DATASETS`.
         models: keys of :data:`abmil.nn.zoo.MODEL_KEYS`.
         epochs: ``None`` = the protocol's 50.
         batch_size: bags per optimizer step (1 = the paper's).
@@ -308,6 +308,8 @@ def reproduce_benchmarks(
         Both are raised before anything is created in ``out_dir``.
     """
     _check_int(jobs, "jobs", 1)
+    if datasets is None:
+        datasets = list(data_paths) if data_paths else DEFAULT_DATASETS
     metrics = _names(metrics, "metrics")
     bad = [m for m in metrics if m not in BAG_METRICS]
     if bad:
