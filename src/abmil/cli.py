@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import os
 import sys
@@ -93,9 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     from abmil.data.patches import MAX_WHITE_FRACTION
     from abmil.experiments.benchmarks import DEFAULT_DATASETS, DEFAULT_EPOCHS, DEFAULT_MODELS, demo
     from abmil.experiments.benchmarks import reproduce_benchmarks
-    from abmil.experiments.histology import explain_histology, reproduce_histology
+    from abmil.experiments.histology import DATASETS, explain_histology, reproduce_histology
     from abmil.experiments.mnist_bags import bag_spread, explain_mnist_bags, reproduce_mnist_bags
     from abmil.nn.zoo import MNIST_BAGS_KEYS
+    from abmil.report.metrics import BAG_METRICS
     from abmil.train.cv import ENGINES
     from abmil.train.presets import histology_config
 
@@ -113,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Table 1 of the paper: the classic MIL benchmarks, k-fold CV repeated. Writes "
                     "OUT/results.{json,csv,md} after every finished (dataset, model) cell and OUT/cells/*.json; "
                     "rerunning with the same OUT and settings skips the finished cells.")
-    bench_default = lambda name: default_of(reproduce_benchmarks, name)  # noqa: E731
+    bench_default = functools.partial(default_of, reproduce_benchmarks)
     bench.add_argument("--datasets", type=_csv_list, default=bench_default("datasets"), metavar="A,B,...",
                        help=f"comma-separated dataset names (default: {_joined(DEFAULT_DATASETS)}; with --data "
                             "and no --datasets: the datasets named in --data)")
@@ -135,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--jobs", type=int, default=bench_default("jobs"),
                        help="worker processes, one CPU core each (default %(default)s). Same numbers")
     bench.add_argument("--metrics", type=_csv_list, default=None, metavar="A,B,...",
-                       help=f"bag metrics from each test fold: {_joined(bench_default('metrics'))} (default; "
-                            "Table 1's layout), precision, recall, f1, auc (more than accuracy: one methods x "
-                            "metrics table per dataset)")
+                       help=f"bag metrics from each test fold, some of {', '.join(BAG_METRICS)} (default "
+                            f"{_joined(bench_default('metrics'))}: Table 1's layout; more: one methods x metrics "
+                            "table per dataset)")
     bench.add_argument("--data", action="append", default=None, metavar="NAME=PATH[,NAME=PATH]",
                        help="read dataset NAME from a .csv/.mat(.gz) file instead of the shipped copy "
                             "(repeatable)")
@@ -150,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The paper's MNIST-bags grid (bags holding a 9 are positive): test AUC per (mean bag size, "
                     "training bags, model), repeated. Writes OUT/results.{json,csv,md,png} after every finished point "
                     "and OUT/points/*.json; rerunning with the same OUT and settings skips the finished points.")
-    mnist_default = lambda name: default_of(reproduce_mnist_bags, name)  # noqa: E731
+    mnist_default = functools.partial(default_of, reproduce_mnist_bags)
     bag_means = list(mnist_default("bag_means"))
     mnist.add_argument("--bag-means", type=_int_list, default=bag_means, metavar="A,B,...",
                        help=f"mean bag sizes (default {_joined(bag_means)}; spreads "
@@ -183,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "epithelial-nucleus labels). Writes OUT/results.{json,csv,md} when a model's folds are all "
                     "done, OUT/units/*.json after every fold and OUT/models/*.safetensors (fold 0 of repeat 0); "
                     "rerunning with the same OUT and settings skips the finished folds.")
-    histo_default = lambda name: default_of(reproduce_histology, name)  # noqa: E731
-    histo.add_argument("--dataset", required=True, choices=("breast", "colon"),
+    histo_default = functools.partial(default_of, reproduce_histology)
+    histo.add_argument("--dataset", required=True, choices=DATASETS,
                        help="breast: UCSB Bisque images, 32x32 grid patches; colon: Warwick CRCHistoPhenotypes "
                             "Classification folders, 27x27 patches on every annotated nucleus")
     histo.add_argument("--data-dir", required=True, metavar="DIR",
@@ -289,7 +291,7 @@ def _wsi_commands(commands) -> None:
     from abmil.train.wsi_predict import load_run
 
     slides = _slide_training()
-    config = lambda name: default_of(slides.WSIConfig, name)  # noqa: E731
+    config = functools.partial(default_of, slides.WSIConfig)
     train = commands.add_parser(
         "train", help="train attention MIL on whole-slide feature bags (HDF5 / .pt + manifest)",
         description="Train a gated-attention MIL classifier on pre-extracted patch features, one slide per "
@@ -447,9 +449,10 @@ def _reproduce_histology(args: argparse.Namespace) -> int:
     from abmil.experiments.histology import histology_progress, reproduce_histology
 
     out = args.out or f"runs/histology-{args.dataset}"
-    run = dict(models=args.models, repeats=args.repeats, folds=args.folds, seed=args.seed, epochs=args.epochs,
-               patience=args.patience, lr=args.lr, weight_decay=args.weight_decay, augment=not args.no_augment,
-               stain_normalize=args.stain_normalize, max_white_fraction=args.max_white_fraction, out_dir=out)
+    run = {"models": args.models, "repeats": args.repeats, "folds": args.folds, "seed": args.seed,
+           "epochs": args.epochs, "patience": args.patience, "lr": args.lr, "weight_decay": args.weight_decay,
+           "augment": not args.no_augment, "stain_normalize": args.stain_normalize,
+           "max_white_fraction": args.max_white_fraction, "out_dir": out}
     if args.status:
         print(histology_progress(args.dataset, args.data_dir, **run))
         return 0

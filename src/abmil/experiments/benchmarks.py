@@ -1,8 +1,8 @@
 """Reproduce Table 1 of Ilse et al. (ICML 2018): the classic MIL benchmarks under repeated k-fold CV.
 
 One *cell* = one (dataset, model): ``folds x repeats`` runs of :func:`abmil.train.cv.run_cv`, summarised into one
-:class:`abmil.report.results.ResultRow` beside the paper's number. The protocol (shared/paper/protocols.md section 2):
-10-fold CV repeated 5 times, bag accuracy at threshold 0.5, training settings of
+:class:`abmil.report.results.ResultRow` beside the paper's number. The protocol (the paper's classical MIL datasets
+experiment): 10-fold CV repeated 5 times, bag accuracy at threshold 0.5, training settings of
 :func:`abmil.train.presets.benchmark_config` and models of :func:`abmil.nn.zoo.benchmark_model`; features are
 standardised with training-fold statistics only.
 
