@@ -92,8 +92,13 @@ def _data_paths(values: Sequence[str] | None) -> dict[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     from abmil import __version__
     from abmil.data.patches import MAX_WHITE_FRACTION
-    from abmil.experiments.benchmarks import DEFAULT_DATASETS, DEFAULT_EPOCHS, DEFAULT_MODELS, demo
-    from abmil.experiments.benchmarks import reproduce_benchmarks
+    from abmil.experiments.benchmarks import (
+        DEFAULT_DATASETS,
+        DEFAULT_EPOCHS,
+        DEFAULT_MODELS,
+        demo,
+        reproduce_benchmarks,
+    )
     from abmil.experiments.histology import DATASETS, explain_histology, reproduce_histology
     from abmil.experiments.mnist_bags import bag_spread, explain_mnist_bags, reproduce_mnist_bags
     from abmil.nn.zoo import MNIST_BAGS_KEYS
@@ -121,11 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "and no --datasets: the datasets named in --data)")
     bench.add_argument("--models", type=_csv_list, default=list(bench_default("models")), metavar="A,B,...",
                        help=f"comma-separated model keys (default: {_joined(DEFAULT_MODELS)})")
-    bench.add_argument("--folds", type=int, default=bench_default("folds"), help="CV folds (default %(default)s)")
-    bench.add_argument("--repeats", type=int, default=bench_default("repeats"),
-                       help="CV repetitions (default %(default)s)")
-    bench.add_argument("--seed", type=int, default=bench_default("seed"),
-                       help="seed of the splits and of the runs (default %(default)s)")
+    _cv_args(bench, bench_default)
     bench.add_argument("--epochs", type=int, default=bench_default("epochs"),
                        help=f"training epochs (default: the protocol's {DEFAULT_EPOCHS})")
     bench.add_argument("--batch-size", type=int, default=bench_default("batch_size"),
@@ -157,12 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     mnist.add_argument("--bag-means", type=_int_list, default=bag_means, metavar="A,B,...",
                        help=f"mean bag sizes (default {_joined(bag_means)}; spreads "
                             f"{_joined(f'{bag_spread(m):g}' for m in bag_means)} as the paper)")
-    mnist.add_argument("--train-bags", type=_int_list, default=list(mnist_default("train_bags")), metavar="A,B,...",
+    mnist.add_argument("--train-bags", type=_int_list, default=list(mnist_default("train_bags")),
+                       metavar="A,B,...",
                        help=f"numbers of training bags (default {_joined(mnist_default('train_bags'))})")
     mnist.add_argument("--models", type=_csv_list, default=list(mnist_default("models")), metavar="A,B,...",
                        help=f"model keys (default {_joined(mnist_default('models'))}; also "
                             f"{', '.join(k for k in MNIST_BAGS_KEYS if k not in mnist_default('models'))})")
-    mnist.add_argument("--repeats", type=int, default=mnist_default("repeats"), help="repetitions (default %(default)s)")
+    mnist.add_argument("--repeats", type=int, default=mnist_default("repeats"),
+                       help="repetitions (default %(default)s)")
     mnist.add_argument("--seed", type=int, default=mnist_default("seed"),
                        help="seed of the bags and the runs (default %(default)s)")
     mnist.add_argument("--test-bags", type=int, default=mnist_default("test_bags"),
@@ -193,11 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the Bisque (breast) or Classification (colon) folder, or the folder holding it")
     histo.add_argument("--models", type=_csv_list, default=list(histo_default("models")), metavar="A,B,...",
                        help=f"model keys (default all six: {_joined(histo_default('models'))})")
-    histo.add_argument("--repeats", type=int, default=histo_default("repeats"),
-                       help="CV repetitions (default %(default)s)")
-    histo.add_argument("--folds", type=int, default=histo_default("folds"), help="CV folds (default %(default)s)")
-    histo.add_argument("--seed", type=int, default=histo_default("seed"),
-                       help="seed of the splits and the runs (default %(default)s)")
+    _cv_args(histo, histo_default)
     histo.add_argument("--epochs", type=int, default=histo_default("epochs"),
                        help="cap on training epochs; early stopping usually ends a fold sooner (default %(default)s)")
     histo.add_argument("--patience", type=int, default=histo_default("patience"),
@@ -345,7 +344,8 @@ def _wsi_commands(commands) -> None:
     predict.add_argument("--manifest", required=True, metavar="CSV", help="slides to predict")
     predict.add_argument("--features", default=None, metavar="DIR", help="feature folder (default: the manifest's)")
     predict.add_argument("--out", required=True, metavar="CSV", help="predictions CSV")
-    predict.add_argument("--device", default=default_of(load_run, "device"), help="cpu, cuda or mps (default %(default)s)")
+    predict.add_argument("--device", default=default_of(load_run, "device"),
+                         help="cpu, cuda or mps (default %(default)s)")
     predict.set_defaults(handler=_predict)
 
     heat = commands.add_parser(
@@ -375,6 +375,14 @@ def _wsi_commands(commands) -> None:
     heat.add_argument("--device", default=default_of(slide_heatmap, "device"),
                       help="cpu, cuda or mps (default %(default)s)")
     heat.set_defaults(handler=_heatmap)
+
+
+def _cv_args(parser: argparse.ArgumentParser, default: Callable[[str], Any]) -> None:
+    """--folds / --repeats / --seed of a cross-validated experiment; ``default(name)``: its function's default."""
+    parser.add_argument("--folds", type=int, default=default("folds"), help="CV folds (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=default("repeats"), help="CV repetitions (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=default("seed"),
+                        help="seed of the splits and of the runs (default %(default)s)")
 
 
 def _unit_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from numbers import Integral, Real
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -94,7 +95,7 @@ class AttentionMILClassifier(ClassifierMixin, BaseEstimator):
 
     # Checked by ``_validate_params`` at the start of ``fit`` (scikit-learn's rule: ``__init__`` only stores).
     # Intervals open on the right reject inf, and every Interval rejects NaN; TrainConfig alone would accept lr=nan.
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict[str, list]] = {
         "pooling": [StrOptions(set(POOLINGS))],
         "hidden": [Interval(Integral, 1, None, closed="left"), "array-like"],
         "att_dim": [Interval(Integral, 1, None, closed="left")],
