@@ -494,8 +494,9 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def wsi_config_from_args(args: argparse.Namespace):
-    """The ``WSIConfig`` of an ``abmil train`` command line: every field its flag sets, the rest the dataclass's."""
+def wsi_config_from_args(args: argparse.Namespace) -> Any:
+    """The ``WSIConfig`` of an ``abmil train`` command line: every field its flag sets, the rest the dataclass's.
+    (Typed ``Any`` so that the config's module is named in :func:`_slide_training` only.)"""
     config = _slide_training().WSIConfig
     given = vars(args)
     return config(**{f.name: given[f.name] for f in dataclasses.fields(config) if f.name in given})
