@@ -1,6 +1,7 @@
 """The ``abmil`` command: a small real reproduce run, resume, partial output, and clean errors on bad input."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -12,8 +13,12 @@ import pytest
 import scipy.io
 
 import abmil.experiments.benchmarks as bench
-from abmil.cli import main
+from abmil.cli import build_parser, default_of, main
 from abmil.data.benchmarks import load_benchmark
+from abmil.experiments.benchmarks import demo, reproduce_benchmarks
+from abmil.experiments.histology import explain_histology, reproduce_histology
+from abmil.experiments.mnist_bags import explain_mnist_bags, reproduce_mnist_bags
+from abmil.explain.slide import slide_heatmap
 from abmil.report.results import CORE_KEYS
 from abmil.train.cv import CVResult, cv_splits
 
@@ -207,3 +212,32 @@ def test_entry_point_error_has_no_traceback(tmp_path: Path):
     assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert str(bad) in proc.stderr and "bag b3" in proc.stderr and "not 0 or 1" in proc.stderr
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Defaults come from the library: a flag and the keyword it feeds agree when neither is given.
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+@pytest.mark.parametrize("argv, function", [
+    (["reproduce", "benchmarks"], reproduce_benchmarks),
+    (["reproduce", "mnist-bags"], reproduce_mnist_bags),
+    (["reproduce", "histology", "--dataset", "breast", "--data-dir", "d"], reproduce_histology),
+    (["explain", "mnist-bags", "--run", "r"], explain_mnist_bags),
+    (["explain", "histology", "--run", "r"], explain_histology),
+    (["heatmap", "--run", "r", "--slide", "s.h5", "--out", "h.png"], slide_heatmap),
+    (["demo"], demo),
+])
+def test_flag_defaults_are_the_library_defaults(argv, function):
+    args = vars(build_parser().parse_args(argv))
+    params = inspect.signature(function).parameters
+    # --metrics stays None so that the output can tell whether it was given; the handler passes the library's.
+    shared = [n for n, p in params.items() if p.default is not p.empty and n in args and n != "metrics"]
+    assert len(shared) >= 2, shared
+    for name in shared:
+        assert _as_list(args[name]) == _as_list(params[name].default), name
+    if function is slide_heatmap:
+        assert args["scale"] == default_of(slide_heatmap, "normalise")

@@ -9,6 +9,7 @@ import torch
 from sklearn.base import clone, is_classifier
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import cross_val_score
+from sklearn.utils._param_validation import InvalidParameterError
 
 from abmil.data.benchmarks import load_benchmark
 from abmil.errors import DataError
@@ -249,18 +250,28 @@ def test_fit_rejects_bad_containers():
         AttentionMILClassifier().fit([], [])
 
 
-@pytest.mark.parametrize("params, match", [
-    (dict(pooling="sum"), "pooling must be one of"),
-    (dict(hidden=()), "hidden must be a non-empty sequence"),
-    (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
-    (dict(optimizer="rmsprop"), "optimizer must be 'sgd' or 'adam'"),
-    (dict(epochs=0), "epochs must be an integer >= 1"),
+@pytest.mark.parametrize("params", [
+    dict(pooling="sum"), dict(hidden=()), dict(hidden=[8, 0]), dict(dropout=1.0), dict(optimizer="rmsprop"),
+    dict(epochs=0), dict(lr=float("nan")), dict(lr=float("inf")), dict(momentum=float("nan")),
+    dict(weight_decay=-1e-3), dict(random_state=-1),
 ])
-def test_bad_hyperparameters_raise_at_fit_not_init(params, match):
-    clf = AttentionMILClassifier(**params)  # sklearn rule: __init__ stores, fit validates
+def test_bad_hyperparameters_raise_at_fit_not_init(params):
+    """sklearn's rule: __init__ stores, fit validates; the message names the parameter (InvalidParameterError is a
+    ValueError)."""
+    clf = AttentionMILClassifier(**params)
+    assert clf.get_params()[next(iter(params))] is next(iter(params.values()))  # stored as given
     x, y = _synthetic()
-    with pytest.raises(ValueError, match=match):
+    (name,) = params
+    with pytest.raises(ValueError, match=f"The '{name}' parameter of AttentionMILClassifier must be"):
         clf.fit(x, y)
+
+
+def test_nan_lr_and_unknown_pooling_name_the_parameter():
+    x, y = _synthetic()
+    with pytest.raises(InvalidParameterError, match=r"'lr' parameter .* range \(0(\.0)?, inf\)\. Got nan"):
+        AttentionMILClassifier(lr=float("nan")).fit(x, y)
+    with pytest.raises(InvalidParameterError, match=r"'pooling' parameter .* among .*'gated'.*Got 'sum'"):
+        AttentionMILClassifier(pooling="sum").fit(x, y)
 
 
 def test_predict_rejects_wrong_feature_count_and_bad_bags(fitted, musk1):

@@ -17,6 +17,7 @@ from abmil.data.mnist import (
     SPLITS,
     download_mnist,
     find_mnist_file,
+    mnist_dir,
     parse_idx,
     read_mnist,
     read_mnist_file,
@@ -293,3 +294,10 @@ def test_download_failure_leaves_no_partial_file(server, tmp_path):
 def test_download_needs_a_mirror(tmp_path):
     with pytest.raises(ValueError, match="no mirrors"):
         download_mnist(tmp_path, [])
+
+
+def test_mnist_dir_defaults_to_the_user_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert mnist_dir() == tmp_path / ".cache" / "abmil" / "mnist"
+    assert mnist_dir("elsewhere") == Path("elsewhere")
+    assert not (tmp_path / ".cache").exists()  # nothing fetched or created without download=True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from dataclasses import fields
 from pathlib import Path
 
 import h5py
@@ -12,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from abmil.cli import main
+from abmil.cli import build_parser, default_of, main, wsi_config_from_args
 from abmil.explain.heatmap import heatmap_layout
+from abmil.train.wsi import WSIConfig, train_feature_model
 
 from wsi_helpers import DIM, PATCH, grid, make_dataset, write_slide
 
@@ -51,6 +53,43 @@ def copy_data(src: Path, dst: Path) -> tuple[Path, Path]:
 def write_coords_only(path: Path) -> None:
     with h5py.File(path, "w") as f:
         f.create_dataset("coords", data=grid(4))
+
+
+# ----------------------------------------------------------------------------- flags and their defaults
+REQUIRED = ["train", "--manifest", "m.csv", "--out", "run"]
+
+
+def test_train_defaults_are_the_config_dataclass():
+    """A default restated in the CLI would drift from WSIConfig's; none is."""
+    args = build_parser().parse_args(REQUIRED)
+    assert wsi_config_from_args(args) == WSIConfig()
+    assert {f.name for f in fields(WSIConfig)} - set(vars(args)) == {"optimizer"}  # every other field has a flag
+    assert args.device == default_of(train_feature_model, "device")
+    changed = build_parser().parse_args([*REQUIRED, "--lr", "0.5", "--hidden", "7", "--bf16", "--val-split", "0.3"])
+    assert wsi_config_from_args(changed) == WSIConfig(lr=0.5, hidden=7, bf16=True, val_split=0.3)
+
+
+def test_pooling_flag_and_its_hidden_model_alias(capsys):
+    parse = build_parser().parse_args
+    assert parse(REQUIRED).pooling == WSIConfig().pooling
+    assert parse([*REQUIRED, "--pooling", "attention"]).pooling == "attention"
+    assert parse([*REQUIRED, "--model", "attention"]).pooling == "attention"  # deprecated spelling still works
+    assert wsi_config_from_args(parse([*REQUIRED, "--model", "attention"])).pooling == "attention"
+    with pytest.raises(SystemExit):
+        parse(["train", "--help"])
+    shown = capsys.readouterr().out
+    assert "--pooling" in shown and "--model" not in shown
+    assert main([*REQUIRED, "--pooling", "sum"]) == 2
+    assert "argument --pooling: invalid choice: 'sum'" in capsys.readouterr().err
+
+
+def test_default_of_reads_dataclass_fields_and_function_keywords():
+    assert default_of(WSIConfig, "lr") == WSIConfig().lr
+    assert default_of(train_feature_model, "resume") is False
+    with pytest.raises(KeyError):
+        default_of(WSIConfig, "nonsense")
+    with pytest.raises(KeyError):
+        default_of(train_feature_model, "dataset")  # positional, no default
 
 
 # ----------------------------------------------------------------------------- the happy path

@@ -7,20 +7,28 @@
                                [--repeats 5] [--mnist-dir DIR] [--download] [--out DIR] [--jobs N]
     abmil explain mnist-bags --run DIR [--model attention] [--bag-mean 10] [--train-bags N] [--bag K] [--out PNG]
     abmil demo [--out DIR]
-    abmil train --manifest CSV [--features DIR] --out RUN [--model gated|attention] [--epochs N] [--val-split F]
+    abmil train --manifest CSV [--features DIR] --out RUN [--pooling gated|attention] [--epochs N] [--val-split F]
                 [--lr] [--seed] [--batch-size B | --batch-instances N] [--device cpu] [--bf16] [--resume]
     abmil predict --run RUN --manifest CSV [--features DIR] --out preds.csv
     abmil heatmap --run RUN --slide FILE.h5 [--thumbnail IMG --downsample K] --out heat.png
 
 Bad input (unknown names, a malformed data file, ...) prints one line ``abmil: error: ...`` on stderr and exits
 with status 2 before anything is written.
+
+Every default is read from the library (:func:`default_of`: the config dataclass or the function a command calls,
+and the library's constants), so the command and the API cannot disagree.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import inspect
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from types import ModuleType
+from typing import Any
 
 # OpenMP worker threads that spin while waiting make the many tiny per-bag ops of MIL training 10-20x slower as
 # soon as the cores are shared with anything else (measured on 2 cores: 2 CV epochs of Musk1 65.7 s spinning vs
@@ -29,6 +37,37 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 PROG = "abmil"
 _DEFAULT_OUT = "runs/benchmarks"
+
+
+def default_of(owner: type | Callable, name: str) -> Any:
+    """The library's default for ``name``: a field of the dataclass ``owner``, or a keyword of the function ``owner``.
+
+    Flags take their defaults from here rather than restating them, so a changed default in the library is the
+    CLI's too. KeyError when ``owner`` has no such field or parameter, or it has no default.
+    """
+    if dataclasses.is_dataclass(owner):
+        field = {f.name: f for f in dataclasses.fields(owner)}[name]
+        if field.default_factory is not dataclasses.MISSING:
+            return field.default_factory()
+        default = field.default
+    else:
+        default = inspect.signature(owner).parameters[name].default
+    if default is dataclasses.MISSING or default is inspect.Parameter.empty:
+        raise KeyError(f"{getattr(owner, '__qualname__', owner)}: {name!r} has no default")
+    return default
+
+
+def _joined(values: Iterable[Any]) -> str:
+    """A sequence default as the flag would be written: ``10,50,100``."""
+    return ",".join(map(str, values))
+
+
+def _slide_training() -> ModuleType:
+    """The library module behind ``abmil train`` (WSIConfig, train_feature_model): named here only, so that
+    renaming it touches one line."""
+    import abmil.train.wsi as module
+
+    return module
 
 
 def _csv_list(text: str) -> list[str]:
@@ -52,7 +91,20 @@ def _data_paths(values: Sequence[str] | None) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     from abmil import __version__
+    from abmil.data.patches import MAX_WHITE_FRACTION
+    from abmil.experiments.benchmarks import (
+        DEFAULT_DATASETS,
+        DEFAULT_EPOCHS,
+        DEFAULT_MODELS,
+        demo,
+        reproduce_benchmarks,
+    )
+    from abmil.experiments.histology import DATASETS, explain_histology, reproduce_histology
+    from abmil.experiments.mnist_bags import bag_spread, explain_mnist_bags, reproduce_mnist_bags
+    from abmil.nn.zoo import MNIST_BAGS_KEYS
+    from abmil.report.metrics import BAG_METRICS
     from abmil.train.engines import ENGINES
+    from abmil.train.presets import histology_config
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="Attention-based deep multiple-instance learning (Ilse et al., ICML 2018).")
@@ -68,30 +120,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="Table 1 of the paper: the classic MIL benchmarks, k-fold CV repeated. Writes "
                     "OUT/results.{json,csv,md} after every finished (dataset, model) cell and OUT/cells/*.json; "
                     "rerunning with the same OUT and settings skips the finished cells.")
-    bench.add_argument("--datasets", type=_csv_list, default=None, metavar="A,B,...",
-                       help="comma-separated dataset names (default: musk1,musk2,fox,tiger,elephant; with --data "
+    bench_default = functools.partial(default_of, reproduce_benchmarks)
+    bench.add_argument("--datasets", type=_csv_list, default=bench_default("datasets"), metavar="A,B,...",
+                       help=f"comma-separated dataset names (default: {_joined(DEFAULT_DATASETS)}; with --data "
                             "and no --datasets: the datasets named in --data)")
-    bench.add_argument("--models", type=_csv_list, default=None, metavar="A,B,...",
-                       help="comma-separated model keys (default: attention,gated,instance-max,embedding-max,"
-                            "mi-net-ds,mi-net-rc)")
-    bench.add_argument("--folds", type=int, default=10, help="CV folds (default 10)")
-    bench.add_argument("--repeats", type=int, default=5, help="CV repetitions (default 5)")
-    bench.add_argument("--seed", type=int, default=0, help="seed of the splits and of the runs (default 0)")
-    bench.add_argument("--epochs", type=int, default=None, help="training epochs (default: the protocol's 50)")
-    bench.add_argument("--batch-size", type=int, default=1, help="bags per optimizer step (default 1, the paper's)")
-    bench.add_argument("--engine", choices=ENGINES, default="auto",
+    bench.add_argument("--models", type=_csv_list, default=list(bench_default("models")), metavar="A,B,...",
+                       help=f"comma-separated model keys (default: {_joined(DEFAULT_MODELS)})")
+    _cv_args(bench, bench_default)
+    bench.add_argument("--epochs", type=int, default=bench_default("epochs"),
+                       help=f"training epochs (default: the protocol's {DEFAULT_EPOCHS})")
+    bench.add_argument("--batch-size", type=int, default=bench_default("batch_size"),
+                       help="bags per optimizer step (default %(default)s, the paper's)")
+    bench.add_argument("--engine", choices=ENGINES, default=bench_default("engine"),
                        help="direct: runs one by one, backward passes written out (MLP models, batch size 1); "
                             "stacked: all runs of a cell at once; sequential: one by one with autograd; "
-                            "auto: direct where it applies, else stacked. Same numbers (default auto)")
-    bench.add_argument("--jobs", type=int, default=1,
-                       help="worker processes, one CPU core each (default 1). Same numbers")
+                            "auto: direct where it applies, else stacked. Same numbers (default %(default)s)")
+    bench.add_argument("--jobs", type=int, default=bench_default("jobs"),
+                       help="worker processes, one CPU core each (default %(default)s). Same numbers")
     bench.add_argument("--metrics", type=_csv_list, default=None, metavar="A,B,...",
-                       help="bag metrics from each test fold: accuracy (default; Table 1's layout), precision, "
-                            "recall, f1, auc (more than accuracy: one methods x metrics table per dataset)")
+                       help=f"bag metrics from each test fold, some of {', '.join(BAG_METRICS)} (default "
+                            f"{_joined(bench_default('metrics'))}: Table 1's layout; more: one methods x metrics "
+                            "table per dataset)")
     bench.add_argument("--data", action="append", default=None, metavar="NAME=PATH[,NAME=PATH]",
                        help="read dataset NAME from a .csv/.mat(.gz) file instead of the shipped copy "
                             "(repeatable)")
-    bench.add_argument("--out", default=_DEFAULT_OUT, metavar="DIR", help=f"output directory (default {_DEFAULT_OUT})")
+    bench.add_argument("--out", default=_DEFAULT_OUT, metavar="DIR", help="output directory (default %(default)s)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     bench.set_defaults(handler=_reproduce_benchmarks)
 
@@ -100,21 +153,30 @@ def build_parser() -> argparse.ArgumentParser:
         description="The paper's MNIST-bags grid (bags holding a 9 are positive): test AUC per (mean bag size, "
                     "training bags, model), repeated. Writes OUT/results.{json,csv,md,png} after every finished point "
                     "and OUT/points/*.json; rerunning with the same OUT and settings skips the finished points.")
-    mnist.add_argument("--bag-means", type=_int_list, default=[10, 50, 100], metavar="A,B,...",
-                       help="mean bag sizes (default 10,50,100; spreads 2,10,20 as the paper)")
-    mnist.add_argument("--train-bags", type=_int_list, default=[50, 100, 150, 200, 300, 400, 500], metavar="A,B,...",
-                       help="numbers of training bags (default 50,100,150,200,300,400,500)")
-    mnist.add_argument("--models", type=_csv_list, default=["attention", "gated"], metavar="A,B,...",
-                       help="model keys (default attention,gated; also instance-max, instance-mean, embedding-max, "
-                            "embedding-mean)")
-    mnist.add_argument("--repeats", type=int, default=5, help="repetitions (default 5)")
-    mnist.add_argument("--seed", type=int, default=0, help="seed of the bags and the runs (default 0)")
-    mnist.add_argument("--test-bags", type=int, default=1000, help="test bags per repetition (default 1000)")
-    mnist.add_argument("--epochs", type=int, default=20, help="training epochs (default 20, the reference code's)")
+    mnist_default = functools.partial(default_of, reproduce_mnist_bags)
+    bag_means = list(mnist_default("bag_means"))
+    mnist.add_argument("--bag-means", type=_int_list, default=bag_means, metavar="A,B,...",
+                       help=f"mean bag sizes (default {_joined(bag_means)}; spreads "
+                            f"{_joined(f'{bag_spread(m):g}' for m in bag_means)} as the paper)")
+    mnist.add_argument("--train-bags", type=_int_list, default=list(mnist_default("train_bags")),
+                       metavar="A,B,...",
+                       help=f"numbers of training bags (default {_joined(mnist_default('train_bags'))})")
+    mnist.add_argument("--models", type=_csv_list, default=list(mnist_default("models")), metavar="A,B,...",
+                       help=f"model keys (default {_joined(mnist_default('models'))}; also "
+                            f"{', '.join(k for k in MNIST_BAGS_KEYS if k not in mnist_default('models'))})")
+    mnist.add_argument("--repeats", type=int, default=mnist_default("repeats"),
+                       help="repetitions (default %(default)s)")
+    mnist.add_argument("--seed", type=int, default=mnist_default("seed"),
+                       help="seed of the bags and the runs (default %(default)s)")
+    mnist.add_argument("--test-bags", type=int, default=mnist_default("test_bags"),
+                       help="test bags per repetition (default %(default)s)")
+    mnist.add_argument("--epochs", type=int, default=mnist_default("epochs"),
+                       help="training epochs (default %(default)s, the reference code's)")
     _mnist_dir_args(mnist)
-    mnist.add_argument("--jobs", type=int, default=1, help="worker processes, one CPU core each (default 1)")
-    mnist.add_argument("--out", default="runs/mnist-bags", metavar="DIR",
-                       help="output directory (default runs/mnist-bags)")
+    mnist.add_argument("--jobs", type=int, default=mnist_default("jobs"),
+                       help="worker processes, one CPU core each (default %(default)s)")
+    mnist.add_argument("--out", default=str(mnist_default("out_dir")), metavar="DIR",
+                       help="output directory (default %(default)s)")
     mnist.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     mnist.set_defaults(handler=_reproduce_mnist_bags)
 
@@ -126,32 +188,34 @@ def build_parser() -> argparse.ArgumentParser:
                     "epithelial-nucleus labels). Writes OUT/results.{json,csv,md} when a model's folds are all "
                     "done, OUT/units/*.json after every fold and OUT/models/*.safetensors (fold 0 of repeat 0); "
                     "rerunning with the same OUT and settings skips the finished folds.")
-    histo.add_argument("--dataset", required=True, choices=("breast", "colon"),
+    histo_default = functools.partial(default_of, reproduce_histology)
+    histo.add_argument("--dataset", required=True, choices=DATASETS,
                        help="breast: UCSB Bisque images, 32x32 grid patches; colon: Warwick CRCHistoPhenotypes "
                             "Classification folders, 27x27 patches on every annotated nucleus")
     histo.add_argument("--data-dir", required=True, metavar="DIR",
                        help="the Bisque (breast) or Classification (colon) folder, or the folder holding it")
-    histo.add_argument("--models", type=_csv_list, default=None, metavar="A,B,...",
-                       help="model keys (default all six: instance-max,instance-mean,embedding-max,"
-                            "embedding-mean,attention,gated)")
-    histo.add_argument("--repeats", type=int, default=5, help="CV repetitions (default 5)")
-    histo.add_argument("--folds", type=int, default=10, help="CV folds (default 10)")
-    histo.add_argument("--seed", type=int, default=0, help="seed of the splits and the runs (default 0)")
-    histo.add_argument("--epochs", type=int, default=200,
-                       help="cap on training epochs; early stopping usually ends a fold sooner (default 200)")
-    histo.add_argument("--patience", type=int, default=25,
-                       help="stop after this many epochs without a better validation score (default 25)")
-    histo.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default 1e-4)")
-    histo.add_argument("--weight-decay", type=float, default=None,
-                       help="L2 weight decay on every parameter (default 5e-4; one third-party code used 5e-3)")
+    histo.add_argument("--models", type=_csv_list, default=list(histo_default("models")), metavar="A,B,...",
+                       help=f"model keys (default all six: {_joined(histo_default('models'))})")
+    _cv_args(histo, histo_default)
+    histo.add_argument("--epochs", type=int, default=histo_default("epochs"),
+                       help="cap on training epochs; early stopping usually ends a fold sooner (default %(default)s)")
+    histo.add_argument("--patience", type=int, default=histo_default("patience"),
+                       help="stop after this many epochs without a better validation score (default %(default)s)")
+    histo.add_argument("--lr", type=float, default=histo_default("lr"),
+                       help=f"Adam's learning rate (default {default_of(histology_config, 'lr'):g})")
+    histo.add_argument("--weight-decay", type=float, default=histo_default("weight_decay"),
+                       help=f"L2 weight decay on every parameter (default "
+                            f"{default_of(histology_config, 'weight_decay'):g}; one third-party code used 5e-3)")
     histo.add_argument("--no-augment", action="store_true", help="train without augmentation")
     histo.add_argument("--stain-normalize", action="store_true",
                        help="Reinhard-normalise each patch's Lab colours to a fixed H&E target, in training and "
                             "testing (a third-party code's step; not in the paper's known protocol)")
-    histo.add_argument("--max-white-fraction", type=float, default=None, metavar="F",
+    histo.add_argument("--max-white-fraction", type=float, default=histo_default("max_white_fraction"), metavar="F",
                        help="breast: drop a grid tile as background when at least this share of its pixels is white "
-                            "(default 0.75, the paper's rule as far as it is known); heatmaps of the run use it too")
-    histo.add_argument("--jobs", type=int, default=1, help="worker processes, one CPU core each (default 1)")
+                            f"(default {MAX_WHITE_FRACTION:g}, the paper's rule as far as it is known); heatmaps of "
+                            "the run use it too")
+    histo.add_argument("--jobs", type=int, default=histo_default("jobs"),
+                       help="worker processes, one CPU core each (default %(default)s)")
     histo.add_argument("--keep-models", action="store_true",
                        help="save every fold's weights (OUT/models/<model>__rep<r>__fold<f>.safetensors, ~5 MB each), "
                             "not only fold 0 of repeat 0's; `abmil heatmap --repeat R --fold F` uses them")
@@ -171,11 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "all test bags, the AUC of attention against 'is a 9'. Uses the repetition-0 model of a point "
                     "of an `abmil reproduce mnist-bags` run.")
     ex_mnist.add_argument("--run", required=True, metavar="DIR", help="the --out directory of reproduce mnist-bags")
-    ex_mnist.add_argument("--model", default="attention", help="model key (default attention)")
+    ex_mnist.add_argument("--model", default=default_of(explain_mnist_bags, "model"),
+                          help="model key (default %(default)s)")
     ex_mnist.add_argument("--bag-mean", type=int, default=None, help="mean bag size (default: the run's smallest)")
     ex_mnist.add_argument("--train-bags", type=int, default=None, help="training bags (default: the run's largest)")
     ex_mnist.add_argument("--bag", type=int, default=None,
-                          help="test bag index (default: the first positive bag of at most 12 instances)")
+                          help="test bag index (default: the first positive bag of at most "
+                               f"{default_of(explain_mnist_bags, 'max_shown')} instances)")
     _mnist_dir_args(ex_mnist)
     ex_mnist.add_argument("--out", default=None, metavar="PNG", help="output PNG (default RUN/explain_<point>.png)")
     ex_mnist.set_defaults(handler=_explain_mnist_bags)
@@ -187,37 +253,44 @@ def build_parser() -> argparse.ArgumentParser:
                     "run and paint attention (attention models, min-max scaled) or instance probabilities "
                     "(Instance+ models) per patch, with a colour bar. Epithelial nuclei are circled on colon images.")
     ex_histo.add_argument("--run", required=True, metavar="DIR", help="the --out directory of reproduce histology")
-    ex_histo.add_argument("--model", default="attention", help="model key (default attention)")
+    ex_histo.add_argument("--model", default=default_of(explain_histology, "model"),
+                          help="model key (default %(default)s)")
     ex_histo.add_argument("--image", default=None, metavar="PATH",
                           help="image to paint (default: the first positive test image of the saved fold)")
     ex_histo.add_argument("--out", default=None, metavar="PNG",
                           help="output PNG (default RUN/heatmap_<model>__<image>.png)")
     ex_histo.add_argument("--no-markers", action="store_true", help="do not circle the epithelial nuclei")
-    ex_histo.add_argument("--downsample", type=float, default=1.0, help="image pixels per PNG pixel (default 1)")
+    ex_histo.add_argument("--downsample", type=float, default=default_of(explain_histology, "downsample"),
+                          help="image pixels per PNG pixel (default %(default)g)")
     _unit_args(ex_histo)
     ex_histo.set_defaults(handler=_explain_histology)
 
-    demo = commands.add_parser("demo", help="a quick look: Musk1 attention vs gated (default), or histology",
-                               description="benchmarks (default): Musk1, attention and gated attention, one 10-fold "
-                                           "CV repeat, beside the paper, then the highest-attention instances of one "
-                                           "positive bag. histology: a shipped H&E image cut into bags, a few "
-                                           "epochs, an attention heatmap PNG.")
-    demo.add_argument("--out", default=None, metavar="DIR", help="also write results.{json,csv,md} to DIR")
-    demo.add_argument("--folds", type=int, default=10, help=argparse.SUPPRESS)
-    demo.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    demo.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    demo.add_argument("which", nargs="?", choices=("benchmarks", "histology"), default="benchmarks",
-                      help="benchmarks (default): Musk1, attention vs gated; histology: one H&E image -> bags -> "
-                           "a few epochs -> a heatmap PNG (a demonstration, not a result)")
-    demo.set_defaults(handler=_demo)
+    demo_parser = commands.add_parser(
+        "demo", help="a quick look: Musk1 attention vs gated (default), or histology",
+        description="benchmarks (default): Musk1, attention and gated attention, one 10-fold CV repeat, beside the "
+                    "paper, then the highest-attention instances of one positive bag. histology: a shipped H&E "
+                    "image cut into bags, a few epochs, an attention heatmap PNG.")
+    demo_parser.add_argument("--out", default=None, metavar="DIR", help="also write results.{json,csv,md} to DIR")
+    demo_parser.add_argument("--folds", type=int, default=default_of(demo, "folds"), help=argparse.SUPPRESS)
+    demo_parser.add_argument("--seed", type=int, default=default_of(demo, "seed"), help=argparse.SUPPRESS)
+    demo_parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    demo_parser.add_argument("which", nargs="?", choices=("benchmarks", "histology"), default="benchmarks",
+                             help="benchmarks (default): Musk1, attention vs gated; histology: one H&E image -> "
+                                  "bags -> a few epochs -> a heatmap PNG (a demonstration, not a result)")
+    demo_parser.set_defaults(handler=_demo)
     _wsi_commands(commands)
     return parser
 
 
 def _wsi_commands(commands) -> None:
     """train / predict / heatmap: attention MIL on whole-slide feature bags (abmil.train.wsi)."""
-    from abmil.nn.chunked import DEFAULT_CHUNK_SIZE
+    from abmil.experiments.histology import explain_histology
+    from abmil.explain.slide import slide_heatmap
+    from abmil.nn.zoo import SLIDE_KEYS as POOLINGS
+    from abmil.train.wsi_predict import load_run
 
+    slides = _slide_training()
+    config = functools.partial(default_of, slides.WSIConfig)
     train = commands.add_parser(
         "train", help="train attention MIL on whole-slide feature bags (HDF5 / .pt + manifest)",
         description="Train a gated-attention MIL classifier on pre-extracted patch features, one slide per "
@@ -229,28 +302,37 @@ def _wsi_commands(commands) -> None:
     train.add_argument("--features", default=None, metavar="DIR",
                        help="folder of <slide_id>.h5/.pt files (default: the manifest's folder)")
     train.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoints)")
-    train.add_argument("--model", choices=("gated", "attention"), default="gated",
-                       help="attention pooling (default gated)")
-    train.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
-    train.add_argument("--val-split", type=float, default=None, metavar="FRACTION",
+    # Each flag's dest is the WSIConfig field it sets (wsi_config_from_args relies on it).
+    train.add_argument("--pooling", choices=POOLINGS, default=config("pooling"),
+                       help="attention pooling (default %(default)s)")
+    train.add_argument("--model", dest="pooling", choices=POOLINGS, default=argparse.SUPPRESS,
+                       help=argparse.SUPPRESS)  # deprecated alias of --pooling
+    train.add_argument("--epochs", type=int, default=config("epochs"), help="epochs (default %(default)s)")
+    train.add_argument("--val-split", type=float, default=config("val_split"), metavar="FRACTION",
                        help="hold out this fraction of the training slides, per class (default: the manifest's "
                             "split column: train / val rows; no validation without one)")
-    train.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4, CLAM's)")
-    train.add_argument("--weight-decay", type=float, default=1e-5, help="L2 (default 1e-5, CLAM's)")
-    train.add_argument("--dropout", type=float, default=0.25, help="dropout after the first layer (default 0.25)")
-    train.add_argument("--hidden", type=int, default=512, help="first layer width (default 512)")
-    train.add_argument("--att-dim", type=int, default=256, help="attention hidden size (default 256)")
-    train.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    train.add_argument("--batch-size", type=int, default=None, metavar="B",
+    train.add_argument("--lr", type=float, default=config("lr"),
+                       help="Adam learning rate (default %(default)g, CLAM's)")
+    train.add_argument("--weight-decay", type=float, default=config("weight_decay"),
+                       help="L2 (default %(default)g, CLAM's)")
+    train.add_argument("--dropout", type=float, default=config("dropout"),
+                       help="dropout after the first layer (default %(default)s)")
+    train.add_argument("--hidden", type=int, default=config("hidden"), help="first layer width (default %(default)s)")
+    train.add_argument("--att-dim", type=int, default=config("att_dim"),
+                       help="attention hidden size (default %(default)s)")
+    train.add_argument("--seed", type=int, default=config("seed"), help="seed (default %(default)s)")
+    train.add_argument("--batch-size", type=int, default=config("batch_size"), metavar="B",
                        help="slides per step and process (default 1, the paper's)")
-    train.add_argument("--batch-instances", type=int, default=None, metavar="N",
+    train.add_argument("--batch-instances", type=int, default=config("batch_instances"), metavar="N",
                        help="group consecutive slides per step up to N instances per process (small slides "
                             "are packed into passes without padding)")
-    train.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+    train.add_argument("--chunk-size", type=int, default=config("chunk_size"),
                        help="slides above this many patches are pooled in chunks, recomputed in the backward "
-                            f"pass: memory O(chunk), up to a third slower (default {DEFAULT_CHUNK_SIZE})")
-    train.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
-    train.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
+                            "pass: memory O(chunk), up to a third slower (default %(default)s)")
+    train.add_argument("--device", default=default_of(slides.train_feature_model, "device"),
+                       help="cpu, cuda or mps (default %(default)s)")
+    train.add_argument("--bf16", action="store_true", default=config("bf16"),
+                       help="bfloat16 autocast for the forward pass")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.set_defaults(handler=_train)
 
@@ -262,7 +344,8 @@ def _wsi_commands(commands) -> None:
     predict.add_argument("--manifest", required=True, metavar="CSV", help="slides to predict")
     predict.add_argument("--features", default=None, metavar="DIR", help="feature folder (default: the manifest's)")
     predict.add_argument("--out", required=True, metavar="CSV", help="predictions CSV")
-    predict.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
+    predict.add_argument("--device", default=default_of(load_run, "device"),
+                         help="cpu, cuda or mps (default %(default)s)")
     predict.set_defaults(handler=_predict)
 
     heat = commands.add_parser(
@@ -278,26 +361,38 @@ def _wsi_commands(commands) -> None:
     source.add_argument("--slide", metavar="FILE.h5", help="the slide's features with coords")
     source.add_argument("--image", metavar="IMG",
                         help="an H&E image: cut into the run's patches and painted, as `abmil explain histology`")
-    heat.add_argument("--model", default="attention", help="with --image: the histology model key (default attention)")
+    heat.add_argument("--model", default=default_of(explain_histology, "model"),
+                      help="with --image: the histology model key (default %(default)s)")
     _unit_args(heat, "with --image: ")
     heat.add_argument("--thumbnail", default=None, metavar="IMG", help="background image of the slide")
     heat.add_argument("--downsample", type=float, default=None, metavar="K",
                       help="level-0 pixels per thumbnail pixel (needed with --thumbnail)")
     heat.add_argument("--patch-size", type=int, default=None, metavar="PX",
                       help="patch side in level-0 pixels (default: from the file's attributes or coords grid)")
-    heat.add_argument("--scale", choices=("rank", "minmax"), default="rank",
+    heat.add_argument("--scale", choices=("rank", "minmax"), default=default_of(slide_heatmap, "normalise"),
                       help="colour scale: rank percentile (default, as CLAM) or min-max")
     heat.add_argument("--out", required=True, metavar="PNG", help="output PNG")
-    heat.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
+    heat.add_argument("--device", default=default_of(slide_heatmap, "device"),
+                      help="cpu, cuda or mps (default %(default)s)")
     heat.set_defaults(handler=_heatmap)
+
+
+def _cv_args(parser: argparse.ArgumentParser, default: Callable[[str], Any]) -> None:
+    """--folds / --repeats / --seed of a cross-validated experiment; ``default(name)``: its function's default."""
+    parser.add_argument("--folds", type=int, default=default("folds"), help="CV folds (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=default("repeats"), help="CV repetitions (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=default("seed"),
+                        help="seed of the splits and of the runs (default %(default)s)")
 
 
 def _unit_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     """--repeat / --fold: which saved model of a histology run paints the heatmap."""
-    parser.add_argument("--repeat", type=int, default=0,
-                        help=f"{prefix}the CV repetition of the saved model (default 0; others need --keep-models)")
-    parser.add_argument("--fold", type=int, default=0,
-                        help=f"{prefix}the fold of the saved model (default 0; others need --keep-models)")
+    from abmil.experiments.histology import explain_histology
+
+    for name, what in (("repeat", "CV repetition"), ("fold", "fold")):
+        parser.add_argument(f"--{name}", type=int, default=default_of(explain_histology, name),
+                            help=f"{prefix}the {what} of the saved model (default %(default)s; others need "
+                                 "--keep-models)")
 
 
 def _int_list(text: str) -> list[int]:
@@ -308,21 +403,18 @@ def _int_list(text: str) -> list[int]:
 
 
 def _mnist_dir_args(parser: argparse.ArgumentParser) -> None:
+    from abmil.data.mnist import DEFAULT_MNIST_DIR
+
     parser.add_argument("--mnist-dir", default=None, metavar="DIR",
-                        help="folder with the four MNIST idx files, gzipped or not (default ~/.cache/abmil/mnist)")
+                        help=f"folder with the four MNIST idx files, gzipped or not (default {DEFAULT_MNIST_DIR})")
     parser.add_argument("--download", action="store_true",
                         help="fetch missing MNIST files into --mnist-dir first (checksums verified)")
 
 
 def _mnist_dir(args: argparse.Namespace) -> str:
-    from pathlib import Path
+    from abmil.data.mnist import mnist_dir
 
-    root = args.mnist_dir or str(Path.home() / ".cache" / "abmil" / "mnist")
-    if args.download:
-        from abmil.data.mnist import download_mnist
-
-        download_mnist(root)
-    return root
+    return str(mnist_dir(args.mnist_dir, download=args.download))
 
 
 def _reproduce_mnist_bags(args: argparse.Namespace) -> int:
@@ -347,15 +439,13 @@ def _explain_mnist_bags(args: argparse.Namespace) -> int:
 
 
 def _reproduce_benchmarks(args: argparse.Namespace) -> int:
-    from abmil.experiments.benchmarks import DEFAULT_DATASETS, DEFAULT_MODELS, format_row, reproduce_benchmarks
+    from abmil.experiments.benchmarks import format_row, reproduce_benchmarks
 
-    data = _data_paths(args.data)
-    datasets = args.datasets if args.datasets is not None else (list(data) if data else list(DEFAULT_DATASETS))
-    models = args.models if args.models is not None else list(DEFAULT_MODELS)
-    rows = reproduce_benchmarks(datasets, models, folds=args.folds, repeats=args.repeats, seed=args.seed,
+    metrics = args.metrics or default_of(reproduce_benchmarks, "metrics")
+    rows = reproduce_benchmarks(args.datasets, args.models, folds=args.folds, repeats=args.repeats, seed=args.seed,
                                 epochs=args.epochs, batch_size=args.batch_size, out_dir=args.out,
-                                engine=args.engine, progress=not args.no_progress, data_paths=data,
-                                jobs=args.jobs, metrics=args.metrics or ("accuracy",))
+                                engine=args.engine, progress=not args.no_progress, data_paths=_data_paths(args.data),
+                                jobs=args.jobs, metrics=metrics)
     for row in rows:
         print(f"{row.metric:>9}: {format_row(row)}" if args.metrics else format_row(row))
     print(f"wrote {args.out}/results.md, results.json, results.csv")
@@ -364,24 +454,18 @@ def _reproduce_benchmarks(args: argparse.Namespace) -> int:
 
 def _reproduce_histology(args: argparse.Namespace) -> int:
     from abmil.experiments.benchmarks import format_row
-    from abmil.experiments.histology import HISTOLOGY_MODELS, reproduce_histology
+    from abmil.experiments.histology import histology_progress, reproduce_histology
 
     out = args.out or f"runs/histology-{args.dataset}"
+    run = {"models": args.models, "repeats": args.repeats, "folds": args.folds, "seed": args.seed,
+           "epochs": args.epochs, "patience": args.patience, "lr": args.lr, "weight_decay": args.weight_decay,
+           "augment": not args.no_augment, "stain_normalize": args.stain_normalize,
+           "max_white_fraction": args.max_white_fraction, "out_dir": out}
     if args.status:
-        from abmil.experiments.histology import histology_progress
-
-        print(histology_progress(args.dataset, args.data_dir, models=args.models or list(HISTOLOGY_MODELS),
-                                 repeats=args.repeats, folds=args.folds, seed=args.seed, epochs=args.epochs,
-                                 patience=args.patience, lr=args.lr, weight_decay=args.weight_decay,
-                                 augment=not args.no_augment, stain_normalize=args.stain_normalize,
-                                 max_white_fraction=args.max_white_fraction, out_dir=out))
+        print(histology_progress(args.dataset, args.data_dir, **run))
         return 0
-    rows = reproduce_histology(args.dataset, args.data_dir, models=args.models or list(HISTOLOGY_MODELS),
-                               repeats=args.repeats, folds=args.folds, seed=args.seed, epochs=args.epochs,
-                               patience=args.patience, lr=args.lr, weight_decay=args.weight_decay,
-                               augment=not args.no_augment, stain_normalize=args.stain_normalize,
-                               max_white_fraction=args.max_white_fraction, out_dir=out,
-                               progress=not args.no_progress, jobs=args.jobs, keep_models=args.keep_models)
+    rows = reproduce_histology(args.dataset, args.data_dir, **run, progress=not args.no_progress, jobs=args.jobs,
+                               keep_models=args.keep_models)
     for row in rows:
         print(f"{row.extra['averaging']:>6} {row.metric:>12}: {format_row(row)}")
     print(f"wrote {out}/results.md, results.json, results.csv" if rows else
@@ -410,22 +494,27 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def wsi_config_from_args(args: argparse.Namespace) -> Any:
+    """The ``WSIConfig`` of an ``abmil train`` command line: every field its flag sets, the rest the dataclass's.
+    (Typed ``Any`` so that the config's module is named in :func:`_slide_training` only.)"""
+    config = _slide_training().WSIConfig
+    given = vars(args)
+    return config(**{f.name: given[f.name] for f in dataclasses.fields(config) if f.name in given})
+
+
 def _train(args: argparse.Namespace) -> int:
     from abmil.data.features import FeatureBagDataset
     from abmil.train.distributed import world_from_env
-    from abmil.train.wsi import WSIConfig, train_feature_model
 
-    config = WSIConfig(pooling=args.model, hidden=args.hidden, att_dim=args.att_dim, dropout=args.dropout,
-                       lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs, batch_size=args.batch_size,
-                       batch_instances=args.batch_instances, val_split=args.val_split, seed=args.seed,
-                       chunk_size=args.chunk_size, bf16=args.bf16)
+    config = wsi_config_from_args(args)
     dataset = FeatureBagDataset(args.manifest, args.features)
 
     def show(record: dict) -> None:
         print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
               flush=True)
 
-    info = train_feature_model(dataset, args.out, config, device=args.device, resume=args.resume, on_epoch=show)
+    info = _slide_training().train_feature_model(dataset, args.out, config, device=args.device, resume=args.resume,
+                                                 on_epoch=show)
     if world_from_env().is_main:
         print(f"wrote {args.out}/checkpoint.json, {info['weights']} (epoch {info['epoch']})")
     return 0
@@ -447,8 +536,9 @@ def _heatmap(args: argparse.Namespace) -> int:
     if args.image is not None:
         from abmil.experiments.histology import explain_histology
 
+        downsample = args.downsample or default_of(explain_histology, "downsample")
         print(explain_histology(args.run, model=args.model, image=args.image, out=args.out,
-                                downsample=args.downsample or 1.0, repeat=args.repeat, fold=args.fold))
+                                downsample=downsample, repeat=args.repeat, fold=args.fold))
         return 0
     from abmil.explain.slide import slide_heatmap
 

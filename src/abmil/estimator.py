@@ -13,12 +13,14 @@ works inside ``cross_val_score``, ``GridSearchCV`` and ``clone``. Training is th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from numbers import Integral
+from numbers import Integral, Real
+from typing import ClassVar
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
@@ -92,6 +94,23 @@ class AttentionMILClassifier(ClassifierMixin, BaseEstimator):
         The integer seed the model was trained with.
     """
 
+    # Checked by ``_validate_params`` at the start of ``fit`` (scikit-learn's rule: ``__init__`` only stores).
+    # Intervals open on the right reject inf, and every Interval rejects NaN; TrainConfig alone would accept lr=nan.
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        "pooling": [StrOptions(set(POOLINGS))],
+        "hidden": [Interval(Integral, 1, None, closed="left"), "array-like"],
+        "att_dim": [Interval(Integral, 1, None, closed="left")],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "optimizer": [StrOptions({"sgd", "adam"})],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "standardize": ["boolean"],
+        "random_state": ["random_state"],
+    }
+
     def __init__(self, pooling="gated", hidden=(256, 128, 64), att_dim=64, dropout=0.2, optimizer="sgd",
                  lr=5e-4, weight_decay=1e-2, momentum=0.9, epochs=50, batch_size=1, standardize=True,
                  random_state=0):
@@ -113,8 +132,11 @@ class AttentionMILClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, bags, y):
         """Train on ``bags`` (list of (n_i, d) arrays, 3-D array or object array) with two-class labels ``y``."""
-        config = self._train_config()
-        hidden, att_dim, dropout = self._architecture()
+        self._validate_params()
+        hidden = self._hidden()
+        config = TrainConfig(optimizer=self.optimizer, lr=float(self.lr), weight_decay=float(self.weight_decay),
+                             momentum=float(self.momentum), epochs=int(self.epochs),
+                             batch_size=int(self.batch_size))
         bag_list = _as_bag_list(bags)
         y = _as_labels(y)
         if len(bag_list) != len(y):
@@ -137,8 +159,8 @@ class AttentionMILClassifier(ClassifierMixin, BaseEstimator):
         seed = _seed(self.random_state)
         with torch.random.fork_rng(devices=[]):  # the caller's torch RNG stream is left as it was
             torch.manual_seed(seed)
-            model = EmbeddingMIL(MLPEncoder(d, hidden, dropout=dropout),
-                                 make_pool(self.pooling, hidden[-1], att_dim=att_dim))
+            model = EmbeddingMIL(MLPEncoder(d, hidden, dropout=float(self.dropout)),
+                                 make_pool(self.pooling, hidden[-1], att_dim=int(self.att_dim)))
         fit_auto(model, tensors, torch.as_tensor(encoded, dtype=torch.float32), config, seed=seed)
         model.eval()
 
@@ -148,33 +170,13 @@ class AttentionMILClassifier(ClassifierMixin, BaseEstimator):
         self.model_ = model
         return self
 
-    def _train_config(self) -> TrainConfig:
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if not isinstance(self.optimizer, str):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        return TrainConfig(optimizer=self.optimizer, lr=float(self.lr), weight_decay=float(self.weight_decay),
-                           momentum=float(self.momentum), epochs=int(self.epochs), batch_size=int(self.batch_size))
-
-    def _architecture(self) -> tuple[tuple[int, ...], int, float]:
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(map(repr, POOLINGS))}, got {self.pooling!r}")
-        hidden = (self.hidden,) if isinstance(self.hidden, Integral) else self.hidden
-        try:
-            hidden = tuple(hidden)
-        except TypeError:
-            raise ValueError(f"hidden must be a sequence of positive ints, got {self.hidden!r}") from None
+    def _hidden(self) -> tuple[int, ...]:
+        """``hidden`` as a tuple of layer sizes: the element check ``_parameter_constraints`` cannot express."""
+        hidden = (self.hidden,) if isinstance(self.hidden, Integral) else tuple(self.hidden)
         if not hidden or not all(isinstance(h, Integral) and not isinstance(h, bool) and h > 0 for h in hidden):
-            raise ValueError(f"hidden must be a non-empty sequence of positive ints, got {self.hidden!r}")
-        if not isinstance(self.att_dim, Integral) or isinstance(self.att_dim, bool) or self.att_dim < 1:
-            raise ValueError(f"att_dim must be a positive int, got {self.att_dim!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        return tuple(int(h) for h in hidden), int(self.att_dim), float(self.dropout)
+            raise InvalidParameterError(f"The 'hidden' parameter of {type(self).__name__} must be an int >= 1 or a "
+                                        f"non-empty sequence of them. Got {self.hidden!r} instead.")
+        return tuple(int(h) for h in hidden)
 
     def _tensors(self, bag_list: list[np.ndarray]) -> list[torch.Tensor]:
         """Validated bags → standardised float32 tensors; values beyond float32 range are rejected."""
@@ -300,9 +302,7 @@ def _as_labels(y) -> np.ndarray:
 
 
 def _seed(random_state) -> int:
-    if isinstance(random_state, Integral) and not isinstance(random_state, bool):
-        if random_state < 0:
-            raise ValueError(f"random_state must be >= 0, got {random_state}")
+    if isinstance(random_state, Integral):
         return int(random_state)
     return int(check_random_state(random_state).randint(0, 2**31 - 1))
 

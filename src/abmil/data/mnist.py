@@ -218,6 +218,19 @@ def download_mnist(dest_dir: str | os.PathLike, mirrors: Sequence[str] = DEFAULT
     return paths
 
 
+#: Where MNIST is kept when no folder is given: a per-user cache, as torchvision's and Keras's datasets are.
+DEFAULT_MNIST_DIR = "~/.cache/abmil/mnist"
+
+
+def mnist_dir(root: str | os.PathLike | None = None, *, download: bool = False) -> Path:
+    """The MNIST folder to read: ``root``, or :data:`DEFAULT_MNIST_DIR`; with ``download``, missing files are
+    fetched into it first (:func:`download_mnist`), so that a first run needs no separate step."""
+    folder = Path(root) if root is not None else Path(DEFAULT_MNIST_DIR).expanduser()
+    if download:
+        download_mnist(folder)
+    return folder
+
+
 def _present_and_valid(dest: Path, spec: MNISTFile) -> Path | None:
     for candidate in (dest / f"{spec.name}.gz", dest / spec.name):
         if candidate.is_file():

@@ -1,8 +1,8 @@
 """Reproduce Table 1 of Ilse et al. (ICML 2018): the classic MIL benchmarks under repeated k-fold CV.
 
 One *cell* = one (dataset, model): ``folds x repeats`` runs of :func:`abmil.train.cv.run_cv`, summarised into one
-:class:`abmil.report.results.ResultRow` beside the paper's number. The protocol (shared/paper/protocols.md section 2):
-10-fold CV repeated 5 times, bag accuracy at threshold 0.5, training settings of
+:class:`abmil.report.results.ResultRow` beside the paper's number. The protocol (the paper's classical MIL datasets
+experiment): 10-fold CV repeated 5 times, bag accuracy at threshold 0.5, training settings of
 :func:`abmil.train.presets.benchmark_config` and models of :func:`abmil.nn.zoo.benchmark_model`; features are
 standardised with training-fold statistics only.
 
@@ -266,7 +266,7 @@ def _command(datasets, models, folds, repeats, seed, epochs, batch_size, engine,
 
 
 def reproduce_benchmarks(
-    datasets: Sequence[str] = DEFAULT_DATASETS,
+    datasets: Sequence[str] | None = None,
     models: Sequence[str] = DEFAULT_MODELS,
     *,
     folds: int = 10,
@@ -285,7 +285,7 @@ def reproduce_benchmarks(
 
     Args:
         datasets: shipped benchmark names (:data:`abmil.data.benchmarks.BENCHMARKS`) or names given a file in
-            ``data_paths``.
+            ``data_paths``; None: the names in ``data_paths`` if any, else :data:`DEFAULT_DATASETS`.
         models: keys of :data:`abmil.nn.zoo.MODEL_KEYS`.
         epochs: ``None`` = the protocol's 50.
         batch_size: bags per optimizer step (1 = the paper's).
@@ -308,6 +308,8 @@ def reproduce_benchmarks(
         Both are raised before anything is created in ``out_dir``.
     """
     _check_int(jobs, "jobs", 1)
+    if datasets is None:
+        datasets = list(data_paths) if data_paths else DEFAULT_DATASETS
     metrics = _names(metrics, "metrics")
     bad = [m for m in metrics if m not in BAG_METRICS]
     if bad:
