@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from abmil.data.features import FeatureBagDataset
+from abmil.slides.features import FeatureBagDataset
 
 
 LAYOUTS = {  # name: chunk shape of `features` (None: contiguous)

@@ -10,7 +10,7 @@ attention V, U: 512→256, w: 256→1; classifier 512→1), one bag per optimize
   Bernoulli NLL, ``torch.optim.Adam`` with its defaults.
 - ``abmil-packed``: as ``abmil train --batch-instances`` runs: ``--budget // N`` bags of N instances
   per step, consecutive bags packed end to end with a ``bag_index`` (no padding) into passes of at most
-  ``abmil.train.wsi.pack_limit`` instances, fused Adam.
+  ``abmil.slides.train.pack_limit`` instances, fused Adam.
 - ``torchmil``: ``torchmil.models.ABMIL(gated=True, att_dim=256)`` with the same Linear+ReLU as
   ``feat_ext``, its ``compute_loss`` (BCE with logits), default Adam. Only if ``import torchmil``
   works (``--torchmil-path DIR`` adds a folder where it was installed with ``pip install --target``).
@@ -93,7 +93,7 @@ def _abmil_step(sizes: list[int], args):
     from abmil.nn.zoo import slide_model
     from abmil.train.config import TrainConfig
     from abmil.train.optim import make_optimizer
-    from abmil.train.wsi import slide_loss
+    from abmil.slides.train import slide_loss
 
     model = slide_model("gated", D, 2, hidden=HIDDEN, att_dim=ATT, dropout=0.0, chunk_size=args.chunk)
     opt = make_optimizer(model, TrainConfig(optimizer="adam", lr=1e-4))
@@ -118,7 +118,7 @@ def _abmil_packed_step(sizes: list[int], args):
     from abmil.train.optim import make_optimizer
     from abmil.train.loss import bag_losses
     from abmil.train.loop import pack_groups
-    from abmil.train.wsi import WSIConfig, pack_limit
+    from abmil.slides.train import WSIConfig, pack_limit
 
     model = slide_model("gated", D, 2, hidden=HIDDEN, att_dim=ATT, dropout=0.0)
     opt = make_optimizer(model, TrainConfig(optimizer="adam", lr=1e-4))

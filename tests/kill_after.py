@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-import abmil.train.wsi as wsi
+import abmil.slides.train as wsi
 from abmil.cli import main
 from abmil.train.loop import Callback
 

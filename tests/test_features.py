@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from abmil.data.bags import collate_bags
-from abmil.data.feature_files import FeatureFile
-from abmil.data.features import ByteBudgetCache, FeatureBagDataset
+from abmil.data.bags import pack
+from abmil.slides.feature_files import FeatureFile
+from abmil.slides.features import ByteBudgetCache, FeatureBagDataset
 from abmil.data.samplers import InstanceBudgetSampler
 from abmil.errors import DataError
 
@@ -220,7 +220,7 @@ def test_non_finite_found_in_a_later_chunk(tmp_path):
 def test_whole_slide_read_in_blocks_checks_each_block(tmp_path, monkeypatch):
     """load() reads HDF5 in blocks (here 3 rows) and checks each as it comes: the same array as one plain read, and a
     NaN in a later block is reported at its row of the slide."""
-    import abmil.data.feature_files as feature_files
+    import abmil.slides.feature_files as feature_files
 
     monkeypatch.setattr(feature_files, "READ_BLOCK_BYTES", 3 * DIM * 4)
     x = feats(20, 0)
@@ -432,8 +432,8 @@ def test_batch_size_one_and_no_shuffle():
 def test_sampler_with_dataloader(slides):
     ds = FeatureBagDataset(*slides[:2])
     sampler = InstanceBudgetSampler(ds.bag_sizes(), max_instances=50, seed=0)
-    batches = list(DataLoader(ds, batch_sampler=sampler, collate_fn=collate_bags))
-    assert sum(b.n_bags for b in batches) == 4
-    for b in batches:
-        assert b.instances.shape == (b.bag_index.shape[0], DIM)
-        assert b.instances.shape[0] <= 50 or b.n_bags == 1
+    batches = list(DataLoader(ds, batch_sampler=sampler, collate_fn=lambda items: pack([it[0] for it in items])))
+    assert sum(int(bag_index.max()) + 1 for _, bag_index in batches) == 4
+    for instances, bag_index in batches:
+        assert instances.shape == (bag_index.shape[0], DIM)
+        assert instances.shape[0] <= 50 or int(bag_index.max()) == 0

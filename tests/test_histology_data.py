@@ -24,7 +24,7 @@ from abmil.data.augment import (
     random_he_stain,
     rgb_to_he,
 )
-from abmil.data.bags import collate_bags
+from abmil.data.bags import pack
 from abmil.data.histology import (
     COLON_CLASSES,
     breast_label,
@@ -398,12 +398,13 @@ def test_read_detections_accepts_the_real_edge_values(tmp_path):
 
 def test_bags_collate_into_a_packed_batch(colon_dir):
     bags = load_colon_crc(colon_dir)
-    batch = collate_bags([b.as_item() for b in bags])
-    assert batch.instances.shape == (88 + 6, 3, 27, 27) and batch.instances.dtype == torch.float32
-    assert batch.bag_index.tolist() == [0] * 88 + [1] * 6
-    assert batch.labels.tolist() == [1.0, 0.0] and batch.bag_ids == [POSITIVE, NEGATIVE]
-    assert int(batch.instance_labels.sum()) == 26
-    assert float(batch.instances.max()) <= 1.0
+    items = [b.as_item() for b in bags]
+    instances, bag_index = pack([it[0] for it in items])
+    assert instances.shape == (88 + 6, 3, 27, 27) and instances.dtype == torch.float32
+    assert bag_index.tolist() == [0] * 88 + [1] * 6
+    assert [it[1] for it in items] == [1, 0] and [it[2] for it in items] == [POSITIVE, NEGATIVE]
+    assert int(sum(np.asarray(it[3]).sum() for it in items)) == 26
+    assert float(instances.max()) <= 1.0
 
 
 # --------------------------------------------------------------------------------------------- augmentation

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from abmil.data.bags import collate_bags
+from abmil.data.bags import pack
 from abmil.data.mnist import read_mnist
 from abmil.data.mnist_bags import (
     MNIST_MEAN,
@@ -163,12 +163,13 @@ def test_bad_arguments():
 def test_collates_into_a_packed_batch():
     images, digits = _synthetic()
     bags = make_mnist_bags(images, digits, 4, seed=1)
-    batch = collate_bags([bags[i] for i in range(4)])
+    items = [bags[i] for i in range(4)]
+    instances, bag_index = pack([it[0] for it in items])
     n = int(bags.bag_lengths.sum())
-    assert batch.instances.shape == (n, 1, 28, 28) and batch.instances.dtype == torch.float32
-    assert batch.bag_index.tolist() == np.repeat(np.arange(4), bags.bag_lengths).tolist()
-    assert batch.labels.tolist() == bags.labels.tolist() and batch.bag_ids == [0, 1, 2, 3]
-    assert batch.instance_labels.tolist() == np.concatenate(bags.instance_labels).tolist()
+    assert instances.shape == (n, 1, 28, 28) and instances.dtype == torch.float32
+    assert bag_index.tolist() == np.repeat(np.arange(4), bags.bag_lengths).tolist()
+    assert [it[1] for it in items] == bags.labels.tolist() and [it[2] for it in items] == [0, 1, 2, 3]
+    assert np.concatenate([it[3] for it in items]).tolist() == np.concatenate(bags.instance_labels).tolist()
 
 
 def test_normalisation_matches_torchvision_formula():

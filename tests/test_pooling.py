@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from abmil.data.bags import BagBatch, bag_offsets, collate_bags, pack, unpack
+from abmil.data.bags import bag_offsets, pack, unpack
 from abmil.nn.pooling import AttentionPool, MaxPool, MeanPool
 from abmil.nn.segment import num_bags, segment_count, segment_max, segment_mean, segment_softmax, segment_sum
 
@@ -325,35 +325,20 @@ def test_pack_empty_bag_raises():
         pack([])
 
 
-def test_collate_bags_round_trip():
+def test_pack_unpack_round_trip():
     rng = np.random.default_rng(1)
     bags = [rng.normal(size=(n, 4)).astype(np.float32) for n in (3, 1, 6)]
-    inst = [rng.integers(0, 2, size=n) for n in (3, 1, 6)]
-    items = [(b, lab, f"bag{i}", il) for i, (b, lab, il) in enumerate(zip(bags, [1, 0, 1], inst))]
-    batch = collate_bags(items)
-    assert isinstance(batch, BagBatch)
-    assert batch.n_bags == 3
-    assert batch.labels.dtype == torch.float32 and batch.labels.tolist() == [1.0, 0.0, 1.0]
-    assert batch.bag_ids == ["bag0", "bag1", "bag2"]
-    for a, b in zip(unpack(batch.instances, batch.bag_index, batch.n_bags), bags):
+    instances, bag_index = pack(bags)
+    assert bag_index.tolist() == [0] * 3 + [1] + [2] * 6
+    for a, b in zip(unpack(instances, bag_index, 3), bags):
         assert np.array_equal(a.numpy(), b)
-    for a, b in zip(unpack(batch.instance_labels, batch.bag_index, batch.n_bags), inst):
-        assert np.array_equal(a.numpy(), b)
-    moved = batch.to("cpu")
-    assert torch.equal(moved.instances, batch.instances) and moved.bag_ids == batch.bag_ids
-
-    # items without ids / instance labels
-    batch2 = collate_bags([(bags[0], 0), (bags[2], 1)])
-    assert batch2.bag_ids == [0, 1]
-    assert batch2.instance_labels is None
-    assert batch2.bag_index.tolist() == [0] * 3 + [1] * 6
 
 
-def test_collate_then_pool_equals_alone():
+def test_pack_then_pool_equals_alone():
     pool = make_pool("gated")
     bags = make_bags(sizes=(1, 9, 2), seed=9)
-    batch = collate_bags([(b, i % 2) for i, b in enumerate(bags)])
-    z, w = pool(batch.instances, batch.bag_index, batch.n_bags)
+    instances, bag_index = pack(bags)
+    z, w = pool(instances, bag_index, len(bags))
     for i, b in enumerate(bags):
         zi, _ = pool(b, alone_index(b.shape[0]), 1)
         assert maxdiff(z[i], zi[0]) < TOL

@@ -150,8 +150,8 @@ def test_stacked_engine_flushes_every_run(mode_off):
 def test_whole_slide_training_flushes(tmp_path, monkeypatch, mode_off):
     import h5py
 
-    import abmil.train.wsi as wsi
-    from abmil.data.features import FeatureBagDataset
+    import abmil.slides.train as wsi
+    from abmil.slides.features import FeatureBagDataset
     from wsi_helpers import DIM, load_weights, make_dataset
 
     manifest, features = make_dataset(tmp_path, 6)

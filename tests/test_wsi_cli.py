@@ -15,7 +15,7 @@ from PIL import Image
 
 from abmil.cli import build_parser, default_of, main, wsi_config_from_args
 from abmil.explain.heatmap import heatmap_layout
-from abmil.train.wsi import WSIConfig, train_feature_model
+from abmil.slides.train import WSIConfig, train_feature_model
 
 from wsi_helpers import DIM, PATCH, grid, make_dataset, write_slide
 

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from abmil.data.features import FeatureBagDataset
+from abmil.slides.features import FeatureBagDataset
 from abmil.nn.models import MILOutput
 from abmil.nn.zoo import slide_model
 from abmil.train.checkpoint import (load_optimizer_state, optimizer_from_safetensors, optimizer_to_safetensors,
                                     read_checkpoint)
-from abmil.train.wsi import WSIConfig, slide_loss, train_feature_model
-from abmil.train.schedule import epoch_steps, train_val_split
+from abmil.slides.train import WSIConfig, slide_loss, train_feature_model
+from abmil.slides.manifest import train_val_split
+from abmil.train.schedule import epoch_steps
 
 from wsi_helpers import DIM, load_weights, make_dataset
 

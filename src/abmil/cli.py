@@ -65,7 +65,7 @@ def _joined(values: Iterable[Any]) -> str:
 def _slide_training() -> ModuleType:
     """The library module behind ``abmil train`` (WSIConfig, train_feature_model): named here only, so that
     renaming it touches one line."""
-    import abmil.train.wsi as module
+    import abmil.slides.train as module
 
     return module
 
@@ -283,11 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _wsi_commands(commands) -> None:
-    """train / predict / heatmap: attention MIL on whole-slide feature bags (abmil.train.wsi)."""
+    """train / predict / heatmap: attention MIL on whole-slide feature bags (abmil.slides.train)."""
     from abmil.experiments.histology import explain_histology
-    from abmil.explain.slide import slide_heatmap
+    from abmil.slides.heatmap import slide_heatmap
     from abmil.nn.zoo import SLIDE_KEYS as POOLINGS
-    from abmil.train.wsi_predict import load_run
+    from abmil.slides.predict import load_run
 
     slides = _slide_training()
     config = functools.partial(default_of, slides.WSIConfig)
@@ -503,7 +503,7 @@ def wsi_config_from_args(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from abmil.data.features import FeatureBagDataset
+    from abmil.slides.features import FeatureBagDataset
     from abmil.train.distributed import world_from_env
 
     config = wsi_config_from_args(args)
@@ -521,8 +521,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from abmil.data.features import FeatureBagDataset
-    from abmil.train.wsi_predict import load_run, predict_dataset, write_predictions
+    from abmil.slides.features import FeatureBagDataset
+    from abmil.slides.predict import load_run, predict_dataset, write_predictions
 
     run = load_run(args.run, args.device)
     dataset = FeatureBagDataset(args.manifest, args.features, classes=run.classes, require_labels=False)
@@ -540,7 +540,7 @@ def _heatmap(args: argparse.Namespace) -> int:
         print(explain_histology(args.run, model=args.model, image=args.image, out=args.out,
                                 downsample=downsample, repeat=args.repeat, fold=args.fold))
         return 0
-    from abmil.explain.slide import slide_heatmap
+    from abmil.slides.heatmap import slide_heatmap
 
     print(slide_heatmap(args.run, args.slide, args.out, thumbnail=args.thumbnail, downsample=args.downsample,
                         patch_size=args.patch_size, device=args.device, normalise=args.scale))

@@ -100,8 +100,8 @@ class PatchBag:
         return int(self.patches.shape[0])
 
     def as_item(self) -> tuple:
-        """``(instances (n, 3, s, s) float32 in [0, 1], label, bag_id, instance_labels)`` for
-        :func:`abmil.data.bags.collate_bags`."""
+        """``(instances (n, 3, s, s) float32 in [0, 1], label, bag_id, instance_labels)``, the item layout of the
+        package's datasets."""
         return patches_to_tensor(self.patches), self.label, self.bag_id, self.instance_labels
 
 

@@ -82,7 +82,7 @@ class MNISTBags:
         return len(self.bags)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int, int, np.ndarray]:
-        """``(bag, label, bag_id, instance_labels)``, the item layout of :func:`abmil.data.bags.collate_bags`."""
+        """``(bag, label, bag_id, instance_labels)``, the item layout of the package's datasets."""
         return self.bags[i], int(self.labels[i]), i, self.instance_labels[i]
 
     @property

@@ -3,7 +3,7 @@
 Whole-slide bags range from a few hundred to a few hundred thousand instances, so a fixed
 number of bags per batch gives batches whose memory differs a thousandfold. An
 :class:`InstanceBudgetSampler` batches by instance count instead; pass it to a DataLoader as
-``batch_sampler`` with ``collate_fn=collate_bags``.
+``batch_sampler`` with a ``collate_fn`` that packs the bags (:func:`abmil.data.bags.pack`).
 """
 from __future__ import annotations
 

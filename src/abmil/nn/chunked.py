@@ -142,7 +142,7 @@ def chunked_attention_pool(encoder: nn.Module | None, pool: AttentionPool,
         encoder: instance encoder f applied to each chunk, or None for features used as h.
         pool: the attention pooling whose ``scores`` give the logits.
         chunks: the bag's instances, ``(n_chunk, in_dim)`` tensors (or ``(features, coords)``
-            pairs, as :meth:`abmil.data.features.FeatureBagDataset.iter_chunks` yields).
+            pairs, as :meth:`abmil.slides.features.FeatureBagDataset.iter_chunks` yields).
         return_logits: also return every instance's logit, (n_instances,) — O(n) scalars —
             from which the attention weights are ``torch.softmax(logits, 0)``.
         device: move each chunk here before encoding (e.g. the GPU for chunks read on CPU).

@@ -116,7 +116,7 @@ class EmbeddingMIL(nn.Module):
     def pool_chunks(self, chunks: Iterable[Tensor | Sequence], device: torch.device | str | None = None
                     ) -> MILOutput:
         """Inference on one bag streamed as chunks ``(n_chunk, in_dim)`` (or ``(features, coords)`` pairs, as
-        :meth:`abmil.data.features.FeatureBagDataset.iter_chunks` yields): memory O(chunk), plus O(n_instances)
+        :meth:`abmil.slides.features.FeatureBagDataset.iter_chunks` yields): memory O(chunk), plus O(n_instances)
         attention logits. Logits (1, n_out); ``attention_logits`` (n_instances,), no ``weights``."""
         from .chunked import chunked_attention_pool
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..data.bags import pack
 from ..nn.dropout import set_dropout_key
 from .checkpoint import load_extra, load_weights, read_checkpoint, restore_optimizer, save_checkpoint
 from .config import TrainConfig
@@ -239,8 +240,8 @@ def _pass(net: nn.Module, model: nn.Module, bags: list[tuple[Tensor, Any]], keys
         set_dropout_key(model, seed, keys if isinstance(keys, int) else keys[0])
     else:
         sizes = [b.shape[0] for b, _ in bags]
-        x = torch.cat([b for b, _ in bags]).to(device, non_blocking=True)
-        bag_index = torch.repeat_interleave(torch.arange(len(bags), device=device), torch.tensor(sizes, device=device))
+        x, bag_index = pack([b for b, _ in bags])
+        x, bag_index = x.to(device, non_blocking=True), bag_index.to(device, non_blocking=True)
         if isinstance(keys, int):
             set_dropout_key(model, seed, keys)
         else:

@@ -25,55 +25,6 @@ import numpy as np
 from ..data.samplers import InstanceBudgetSampler
 from .loop import Step
 
-VAL_SPLITS = ("val", "valid", "validation")
-TRAIN_SPLIT = "train"
-
-
-def train_val_split(labels: Sequence[int], splits: Sequence[str | None], val_split: float | None,
-                    seed: int) -> tuple[list[int], list[int]]:
-    """Slide positions ``(train, val)``.
-
-    - With a ``split`` column in the manifest: ``train`` rows train; ``val``/``valid``/
-      ``validation`` rows validate; other rows (``test``, empty) are left out. ``val_split``
-      then takes its fraction out of the ``train`` rows, and is refused if there are val rows.
-    - Without: every slide trains, less a ``val_split`` fraction.
-
-    The fraction is taken per class (stratified, at least one slide of a class of two or more),
-    chosen by ``seed``.
-    """
-    has_column = any(s is not None for s in splits)
-    if has_column:
-        pool = [i for i, s in enumerate(splits) if s == TRAIN_SPLIT]
-        val = [i for i, s in enumerate(splits) if s in VAL_SPLITS]
-        if val_split is not None and val:
-            raise ValueError("the manifest's split column already names validation slides; "
-                             "drop --val-split or the val rows")
-        if not pool:
-            raise ValueError(f"no training slides: the manifest's split column has no {TRAIN_SPLIT!r} rows")
-    else:
-        pool, val = list(range(len(labels))), []
-    if not val_split:
-        return pool, val
-    if not 0.0 < val_split < 1.0:
-        raise ValueError(f"val_split must be a fraction in (0, 1), got {val_split}")
-    rng = np.random.default_rng([seed, 0x5A11])  # its own stream: not the epoch orders'
-    chosen: list[int] = []
-    for c in sorted({labels[i] for i in pool}):
-        members = [i for i in pool if labels[i] == c]
-        k = int(round(val_split * len(members)))
-        if len(members) >= 2:
-            k = min(max(k, 1), len(members) - 1)
-        else:
-            k = 0
-        chosen += [members[j] for j in rng.permutation(len(members))[:k]]
-    val = sorted(chosen)
-    taken = set(val)
-    train = [i for i in pool if i not in taken]
-    if not train:
-        raise ValueError(f"val_split {val_split} leaves no training slides")
-    return train, val
-
-
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The order in which a run with ``seed`` visits its ``n`` training bags in ``epoch``."""
     return np.random.default_rng([seed, epoch]).permutation(n)

@@ -31,18 +31,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.features import FeatureBagDataset
+from .features import FeatureBagDataset
 from ..errors import DataError
 from ..nn import chunked
 from ..nn.chunked import DEFAULT_CHUNK_SIZE
 from ..nn.models import EmbeddingMIL
 from ..nn.zoo import slide_model
-from .checkpoint import read_checkpoint
-from .config import TrainConfig
-from .distributed import World, gather_lists, init_distributed, max_divergence, shutdown
-from .loop import Callback, Checkpointing, FitHistory, bf16_autocast, train_loop
-from .loss import bag_losses
-from .schedule import epoch_steps, train_val_split
+from ..train.checkpoint import read_checkpoint
+from ..train.config import TrainConfig
+from ..train.distributed import World, gather_lists, init_distributed, max_divergence, shutdown
+from ..train.loop import Callback, Checkpointing, FitHistory, bf16_autocast, train_loop
+from ..train.loss import bag_losses
+from ..train.schedule import epoch_steps
+from .manifest import train_val_split
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class WSIConfig:
         batch_size: slides per step (per rank); default 1 unless ``batch_instances`` is given.
         batch_instances: instances per step (per rank): consecutive slides are grouped up to it.
         val_split: fraction of training slides held out for validation (see
-            :func:`~abmil.train.wsi_schedule.train_val_split`); None: the manifest's split column.
+            :func:`~abmil.slides.manifest.train_val_split`); None: the manifest's split column.
         seed: weights' initialisation, epoch orders, dropout masks, the validation split.
         chunk_size: slides above this many instances are pooled in chunks of this size.
         bf16: bfloat16 autocast for the forward pass (CUDA, recent CPUs).

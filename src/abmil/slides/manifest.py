@@ -1,4 +1,4 @@
-"""The slide manifest of a feature-bag dataset, and its label encoding.
+"""The slide manifest of a feature-bag dataset: its rows, its label encoding, its split into train and validation.
 
 A manifest is a CSV with one row per slide::
 
@@ -16,6 +16,8 @@ import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..errors import DataError
 
@@ -113,3 +115,52 @@ def encode_labels(rows: Sequence[ManifestRow], classes: Sequence[str] | None = N
     names = sorted({r.label for r in rows})
     index = {c: i for i, c in enumerate(names)}
     return [index[r.label] for r in rows], names
+
+
+VAL_SPLITS = ("val", "valid", "validation")
+TRAIN_SPLIT = "train"
+
+
+def train_val_split(labels: Sequence[int], splits: Sequence[str | None], val_split: float | None,
+                    seed: int) -> tuple[list[int], list[int]]:
+    """Slide positions ``(train, val)``.
+
+    - With a ``split`` column in the manifest: ``train`` rows train; ``val``/``valid``/
+      ``validation`` rows validate; other rows (``test``, empty) are left out. ``val_split``
+      then takes its fraction out of the ``train`` rows, and is refused if there are val rows.
+    - Without: every slide trains, less a ``val_split`` fraction.
+
+    The fraction is taken per class (stratified, at least one slide of a class of two or more),
+    chosen by ``seed``.
+    """
+    has_column = any(s is not None for s in splits)
+    if has_column:
+        pool = [i for i, s in enumerate(splits) if s == TRAIN_SPLIT]
+        val = [i for i, s in enumerate(splits) if s in VAL_SPLITS]
+        if val_split is not None and val:
+            raise ValueError("the manifest's split column already names validation slides; "
+                             "drop --val-split or the val rows")
+        if not pool:
+            raise ValueError(f"no training slides: the manifest's split column has no {TRAIN_SPLIT!r} rows")
+    else:
+        pool, val = list(range(len(labels))), []
+    if not val_split:
+        return pool, val
+    if not 0.0 < val_split < 1.0:
+        raise ValueError(f"val_split must be a fraction in (0, 1), got {val_split}")
+    rng = np.random.default_rng([seed, 0x5A11])  # its own stream: not the epoch orders'
+    chosen: list[int] = []
+    for c in sorted({labels[i] for i in pool}):
+        members = [i for i in pool if labels[i] == c]
+        k = int(round(val_split * len(members)))
+        if len(members) >= 2:
+            k = min(max(k, 1), len(members) - 1)
+        else:
+            k = 0
+        chosen += [members[j] for j in rng.permutation(len(members))[:k]]
+    val = sorted(chosen)
+    taken = set(val)
+    train = [i for i in pool if i not in taken]
+    if not train:
+        raise ValueError(f"val_split {val_split} leaves no training slides")
+    return train, val

@@ -22,13 +22,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..data.feature_files import FeatureFile
-from ..data.features import FeatureBagDataset
+from .feature_files import FeatureFile
+from .features import FeatureBagDataset
 from ..errors import DataError
 from ..io import atomic_open, write_text_atomic
 from ..nn.models import EmbeddingMIL
-from .checkpoint import load_weights, read_checkpoint
-from .wsi import WSIConfig, build_model
+from ..train.checkpoint import load_weights, read_checkpoint
+from .train import WSIConfig, build_model
 
 
 @dataclass

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.feature_files import FeatureFile
+from .feature_files import FeatureFile
 from ..errors import DataError
-from .heatmap import paint_heatmap
+from ..explain.heatmap import paint_heatmap
 
 #: Without a thumbnail, each patch is drawn this many pixels wide (the canvas is still bounded).
 PATCH_PIXELS = 8
@@ -63,7 +63,7 @@ def slide_heatmap(run_dir: str | os.PathLike, slide_file: str | os.PathLike, out
         patch_size: patch side in level-0 pixels; default: from the file (see :func:`patch_size_of`).
         normalise: colour scale of :func:`abmil.explain.heatmap.normalise_scores`.
     """
-    from ..train.wsi_predict import load_run, predict_file
+    from .predict import load_run, predict_file
 
     if thumbnail is not None and downsample is None:
         raise ValueError("--thumbnail needs --downsample (level-0 pixels per thumbnail pixel)")

@@ -1,12 +1,12 @@
 """Feature bags of whole slides: a manifest CSV plus one feature file per slide.
 
-    manifest.csv   slide_id, label[, split][, path]                 (``abmil.data.manifest``)
-    features/      <slide_id>.h5 (CLAM / TRIDENT layout) or .pt     (``abmil.data.feature_files``)
+    manifest.csv   slide_id, label[, split][, path]                 (``abmil.slides.manifest``)
+    features/      <slide_id>.h5 (CLAM / TRIDENT layout) or .pt     (``abmil.slides.feature_files``)
 
 A slide is read only when it is asked for (``dataset[i]``), optionally kept in an LRU cache
 bounded in bytes, and can be streamed in chunks (:meth:`FeatureBagDataset.iter_chunks`) when
-the bag does not fit in memory. Items are ``(features (n_instances, dim), label, slide_id)``,
-the form :func:`abmil.data.bags.collate_bags` packs.
+the bag does not fit in memory. Items are ``(features (n_instances, dim), label, slide_id)``;
+:func:`abmil.data.bags.pack` packs their features.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class FeatureBagDataset(Dataset):
             default: the manifest's folder.
         split: keep only the rows whose ``split`` is this value.
         classes: the class names in index order; default: integer labels as they are, or
-            the sorted distinct names (see :func:`abmil.data.manifest.encode_labels`).
+            the sorted distinct names (see :func:`abmil.slides.manifest.encode_labels`).
         dtype: features are converted to this dtype (float16 files become float32 by default);
             ``None`` keeps the stored dtype.
         cache_bytes: keep recently read slides in RAM up to this many bytes (0: no cache).
