@@ -4,7 +4,7 @@ All functions take patches ``x`` (n, 3, h, w) float in [0, 1] (RGB, channels fir
 :func:`abmil.data.patches.patches_to_tensor`) and an explicit :class:`torch.Generator`; every random draw comes from
 that generator on the CPU, so a seed gives the same result on any device. Each patch gets its own draw.
 
-What the sources say (shared/paper/protocols.md §4 "Augmentation and normalisation"):
+What the sources say (docs/protocols.md §4 "Augmentation and normalisation"):
 
 * H&E jitter — the paper, verbatim: "We randomly adjust the amount of H&E by decomposing the RGB color of the tissue
   into the H&E color space, followed by multiplying the magnitude of H&E for a pixel by two i.i.d. Gaussian random

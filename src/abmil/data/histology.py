@@ -14,7 +14,7 @@ Warwick CRCHistoPhenotypes, the ``Classification`` folder of the 2016 archive, 1
 
   bag = one image; instances = 27x27 windows centred on every annotated nucleus of the four classes
   (:func:`abmil.data.patches.centred_patches`); instance label 1 = epithelial; bag label = max of instance labels,
-  i.e. positive iff the image has at least one epithelial nucleus (protocols.md §4 "Colon Cancer").
+  i.e. positive iff the image has at least one epithelial nucleus (docs/protocols.md §4 "Colon Cancer").
 
   ``detection`` holds MATLAB coordinates: column 0 is x (the image column), column 1 is y (the row), 1-based pixel
   units, float (some files store uint8/uint16; empty ones are (0, 2)). Checked on all 22,444 real nuclei: the mean

@@ -10,7 +10,7 @@ Conventions (both cutters):
   ``image[row:row + s, col:col + s]``. Top-left, not centre, because a border window is shifted inward and then no
   longer centred on anything; the top-left always says exactly which pixels the patch holds.
 
-The paper's two recipes (shared/paper/protocols.md, section 4 "Histopathology"):
+The paper's two recipes (docs/protocols.md, section 4 "Histopathology"):
 
 * Breast (UCSB): non-overlapping 32 x 32 tiles (896 x 768 -> 28 x 24 = 672 per image); a tile is dropped as
   background when >= 75 % of its pixels are white. See :func:`grid_patches` for how "white" is judged.
@@ -42,11 +42,11 @@ __all__ = [
     "white_fraction",
 ]
 
-BREAST_PATCH_SIZE = 32  # protocols.md §4 "Breast Cancer": 32x32 tiles, 672 per 896x768 image (not 27x27)
-COLON_PATCH_SIZE = 27   # protocols.md §4 "Colon Cancer": 27x27 windows centred on each nucleus
-MAX_WHITE_FRACTION = 0.75  # protocols.md §4: a tile is background when >= 75 % of its pixels are white (unconfirmed)
+BREAST_PATCH_SIZE = 32  # docs/protocols.md §4 "Breast Cancer": 32x32 tiles, 672 per 896x768 image (not 27x27)
+COLON_PATCH_SIZE = 27   # docs/protocols.md §4 "Colon Cancer": 27x27 windows centred on each nucleus
+MAX_WHITE_FRACTION = 0.75  # docs/protocols.md §4: a tile is background when >= 75 % of its pixels are white (unconfirmed)
 # A pixel is "white" when its luminance exceeds 215 on the 0-255 scale. The paper gives no pixel rule; this is the
-# white mask of the stain normaliser in gmum's histology loaders (``rgb2gray(img) > 215/255``, protocols.md §4
+# white mask of the stain normaliser in gmum's histology loaders (``rgb2gray(img) > 215/255``, docs/protocols.md §4
 # "HistoNormalize"), with scikit-image's rgb2gray (ITU-R BT.709) weights.
 WHITE_LEVEL = 215.0
 LUMINANCE_WEIGHTS = (0.2125, 0.7154, 0.0721)
@@ -141,7 +141,7 @@ def centred_patches(
     ``centres`` is (n, 2) integer (row, col), 0-based pixel indices inside the image. The window's top-left is
     ``clip(centre - patch_size // 2, 0, size - patch_size)`` per axis: the centre pixel sits at index
     ``patch_size // 2`` (13 of 27, the exact middle) unless the window had to move inward to stay inside the image,
-    as gmum's colon loader does (protocols.md §4: "shifted inward at the borders"; no padding, no nucleus dropped).
+    as gmum's colon loader does (docs/protocols.md §4: "shifted inward at the borders"; no padding, no nucleus dropped).
     Order follows ``centres``; n = 0 gives empty arrays.
 
     Returns:

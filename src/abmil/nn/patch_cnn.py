@@ -9,7 +9,7 @@ from .dropout import KeyedDropout
 __all__ = ["PATCH_CNN_DROPOUT", "PatchCNN", "flat_dim"]
 
 #: Dropout rate after each fc-512. The paper's rate is not known; the two independent implementations differ
-#: (utayao 0.5, gmum 0.2; shared/paper/protocols.md section 4 "Architecture"). 0.2 is gmum's, whose histology code
+#: (utayao 0.5, gmum 0.2; docs/protocols.md section 4 "Architecture"). 0.2 is gmum's, whose histology code
 #: its README says derives from the authors' (and whose flattened size matches the paper's architecture).
 PATCH_CNN_DROPOUT = 0.2
 
@@ -30,7 +30,7 @@ class PatchCNN(nn.Module):
 
     conv 4x4 3→36, ReLU, max-pool 2; conv 3x3 36→48, ReLU, max-pool 2 (computed pool-then-ReLU, identical);
     flatten (48·5·5 = 1200 for s = 27, 48·6·6 = 1728 for s = 32); fc-512, ReLU, dropout; fc-512, ReLU, dropout
-    (protocols.md section 4; the paper's table is unconfirmed, gmum's and utayao's code agree on it). Plug it into :class:`abmil.nn.models.EmbeddingMIL` with a
+    (docs/protocols.md section 4; the paper's table is unconfirmed, gmum's and utayao's code agree on it). Plug it into :class:`abmil.nn.models.EmbeddingMIL` with a
     512-dim pooling (attention L = 128) or into ``InstanceMIL``.
 
     The input is mapped from [0, 1] to [-1, 1] first (gmum's ``Normalize((0.5,) * 3, (0.5,) * 3)``), inside the

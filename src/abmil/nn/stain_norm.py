@@ -1,6 +1,6 @@
 """Reinhard colour normalisation of H&E patches: each patch's CIE-Lab statistics matched to a fixed target.
 
-gmum's histology pipeline (``HistoNormalize``, shared/paper/protocols.md section 4 "Augmentation and normalisation")
+gmum's histology pipeline (``HistoNormalize``, docs/protocols.md section 4 "Augmentation and normalisation")
 normalises every patch, at training and test time: the mean and standard deviation of L, a and b over the patch's
 non-white pixels (grey level <= 215/255) are mapped to a fixed H&E target; white pixels are left as they are. Whether
 the paper did this is not known; a user of the reference code found colour normalisation decisive on the colon set.

@@ -98,7 +98,7 @@ def summarise(
 
     ``mean`` is over all values. ``std`` (ddof=0): with ``repeat_ids`` (one id per value) and
     ``std_over="repeats"``, the spread of the per-repeat means — the most plausible meaning of the paper's ±
-    (protocols.md, "Open questions": ±0.02-0.05 cannot be a per-fold sd on ~9-bag folds); otherwise the std of all
+    (docs/protocols.md, "Open questions": ±0.02-0.05 cannot be a per-fold sd on ~9-bag folds); otherwise the std of all
     values. Both are kept: ``extra["std_folds"]`` is always the std over all values, ``extra["std_over"]`` says
     which one ``std`` is.
     """

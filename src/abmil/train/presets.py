@@ -6,7 +6,7 @@ the baseline rows of Ilse et al.'s Table 1) trains with SGD, Nesterov momentum 0
 epochs, one bag per step, no validation set and no early stopping, with the per-dataset learning
 rate and L2 below. Keras adds ``wd * ||W||^2`` to the loss: gradient ``2 wd W``, biases exempt;
 we reproduce exactly that. Ilse et al.'s own table of optimiser settings for the attention
-models could not be read (../shared/paper/protocols.md). We train them with Wang et al.'s recipe
+models could not be read (docs/protocols.md). We train them with Wang et al.'s recipe
 (SGD, Nesterov, decay, L2 per dataset, 50 epochs) but with the reference code's learning rate,
 5e-4, on every dataset: at Wang et al.'s 1e-4 for Fox and Elephant the attention models under-fit
 (Elephant, gated, repeat 0 of seed 0: 0.725 at 1e-4, 0.845 at 5e-4; paper 0.857).
@@ -44,7 +44,7 @@ def benchmark_config(dataset: str, model: str = "attention", *, epochs: int = 50
 
 
 def mnist_bags_config(*, epochs: int = 20, batch_size: int = 1) -> TrainConfig:
-    """MNIST-bags, as the reference code trains (AttentionDeepMIL ``main.py``; protocols.md section 3): Adam, lr
+    """MNIST-bags, as the reference code trains (AttentionDeepMIL ``main.py``; docs/protocols.md section 3): Adam, lr
     5e-4, betas (0.9, 0.999), coupled L2 ``weight_decay`` 1e-4 on every parameter (``--reg 10e-5`` = 1e-4), 20
     epochs, one bag per step, no schedule. The paper's validation split and early stopping are not documented
     anywhere we could read, so none is used (the reference code uses none either)."""
@@ -55,7 +55,7 @@ def mnist_bags_config(*, epochs: int = 20, batch_size: int = 1) -> TrainConfig:
 
 
 def histology_config(*, epochs: int = 200, lr: float = 1e-4, weight_decay: float = 5e-4) -> TrainConfig:
-    """Histopathology (Tables 2-3; protocols.md section 4 "Optimiser, training, evaluation"): Adam, lr 1e-4, betas
+    """Histopathology (Tables 2-3; docs/protocols.md section 4 "Optimiser, training, evaluation"): Adam, lr 1e-4, betas
     (0.9, 0.999), coupled L2 ``weight_decay`` 5e-4 on every parameter, one bag per step, no schedule, at most
     ``epochs`` (200) epochs — the run stops earlier by :func:`histology_stopping`.
 
@@ -71,7 +71,7 @@ def histology_config(*, epochs: int = 200, lr: float = 1e-4, weight_decay: float
 
 
 def histology_stopping(*, patience: int = 25, val_fraction: float = 0.2) -> "EarlyStopping":
-    """Histopathology validation split and early stopping (gmum's values, protocols.md section 4): 20 % of the
+    """Histopathology validation split and early stopping (gmum's values, docs/protocols.md section 4): 20 % of the
     training folds held out (stratified), stop after 25 epochs without a lower validation error (ties broken by the
     validation loss), keep the best epoch's weights. Returns an :class:`abmil.train.loop.EarlyStopping`."""
     from .loop import EarlyStopping
