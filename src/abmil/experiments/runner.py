@@ -132,6 +132,7 @@ class UnitCache:
     ignore: tuple[str, ...] = ()
 
     def path(self, key: str) -> Path:
+        """The unit's file (whether or not it exists)."""
         return self.folder / f"{key}.json"
 
     def create(self) -> None:
@@ -165,6 +166,8 @@ class UnitCache:
 
 
 class Keyed(Protocol):
+    """A unit: its ``key`` names its files and its entry in the records."""
+
     @property
     def key(self) -> str: ...
 
@@ -202,6 +205,7 @@ def run_pending(pending: Sequence[U], work: Callable[[U], R], *, records: dict[s
         on_done: called with (unit, record) after publishing, e.g. to advance a progress bar.
     """
     global _JOB
+    outer = _JOB  # restored after: a work function may itself run a (nested) set of units in-process
     pooled = jobs > 1 and len(pending) > 1
     if pooled and threads is None:
         threads = 1
@@ -221,10 +225,10 @@ def run_pending(pending: Sequence[U], work: Callable[[U], R], *, records: dict[s
         if pool is not None:
             pool.terminate()
             pool.join()
-        _JOB = None
+        _JOB = outer
 
 
-def progress_bar(total: int, *, enabled: bool = True, **options: Any):
+def progress_bar(total: int, *, enabled: bool = True, **options: Any) -> Any:
     """A tqdm bar on stderr (results go to stdout), or None when disabled."""
     if not enabled:
         return None
