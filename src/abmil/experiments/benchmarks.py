@@ -1,9 +1,9 @@
 """Reproduce Table 1 of Ilse et al. (ICML 2018): the classic MIL benchmarks under repeated k-fold CV.
 
 One *cell* = one (dataset, model): ``folds x repeats`` runs of :func:`abmil.train.cv.run_cv`, summarised into one
-:class:`abmil.report.results.ResultRow` beside the paper's number. The protocol (the paper's classical MIL datasets
-experiment): 10-fold CV repeated 5 times, bag accuracy at threshold 0.5, training settings of
-:func:`abmil.train.presets.benchmark_config` and models of :func:`abmil.nn.zoo.benchmark_model`; features are
+:class:`abmil.report.results.ResultRow` beside the paper's number. The protocol (the paper's Table 1 setup, which
+follows Wang et al. 2018's mi-Net code): 10-fold CV repeated 5 times, bag accuracy at threshold 0.5, training settings
+of :func:`abmil.train.presets.benchmark_config` and models of :func:`abmil.nn.zoo.benchmark_model`; features are
 standardised with training-fold statistics only.
 
 Output directory layout (every file written atomically)::
@@ -18,10 +18,8 @@ already finished; a cell file written under other settings is recomputed and rep
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
-import shlex
 import sys
 import tempfile
 import time
@@ -36,7 +34,8 @@ import torch
 from abmil.data.benchmarks import BENCHMARKS, EXPECTED_FEATURES, MILDataset, load_benchmark
 from abmil.data.benchmarks import load_mil_csv, load_mil_mat
 from abmil.errors import DataError
-from abmil.io import write_json_atomic
+from abmil.experiments.runner import (UnitCache, check_int, check_out_dir, command_line, fingerprint, progress_bar,
+                                      run_pending)
 from abmil.nn.zoo import benchmark_model, check_model_key
 from abmil.report import paper
 from abmil.report.metrics import BAG_METRICS, bag_metrics
@@ -92,12 +91,6 @@ def _names(values: Sequence[str] | str, what: str) -> list[str]:
     return list(dict.fromkeys(out))  # duplicates would be two rows for one cell
 
 
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _load(name: str, path: str | None) -> MILDataset:
     """A shipped benchmark by name, or the user's file ``path`` (read under ``name``).
 
@@ -131,12 +124,12 @@ def _prepare(datasets, models, folds, repeats, seed, epochs, batch_size, engine,
     models = _names(models, "models")
     for m in models:
         check_model_key(m)
-    folds = _check_int(folds, "folds", 2)
-    _check_int(repeats, "repeats", 1)
-    _check_int(seed, "seed", 0)
+    folds = check_int(folds, "folds", 2)
+    check_int(repeats, "repeats", 1)
+    check_int(seed, "seed", 0)
     if epochs is not None:
-        _check_int(epochs, "epochs", 1)
-    _check_int(batch_size, "batch_size", 1)
+        check_int(epochs, "epochs", 1)
+    check_int(batch_size, "batch_size", 1)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     paths = {str(k): str(v) for k, v in (data_paths or {}).items()}
@@ -164,12 +157,14 @@ def _prepare(datasets, models, folds, repeats, seed, epochs, batch_size, engine,
 
 
 def _fingerprint(data: MILDataset) -> str:
-    h = hashlib.sha256()
-    for bag in data.bags:
-        h.update(np.asarray(bag.shape, dtype=np.int64).tobytes())
-        h.update(np.ascontiguousarray(bag, dtype=np.float32).tobytes())
-    h.update(np.asarray(data.labels, dtype=np.int64).tobytes())
-    return h.hexdigest()
+    """Each bag's shape and float32 features, then the labels."""
+    def parts():
+        for bag in data.bags:
+            yield np.asarray(bag.shape, dtype=np.int64)
+            yield np.asarray(bag, dtype=np.float32)
+        yield np.asarray(data.labels, dtype=np.int64)
+
+    return fingerprint(parts())
 
 
 def _cell_settings(cell: _Cell, folds: int, repeats: int, seed: int, fingerprint: str) -> dict[str, Any]:
@@ -188,19 +183,10 @@ def _cell_settings(cell: _Cell, folds: int, repeats: int, seed: int, fingerprint
     }
 
 
-def _read_cell(path: Path, settings: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The cached cell at ``path`` if it exists, parses and was computed under ``settings``; else ``None``."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            cached = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(cached, dict) or cached.get("settings") != settings:
-        return None
-    runs = cached.get("runs")
-    if not isinstance(runs, list) or len(runs) != settings["folds"] * settings["repeats"]:
-        return None
-    return cached
+def _read_cell(cache: UnitCache, cell: _Cell, settings: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The cached cell if it was computed under ``settings`` and holds all its runs; else ``None``."""
+    n_runs = settings["folds"] * settings["repeats"]
+    return cache.read(cell.key, settings, valid=lambda r: isinstance(r.get("runs"), list) and len(r["runs"]) == n_runs)
 
 
 def _per_run(cell: _Cell, runs: Sequence[Mapping[str, Any]], metric: str) -> list[tuple[int, float]]:
@@ -249,16 +235,11 @@ def _rows(cell: _Cell, record: Mapping[str, Any], *, metrics: Sequence[str], rep
 
 
 def _command(datasets, models, folds, repeats, seed, epochs, batch_size, engine, paths, metrics) -> str:
-    args = ["abmil", "reproduce", "benchmarks", "--datasets", ",".join(datasets), "--models", ",".join(models),
-            "--folds", str(folds), "--repeats", str(repeats), "--seed", str(seed)]
-    if epochs is not None:
-        args += ["--epochs", str(epochs)]
-    args += ["--batch-size", str(batch_size), "--engine", engine]
-    if paths:
-        args += ["--data", ",".join(f"{k}={v}" for k, v in paths.items())]
-    if tuple(metrics) != (_METRIC,):
-        args += ["--metrics", ",".join(metrics)]
-    return shlex.join(args)
+    return command_line(["abmil", "reproduce", "benchmarks"], [
+        ("--datasets", datasets), ("--models", models), ("--folds", folds), ("--repeats", repeats), ("--seed", seed),
+        ("--epochs", epochs), ("--batch-size", batch_size), ("--engine", engine),
+        ("--data", [f"{k}={v}" for k, v in paths.items()] or None),
+        ("--metrics", None if tuple(metrics) == (_METRIC,) else metrics)])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -307,7 +288,7 @@ def reproduce_benchmarks(
         DataError (a ValueError): a data file that is missing or malformed (the message names the file and bag).
         Both are raised before anything is created in ``out_dir``.
     """
-    _check_int(jobs, "jobs", 1)
+    check_int(jobs, "jobs", 1)
     if datasets is None:
         datasets = list(data_paths) if data_paths else DEFAULT_DATASETS
     metrics = _names(metrics, "metrics")
@@ -316,9 +297,7 @@ def reproduce_benchmarks(
         raise ValueError(f"unknown metric(s) {', '.join(bad)}: expected some of {', '.join(BAG_METRICS)}")
     layout = "benchmarks" if metrics == [_METRIC] else "metrics"
     cells = _prepare(datasets, models, folds, repeats, seed, epochs, batch_size, engine, data_paths)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a directory")
+    out = check_out_dir(out_dir)
     paths = {str(k): str(v) for k, v in (data_paths or {}).items()}
     names = list(dict.fromkeys(c.dataset for c in cells))
     model_names = list(dict.fromkeys(c.model for c in cells))
@@ -328,45 +307,53 @@ def reproduce_benchmarks(
 
     fingerprints = {name: _fingerprint(next(c.data for c in cells if c.dataset == name)) for name in names}
     settings = {c.key: _cell_settings(c, folds, repeats, seed, fingerprints[c.dataset]) for c in cells}
-    cached = {c.key: _read_cell(out / "cells" / f"{c.key}.json", settings[c.key]) for c in cells}
-    n_runs = folds * repeats
-    engines = {c.key: resolve_engine(engine, benchmark_model(c.model, c.data.n_features), c.config, n_runs)
+    cache = UnitCache(out / "cells")
+    records = {c.key: rec for c in cells if (rec := _read_cell(cache, c, settings[c.key])) is not None}
+    resumed = set(records)
+    engines = {c.key: resolve_engine(engine, benchmark_model(c.model, c.data.n_features), c.config,
+                                       folds * repeats)
                for c in cells}
-    units = {c.key: (c.config.epochs if engines[c.key] == "stacked" else n_runs) for c in cells}
-    todo = [c for c in cells if cached[c.key] is None]
+    units = {c.key: (c.config.epochs if engines[c.key] == "stacked" else folds * repeats) for c in cells}
+    todo = [c for c in cells if c.key not in records]
 
-    (out / "cells").mkdir(parents=True, exist_ok=True)  # inputs are valid: fail now, not after a cell, if unwritable
+    def cell_rows(cell: _Cell) -> list[ResultRow]:
+        return _rows(cell, records[cell.key], metrics=metrics, repeats=repeats, folds=folds,
+                     resumed=cell.key in resumed)
+
+    def publish() -> list[ResultRow]:
+        rows = [row for c in cells if c.key in records for row in cell_rows(c)]
+        write_results(out, rows, title=title, command=command, seed=seed, table_layout=layout,
+                      experiment="benchmarks")
+        return rows
+
+    def work(cell: _Cell) -> dict[str, Any]:
+        record = _run_cell(cell, settings[cell.key], folds=folds, repeats=repeats, seed=seed,
+                           engine=engines[cell.key], bar=bar, jobs=jobs)
+        cache.write(cell.key, record)
+        return record
+
+    def report(cell: _Cell, _record: Any = None) -> None:
+        if bar is not None:
+            for row in cell_rows(cell):
+                bar.write(_cell_line(row, cell.key in resumed), file=sys.stderr)
+
+    cache.create()  # inputs are valid: fail now, not after a cell, if unwritable
     bar = _progress_bar(sum(units[c.key] for c in todo), {engines[c.key] for c in todo}, enabled=progress)
-    rows: list[ResultRow] = []
     try:
         for cell in cells:
-            record = cached[cell.key]
-            resumed = record is not None
-            if record is None:
-                record = _run_cell(cell, settings[cell.key], folds=folds, repeats=repeats, seed=seed,
-                                   engine=engines[cell.key],
-                                   bar=bar, jobs=jobs)
-                write_json_atomic(out / "cells" / f"{cell.key}.json", record)
-            cell_rows = _rows(cell, record, metrics=metrics, repeats=repeats, folds=folds, resumed=resumed)
-            rows += cell_rows
-            write_results(out, rows, title=title, command=command, seed=seed, table_layout=layout,
-                          experiment="benchmarks")
-            if bar is not None:
-                for row in cell_rows:
-                    bar.write(_cell_line(row, resumed), file=sys.stderr)
+            if cell.key in resumed:
+                report(cell)
+        # Cells run one at a time: ``jobs`` parallelises the runs inside a cell (run_cv's n_jobs).
+        run_pending(todo, work, records=records, publish=publish, on_done=report)
+        return publish()
     finally:
         if bar is not None:
             bar.close()
-    return rows
 
 
 def _progress_bar(total: int, engines: set[str], *, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
     unit = "epoch" if engines == {"stacked"} else "run" if "stacked" not in engines else "it"  # mixed units
-    return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    return progress_bar(total, enabled=enabled, unit=unit, dynamic_ncols=True, smoothing=0.1)
 
 
 def format_row(row: ResultRow) -> str:

@@ -8,9 +8,10 @@ and AUC (:func:`abmil.report.metrics.bag_metrics`). Colon also gets the localisa
 over all test instances of the attention weight x bag size (attention models) or the instance probability
 (Instance+ models) against the epithelial-nucleus labels.
 
-Protocol (shared/paper/protocols.md section 4; most of it unconfirmed for the paper): stratified 10-fold CV repeated
-5 times (:func:`abmil.train.cv.cv_splits`); bags and patches from :mod:`abmil.data.histology`; metric ± over the
-per-repeat means (over folds with one repeat), the paper's number beside each cell. A second table scores each
+Protocol (the paper's histopathology experiments; most details unconfirmed there, filled in from gmum's histology
+code): stratified 10-fold CV repeated 5 times (:func:`abmil.train.cv.cv_splits`); bags and patches from
+:mod:`abmil.data.histology`; metric ± over the per-repeat means (over folds with one repeat), the paper's number beside
+each cell. A second table scores each
 repetition's test predictions pooled (see :func:`_rows`): the paper does not say how it averaged.
 
 Output directory (every file written atomically; a killed run resumes from the finished units and the
@@ -29,14 +30,10 @@ of a ``--repeats 1`` run trains repeats 1-4 only.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import json
 import math
-import multiprocessing as mp
-import shlex
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +47,8 @@ from abmil.data.histology_training import BagAugmenter, FloatBags
 from abmil.data.patches import BREAST_PATCH_SIZE, COLON_PATCH_SIZE, MAX_WHITE_FRACTION
 from abmil.errors import DataError
 from abmil.experiments.mnist_bags import instance_auc
-from abmil.io import write_json_atomic, write_safetensors_atomic
+from abmil.experiments.runner import (UnitCache, check_float, check_int, check_out_dir, command_line, fingerprint,
+                                      load_model, progress_bar, run_pending, save_model)
 from abmil.nn.zoo import ATTENTION_KEYS, histology_model
 from abmil.report import paper
 from abmil.report.metrics import BAG_METRICS, bag_metrics
@@ -111,14 +109,14 @@ class HistologyData:
 
     def fingerprint(self) -> str:
         """SHA-256 over every bag's id, label, patches, coordinates and instance labels."""
-        h = hashlib.sha256()
-        for b in self.bags:
-            h.update(f"{b.bag_id}:{b.label}:{b.patches.shape}".encode())
-            h.update(np.ascontiguousarray(b.patches).tobytes())
-            h.update(np.ascontiguousarray(b.coords).tobytes())
-            if b.instance_labels is not None:
-                h.update(np.ascontiguousarray(b.instance_labels).tobytes())
-        return h.hexdigest()
+        def parts():
+            for b in self.bags:
+                yield f"{b.bag_id}:{b.label}:{b.patches.shape}"
+                yield from (b.patches, b.coords)
+                if b.instance_labels is not None:
+                    yield b.instance_labels
+
+        return fingerprint(parts())
 
 
 def _resolve_root(dataset: str, data_dir: str | Path) -> Path:
@@ -194,26 +192,18 @@ def _settings(dataset: str, unit: Unit, *, folds: int, repeats: int, seed: int, 
     return json.loads(json.dumps(settings))
 
 
-# Recorded in a unit's settings but not a cause of its numbers: repeat r's splits and seeds do not depend on how many
-# repeats follow (:func:`cv_splits`), so a run extended from 1 to 5 repeats keeps the first repeat's finished folds.
-_NOT_DETERMINING = ("repeats",)
+def _units_cache(out_dir: Path) -> UnitCache:
+    """Unit files, compared without "repeats": it is recorded but does not determine a unit's numbers (repeat r's
+    splits and seeds do not depend on how many repeats follow, :func:`cv_splits`), so a run extended from 1 to 5
+    repeats keeps the first repeat's finished folds."""
+    return UnitCache(out_dir / "units", ignore=("repeats",))
 
 
-def _determining(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in settings.items() if k not in _NOT_DETERMINING}
+_STATE: dict[str, Any] = {}  # the run's data and settings for _train_unit, inherited by forked workers
 
 
-def _read_unit(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    ok = (isinstance(record, dict) and isinstance(record.get("settings"), dict)
-          and _determining(record["settings"]) == _determining(settings) and isinstance(record.get("metrics"), dict))
-    return record if ok else None
-
-
-_STATE: dict[str, Any] = {}  # the data and settings, inherited by forked workers (nothing big is pickled)
+def _has_metrics(record: dict[str, Any]) -> bool:
+    return isinstance(record.get("metrics"), dict)
 
 
 def _train_unit(unit: Unit) -> dict[str, Any]:
@@ -259,25 +249,16 @@ def _train_unit(unit: Unit) -> dict[str, Any]:
     if unit.repeat == 0 and unit.fold == 0:
         paths.append(out / "models" / f"{unit.model}.safetensors")
     for path in paths:
-        _save_model(path, model, record["settings"], {"test": record["test"], "test_labels": record["test_labels"],
-                                                      "test_paths": [data.bags[i].path for i in test_idx]})
-    write_json_atomic(out / "units" / f"{unit.key}.json", record)
+        save_model(path, model, {"settings": record["settings"], "test": record["test"],
+                                 "test_labels": record["test_labels"],
+                                 "test_paths": [data.bags[i].path for i in test_idx]})
+    _units_cache(out).write(unit.key, record)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return record
 
 
-def _work(unit: Unit) -> tuple[Unit, dict[str, Any]]:
-    torch.set_num_threads(_STATE["threads"])
-    return unit, _train_unit(unit)
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Saved models
-
-
-def _save_model(path: Path, model: torch.nn.Module, settings: dict[str, Any], test: dict[str, list]) -> None:
-    meta = {"settings": json.dumps(settings), **{k: json.dumps(v) for k, v in test.items()}}
-    write_safetensors_atomic(path, model.state_dict(), meta)
 
 
 def load_unit_model(run_dir: str | Path, model: str, *, repeat: int = 0,
@@ -285,9 +266,6 @@ def load_unit_model(run_dir: str | Path, model: str, *, repeat: int = 0,
     """A run's saved model of one unit (default repeat 0, fold 0, which every run keeps; the others need
     ``keep_models``), in eval mode, and its metadata ``{"settings": the unit's settings, "test": test bag ids,
     "test_labels": their labels, "test_paths": their image files}`` (weights read with safetensors only)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     key = Unit(model, repeat, fold, 0).key
     path = Path(run_dir) / "models" / (f"{model}.safetensors" if (repeat, fold) == (0, 0) else f"{key}.safetensors")
     if not path.is_file():
@@ -295,12 +273,9 @@ def load_unit_model(run_dir: str | Path, model: str, *, repeat: int = 0,
                 "with --keep-models, which saves every fold's model")
         raise FileNotFoundError(f"no saved model {path}: run `abmil reproduce histology --models {model} "
                                 f"--out {run_dir}` first ({hint})")
-    with safe_open(str(path), framework="pt") as f:
-        meta = {k: json.loads(v) for k, v in f.metadata().items()}
-    settings = meta["settings"]
-    net = histology_model(model, int(settings["patch_size"]), stain_normalize=settings.get("stain_normalize", False))
-    net.load_state_dict(load_file(str(path)))
-    return net.eval(), meta
+    return load_model(path, lambda meta: histology_model(model, int(meta["settings"]["patch_size"]),
+                                                         stain_normalize=meta["settings"].get("stain_normalize",
+                                                                                              False)))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -366,35 +341,17 @@ def _rows(dataset: str, models: Sequence[str], units: Sequence[Unit], records: d
 # The experiment
 
 
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
 def _command(dataset, data_dir, models, repeats, folds, seed, epochs, patience, augment, stain_normalize,
              max_white_fraction, out, config) -> str:
-    args = ["abmil", "reproduce", "histology", "--dataset", dataset, "--data-dir", str(data_dir),
-            "--models", ",".join(models), "--repeats", str(repeats), "--folds", str(folds), "--seed", str(seed),
-            "--epochs", str(epochs), "--patience", str(patience)]
     preset = histology_config(epochs=epochs)
-    if config.lr != preset.lr:
-        args += ["--lr", repr(config.lr)]
-    if config.weight_decay != preset.weight_decay:
-        args += ["--weight-decay", repr(config.weight_decay)]
-    if not augment:
-        args.append("--no-augment")
-    if stain_normalize:
-        args.append("--stain-normalize")
-    if max_white_fraction != MAX_WHITE_FRACTION:
-        args += ["--max-white-fraction", repr(max_white_fraction)]
-    return shlex.join(args + ["--out", str(out)])
+    return command_line(["abmil", "reproduce", "histology"], [
+        ("--dataset", dataset), ("--data-dir", data_dir), ("--models", models), ("--repeats", repeats),
+        ("--folds", folds), ("--seed", seed), ("--epochs", epochs), ("--patience", patience),
+        ("--lr", repr(config.lr) if config.lr != preset.lr else None),
+        ("--weight-decay", repr(config.weight_decay) if config.weight_decay != preset.weight_decay else None),
+        ("--no-augment", not augment), ("--stain-normalize", bool(stain_normalize)),
+        ("--max-white-fraction", repr(max_white_fraction) if max_white_fraction != MAX_WHITE_FRACTION else None),
+        ("--out", out)])
 
 
 @dataclass
@@ -426,41 +383,37 @@ def _plan(dataset, data_dir, *, models, repeats, folds, seed, epochs, patience, 
     bad = [m for m in models if m not in HISTOLOGY_MODELS]
     if not models or bad:
         raise ValueError(f"unknown histology model(s) {bad}: expected some of {', '.join(HISTOLOGY_MODELS)}")
-    repeats = _check_int(repeats, "repeats", 1)
-    folds = _check_int(folds, "folds", 2)
-    seed = _check_int(seed, "seed", 0)
-    epochs = _check_int(epochs, "epochs", 1)
-    patience = _check_int(patience, "patience", 1)
+    repeats = check_int(repeats, "repeats", 1)
+    folds = check_int(folds, "folds", 2)
+    seed = check_int(seed, "seed", 0)
+    epochs = check_int(epochs, "epochs", 1)
+    patience = check_int(patience, "patience", 1)
     # None: the preset's value (the paper's setting as far as it is known); TrainConfig checks the signs.
-    overrides = {k: _check_float(v, k) for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None}
+    overrides = {k: check_float(v, k) for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None}
     config, stopping = histology_config(epochs=epochs, **overrides), histology_stopping(patience=patience)
     if max_white_fraction is None:
         max_white_fraction = MAX_WHITE_FRACTION
     else:
-        max_white_fraction = _check_float(max_white_fraction, "max_white_fraction")
+        max_white_fraction = check_float(max_white_fraction, "max_white_fraction")
         if dataset != "breast":
             raise ValueError("max_white_fraction is for the breast grid; colon patches sit on annotated nuclei")
         if not 0.0 < max_white_fraction <= 1.0:
             raise ValueError(f"max_white_fraction must be in (0, 1], got {max_white_fraction!r}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a directory")
+    out = check_out_dir(out_dir)
 
     # every file decoded and checked before anything is written
     data = load_histology(dataset, data_dir, max_white_fraction=max_white_fraction)
     _check_splittable(data, folds)
     splits = {(s.repeat, s.fold): s for s in cv_splits(data.labels, folds=folds, repeats=repeats, seed=seed)}
     units = [Unit(m, r, f, splits[(r, f)].seed) for m in models for r in range(repeats) for f in range(folds)]
-    fingerprint = data.fingerprint()
+    data_sha256 = data.fingerprint()
     settings = {u.key: _settings(dataset, u, folds=folds, repeats=repeats, seed=seed, config=config,
                                  stopping=stopping, augment=bool(augment), stain_normalize=bool(stain_normalize),
                                  max_white_fraction=max_white_fraction, patch_size=data.patch_size,
-                                 fingerprint=fingerprint, n_bags=len(data.bags)) for u in units}
-    records = {}
-    for u in units:
-        rec = _read_unit(out / "units" / f"{u.key}.json", settings[u.key])
-        if rec is not None:
-            records[u.key] = rec
+                                 fingerprint=data_sha256, n_bags=len(data.bags)) for u in units}
+    cache = _units_cache(out)
+    records = {u.key: rec for u in units
+               if (rec := cache.read(u.key, settings[u.key], valid=_has_metrics)) is not None}
     return _Plan(data, models, repeats, folds, seed, epochs, patience, config, stopping, max_white_fraction, splits,
                  units, settings, records, out)
 
@@ -572,7 +525,7 @@ def reproduce_histology(
         or annotation, an image smaller than a patch, too few bags of a class for ``folds``. All before anything is
         written to ``out_dir``.
     """
-    jobs = _check_int(jobs, "jobs", 1)
+    jobs = check_int(jobs, "jobs", 1)
     plan = _plan(dataset, data_dir, models=models, repeats=repeats, folds=folds, seed=seed, epochs=epochs,
                  patience=patience, lr=lr, weight_decay=weight_decay, augment=augment,
                  stain_normalize=stain_normalize, max_white_fraction=max_white_fraction, out_dir=out_dir)
@@ -591,33 +544,22 @@ def reproduce_histology(
                           table_layout="metrics", experiment="histology")
         return rows
 
-    (out / "units").mkdir(parents=True, exist_ok=True)
-    _STATE.update(data=data, splits=splits, config=config, stopping=stopping, out=out, augment=bool(augment),
-                  settings=settings, keep_models=bool(keep_models), threads=1 if jobs > 1 else torch.get_num_threads())
-    bar = None
-    if progress and todo:
-        from tqdm import tqdm
+    def show(unit: Unit, record: dict[str, Any]) -> None:
+        m = record["metrics"]
+        bar.set_postfix_str(f"{unit.key}: acc {m['accuracy']:.2f}, "
+                            f"{record['history']['epochs_run']} ep, {record['train_seconds']:.0f} s")
+        bar.update(1)
 
-        bar = tqdm(total=len(todo), desc=f"{dataset} units", unit="fold", file=sys.stderr, dynamic_ncols=True)
-    pool = None
+    _units_cache(out).create()
+    _STATE.update(data=data, splits=splits, config=config, stopping=stopping, out=out, augment=bool(augment),
+                  settings=settings, keep_models=bool(keep_models))
+    bar = progress_bar(len(todo), enabled=progress and bool(todo), desc=f"{dataset} units", unit="fold",
+                       dynamic_ncols=True)
     try:
-        if jobs == 1 or len(todo) <= 1:
-            results = (_work(u) for u in todo)
-        else:
-            pool = mp.get_context("fork").Pool(min(jobs, len(todo)))
-            results = pool.imap_unordered(_work, todo)
-        for unit, record in results:
-            records[unit.key] = record
-            publish()
-            if bar is not None:
-                m = record["metrics"]
-                bar.set_postfix_str(f"{unit.key}: acc {m['accuracy']:.2f}, "
-                                    f"{record['history']['epochs_run']} ep, {record['train_seconds']:.0f} s")
-                bar.update(1)
+        # _train_unit is looked up at each call, so that a patched one (tests) is the one that runs
+        run_pending(todo, lambda u: _train_unit(u), records=records, publish=publish, jobs=jobs,
+                    threads=1 if jobs > 1 else None, on_done=None if bar is None else show)
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
         _STATE.clear()
         if bar is not None:
             bar.close()

@@ -2,9 +2,10 @@
 
 One *point* = (mean bag size, number of training bags, model, repetition): a model trained on that many training bags
 (drawn from MNIST train) and scored by the AUC of its bag probabilities on the test bags (drawn from MNIST test).
-Protocol (shared/paper/protocols.md section 3): the paper's balanced bag loader (:mod:`abmil.data.mnist_bags`),
-mean/spread (10, 2), (50, 10), (100, 20), 50-500 training bags, 1000 test bags, 5 repetitions, LeNet-5 models
-(:func:`abmil.nn.zoo.mnist_bags_model`) trained as the reference code does (:func:`abmil.train.presets.mnist_bags_config`).
+Protocol (the paper's MNIST-bags section and its reference code, AMLab-Amsterdam/AttentionDeepMIL): the reference
+balanced bag loader (:mod:`abmil.data.mnist_bags`), mean/spread (10, 2), (50, 10), (100, 20), 50-500 training bags,
+1000 test bags, 5 repetitions, LeNet-5 models (:func:`abmil.nn.zoo.mnist_bags_model`) trained as the reference code
+does (:func:`abmil.train.presets.mnist_bags_config`).
 
 Repetition r of a mean bag size draws its training bags once and uses the first n of them for n training bags (the
 loader draws bags one by one, so the sets are nested as in the reference), and its own test bags.
@@ -17,10 +18,6 @@ Output directory (every file written atomically; a killed run resumes from the f
 """
 from __future__ import annotations
 
-import json
-import multiprocessing as mp
-import shlex
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -33,15 +30,16 @@ from sklearn.metrics import roc_auc_score
 
 from abmil.data.mnist import read_mnist
 from abmil.data.mnist_bags import PAPER_BAG_SIZES, PAPER_TEST_BAGS, PAPER_TRAIN_BAGS, MNISTBags, make_mnist_bags
-from abmil.io import write_json_atomic, write_safetensors_atomic
+from abmil.experiments.runner import (UnitCache, check_int, check_ints, check_out_dir, command_line, load_model,
+                                      progress_bar, run_pending, save_model)
 from abmil.nn.zoo import ATTENTION_KEYS, MNIST_BAGS_KEYS, mnist_bags_model
 from abmil.report import paper
-from abmil.report.results import ResultRow, read_results, summarise, write_results
+from abmil.report.results import ResultRow, summarise, write_results
 from abmil.train.fit import fit, predict
 from abmil.train.presets import mnist_bags_config
 
 __all__ = ["DEFAULT_MODELS", "Point", "bag_spread", "instance_auc", "load_point_model", "point_bags",
-           "reproduce_mnist_bags", "rows_of"]
+           "reproduce_mnist_bags"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("attention", "gated")
 POINT_FORMAT = 1  # bump when a point file's content changes meaning
@@ -106,6 +104,15 @@ def instance_auc(scores: Sequence[torch.Tensor | None], instance_labels: Sequenc
     return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else None
 
 
+def _points_cache(out_dir: Path) -> UnitCache:
+    """A point file holds its :class:`Point` (as a dict) under "point"."""
+    return UnitCache(out_dir / "points", settings_key="point")
+
+
+def _model_path(out_dir: str | Path, model: str, bag_mean: int, train_bags: int) -> Path:
+    return Path(out_dir) / "models" / f"{model}__mean{bag_mean}__train{train_bags}.safetensors"
+
+
 def _train_point(point: Point, images, out_dir: Path) -> dict[str, Any]:
     train, test = point_bags(point, images)
     torch.manual_seed(point.run_seed)
@@ -121,43 +128,19 @@ def _train_point(point: Point, images, out_dir: Path) -> dict[str, Any]:
               "auc": float(roc_auc_score(test.labels, probs.numpy())), "instance_auc": inst,
               "test_probs": probs.numpy().round(6).tolist(), "train_seconds": seconds}
     if point.repeat == 0:
-        target = out_dir / "models" / f"{point.model}__mean{point.bag_mean}__train{point.train_bags}.safetensors"
-        write_safetensors_atomic(target, model.state_dict(), {"point": json.dumps(asdict(point))})
-    write_json_atomic(out_dir / "points" / f"{point.key}.json", record)
+        save_model(_model_path(out_dir, point.model, point.bag_mean, point.train_bags), model,
+                   {"point": asdict(point)})
+    _points_cache(out_dir).write(point.key, record)
     return record
 
 
 def load_point_model(run_dir: str | Path, model: str, bag_mean: int, train_bags: int):
     """The saved repetition-0 model of a grid point and its :class:`Point` (weights via safetensors only)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(run_dir) / "models" / f"{model}__mean{bag_mean}__train{train_bags}.safetensors"
+    path = _model_path(run_dir, model, bag_mean, train_bags)
     if not path.is_file():
         raise FileNotFoundError(f"no saved model {path} (points of repetition 0 save one)")
-    with safe_open(str(path), framework="pt") as f:
-        point = Point(**json.loads(f.metadata()["point"]))
-    net = mnist_bags_model(model)
-    net.load_state_dict(load_file(str(path)))
-    return net.eval(), point
-
-
-def _cached(path: Path, point: Point) -> dict[str, Any] | None:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    ok = record.get("format") == POINT_FORMAT and record.get("point") == asdict(point)
-    return record if ok else None
-
-
-_IMAGES: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _work(args: tuple[Point, str]) -> tuple[Point, dict[str, Any]]:
-    point, out_dir = args
-    torch.set_num_threads(1)
-    return point, _train_point(point, _IMAGES, Path(out_dir))
+    net, meta = load_model(path, lambda meta: mnist_bags_model(model))
+    return net, Point(**meta["point"])
 
 
 def _summary_rows(points: Sequence[Point], records: dict[str, dict[str, Any]]) -> list[ResultRow]:
@@ -181,17 +164,10 @@ def _summary_rows(points: Sequence[Point], records: dict[str, dict[str, Any]]) -
 
 def _command(bag_means, train_bags, models, repeats, seed, test_bags, epochs, mnist_dir, out) -> str:
     """The CLI command that reproduces these settings (for results.md)."""
-    return shlex.join(["abmil", "reproduce", "mnist-bags", "--bag-means", ",".join(map(str, bag_means)),
-                       "--train-bags", ",".join(map(str, train_bags)), "--models", ",".join(models),
-                       "--repeats", str(repeats), "--seed", str(seed), "--test-bags", str(test_bags),
-                       "--epochs", str(epochs), "--mnist-dir", str(mnist_dir), "--out", str(out)])
-
-
-def _validate_ints(values: Sequence[int], name: str, minimum: int) -> list[int]:
-    out = [int(v) for v in values]
-    if not out or any(v < minimum for v in out):
-        raise ValueError(f"{name}: expected integers >= {minimum}, got {list(values)!r}")
-    return sorted(dict.fromkeys(out))
+    return command_line(["abmil", "reproduce", "mnist-bags"], [
+        ("--bag-means", bag_means), ("--train-bags", train_bags), ("--models", models), ("--repeats", repeats),
+        ("--seed", seed), ("--test-bags", test_bags), ("--epochs", epochs), ("--mnist-dir", mnist_dir),
+        ("--out", out)])
 
 
 def reproduce_mnist_bags(mnist_dir: str | Path, *, bag_means: Sequence[int] = (10, 50, 100),
@@ -203,28 +179,26 @@ def reproduce_mnist_bags(mnist_dir: str | Path, *, bag_means: Sequence[int] = (1
 
     Everything is validated and MNIST is read (checksums verified) before anything is written.
     """
-    bag_means = _validate_ints(bag_means, "bag_means", 1)
-    train_bags = _validate_ints(train_bags, "train_bags", 2)
+    bag_means = check_ints(bag_means, "bag_means", 1)
+    train_bags = check_ints(train_bags, "train_bags", 2)
     models = list(dict.fromkeys(models))
     bad = [m for m in models if m not in MNIST_BAGS_KEYS]
     if not models or bad:
         raise ValueError(f"unknown MNIST-bags model(s) {bad}: expected some of {', '.join(MNIST_BAGS_KEYS)}")
-    for name, value, minimum in (("repeats", repeats, 1), ("test_bags", test_bags, 2), ("epochs", epochs, 1),
-                                 ("jobs", jobs, 1)):
-        if int(value) < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    repeats, seed = check_int(repeats, "repeats", 1), check_int(seed, "seed", 0)
+    test_bags, epochs, jobs = check_int(test_bags, "test_bags", 2), check_int(epochs, "epochs", 1), check_int(
+        jobs, "jobs", 1)
+    out = check_out_dir(out_dir)
     images = {split: read_mnist(mnist_dir, split) for split in ("train", "test")}
     points = [Point(m, bm, bag_spread(bm), n, r, seed, test_bags, epochs, max(train_bags))
               for bm in bag_means for n in train_bags for m in models for r in range(repeats)]
-    out = Path(out_dir)
+    cache = _points_cache(out)
     records: dict[str, dict[str, Any]] = {}
-    todo = []
     for p in points:
-        rec = _cached(out / "points" / f"{p.key}.json", p)
-        if rec is None:
-            todo.append(p)
-        else:
+        rec = cache.read(p.key, asdict(p), valid=lambda r: r.get("format") == POINT_FORMAT)
+        if rec is not None:
             records[p.key] = rec
+    todo = [p for p in points if p.key not in records]
     command = _command(bag_means, train_bags, models, repeats, seed, test_bags, epochs, mnist_dir, out)
 
     def publish() -> list[ResultRow]:
@@ -237,38 +211,16 @@ def reproduce_mnist_bags(mnist_dir: str | Path, *, bag_means: Sequence[int] = (1
             plot_mnist_bags(rows, out / "results.png")
         return rows
 
-    bar = None
-    if progress and todo:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo), desc="MNIST-bags points", unit="point", file=sys.stderr)
-    _IMAGES.update(images)  # forked workers inherit the images; nothing big is pickled
-    pool = None
+    cache.create()
+    bar = progress_bar(len(todo), enabled=progress and bool(todo), desc="MNIST-bags points", unit="point")
     try:
-        if jobs == 1 or len(todo) <= 1:
-            results = (_work((p, str(out))) for p in todo)
-        else:
-            pool = mp.get_context("fork").Pool(min(jobs, len(todo)))
-            todo.sort(key=lambda p: -p.bag_mean * p.train_bags)  # largest first: the pool's tail holds short jobs
-            results = pool.imap_unordered(_work, [(p, str(out)) for p in todo])
-        for point, record in results:
-            records[point.key] = record
-            publish()
-            if bar is not None:
-                bar.update(1)
+        run_pending(todo, lambda p: _train_point(p, images, out), records=records, publish=publish, jobs=jobs,
+                    threads=1, cost=lambda p: p.bag_mean * p.train_bags,
+                    on_done=None if bar is None else lambda p, r: bar.update(1))
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-        _IMAGES.clear()
         if bar is not None:
             bar.close()
     return publish()
-
-
-def rows_of(run_dir: str | Path) -> list[ResultRow]:
-    """The result rows a finished (or partial) run wrote."""
-    return read_results(Path(run_dir) / "results.json")
 
 
 def explain_mnist_bags(run_dir: str | Path, mnist_dir: str | Path, *, model: str = "attention",
