@@ -27,10 +27,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from abmil.data.benchmarks import load_benchmark
-from reference_data import BagList  # benchmarks/, beside this script
 from abmil.nn.zoo import benchmark_model
 from abmil.train.cv import cv_splits, fold_standardiser, run_cv
 from abmil.train.presets import benchmark_config
+from reference_data import BagList  # benchmarks/, beside this script
 
 
 class ReferenceGatedMLP(nn.Module):

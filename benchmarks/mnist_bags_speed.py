@@ -31,11 +31,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from abmil.data.mnist import read_mnist
-from reference_data import BagList  # benchmarks/, beside this script
 from abmil.experiments.mnist_bags import Point, bag_spread, point_bags
 from abmil.nn.zoo import mnist_bags_model
 from abmil.train.fit import fit, predict
 from abmil.train.presets import mnist_bags_config
+from reference_data import BagList  # benchmarks/, beside this script
 
 
 class ReferenceAttention(nn.Module):

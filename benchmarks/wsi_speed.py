@@ -91,9 +91,9 @@ def _abmil_step(sizes: list[int], args):
     import torch
 
     from abmil.nn.zoo import slide_model
+    from abmil.slides.train import slide_loss
     from abmil.train.config import TrainConfig
     from abmil.train.optim import make_optimizer
-    from abmil.slides.train import slide_loss
 
     model = slide_model("gated", D, 2, hidden=HIDDEN, att_dim=ATT, dropout=0.0, chunk_size=args.chunk)
     opt = make_optimizer(model, TrainConfig(optimizer="adam", lr=1e-4))
@@ -114,11 +114,11 @@ def _abmil_packed_step(sizes: list[int], args):
     from abmil.data.bags import pack
     from abmil.data.samplers import InstanceBudgetSampler
     from abmil.nn.zoo import slide_model
-    from abmil.train.config import TrainConfig
-    from abmil.train.optim import make_optimizer
-    from abmil.train.loss import bag_losses
-    from abmil.train.loop import pack_groups
     from abmil.slides.train import WSIConfig, pack_limit
+    from abmil.train.config import TrainConfig
+    from abmil.train.loop import pack_groups
+    from abmil.train.loss import bag_losses
+    from abmil.train.optim import make_optimizer
 
     model = slide_model("gated", D, 2, hidden=HIDDEN, att_dim=ATT, dropout=0.0)
     opt = make_optimizer(model, TrainConfig(optimizer="adam", lr=1e-4))

@@ -47,7 +47,7 @@ SHA256 = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shipped(name: str) -> MILDataset:
     return load_benchmark(name)  # cached: musk2 and ucsb take ~1 s each to parse
 

@@ -18,8 +18,8 @@ from abmil.data.benchmarks import load_benchmark
 from abmil.experiments.benchmarks import demo, reproduce_benchmarks
 from abmil.experiments.histology import explain_histology, reproduce_histology
 from abmil.experiments.mnist_bags import explain_mnist_bags, reproduce_mnist_bags
-from abmil.slides.heatmap import slide_heatmap
 from abmil.report.results import CORE_KEYS
+from abmil.slides.heatmap import slide_heatmap
 from abmil.train.cv import CVResult, cv_splits
 
 SMALL = ["--datasets", "musk1", "--models", "attention", "--folds", "3", "--repeats", "1", "--epochs", "3"]

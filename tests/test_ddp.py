@@ -11,7 +11,6 @@ import torch
 
 from abmil.cli import main
 from abmil.train.checkpoint import read_checkpoint
-
 from wsi_helpers import load_weights, make_dataset
 
 # 9 slides, 2 validate, 7 train: steps of 2 + 2 slides, the last global batch one slide (one rank idle);

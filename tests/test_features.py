@@ -15,10 +15,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from abmil.data.bags import pack
-from abmil.slides.feature_files import FeatureFile
-from abmil.slides.features import ByteBudgetCache, FeatureBagDataset
 from abmil.data.samplers import InstanceBudgetSampler
 from abmil.errors import DataError
+from abmil.slides.feature_files import FeatureFile
+from abmil.slides.features import ByteBudgetCache, FeatureBagDataset
 
 h5py = pytest.importorskip("h5py")  # an optional dependency: only HDF5 feature files need it
 

@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from abmil.explain.heatmap import (COLORBAR_PX, MAX_CANVAS_SIDE, heatmap_layout, normalise_scores,
-                                   paint_heatmap, rasterise)
+from abmil.explain.heatmap import (
+    COLORBAR_PX,
+    MAX_CANVAS_SIDE,
+    heatmap_layout,
+    normalise_scores,
+    paint_heatmap,
+    rasterise,
+)
 
 PATCH = 256
 

@@ -19,8 +19,8 @@ from abmil.train import fit as fit_module
 from abmil.train.config import TrainConfig
 from abmil.train.fit import fit, validation_split
 from abmil.train.loop import EarlyStopping, TensorBags, train_loop, visit_generator
-from abmil.train.schedule import paper_steps
 from abmil.train.presets import histology_config, histology_stopping
+from abmil.train.schedule import paper_steps
 
 SIX = ("instance-max", "instance-mean", "embedding-max", "embedding-mean", "attention", "gated")
 
@@ -212,8 +212,9 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, network):
         with pytest.raises(_Killed):
             run(ckpt, kill_at=kill_at)
         files = sorted(p.name for p in ckpt.iterdir())
-        assert files == ["best-e%04d.safetensors" % (kill_at + 1), "checkpoint.json",
-                         "optimizer-e%04d.safetensors" % (kill_at + 1), "weights-e%04d.safetensors" % (kill_at + 1)]
+        e = kill_at + 1
+        assert files == [f"best-e{e:04d}.safetensors", "checkpoint.json", f"optimizer-e{e:04d}.safetensors",
+                         f"weights-e{e:04d}.safetensors"]
         resumed, h = run(ckpt, init=99)  # other initial weights: the checkpoint's must win
         assert h.resumed_at == [kill_at + 1]
         assert (h.val_error, h.val_loss, h.best_epoch, h.epochs_run, h.stopped_early) == (

@@ -38,12 +38,12 @@ def _need_shared() -> Path:
     return SHARED_MNIST
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gz_bytes(name: str) -> bytes:
     return (_need_shared() / f"{name}.gz").read_bytes()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _content(name: str) -> bytes:
     return gzip.decompress(_gz_bytes(name))
 

@@ -24,14 +24,14 @@ from abmil.data.mnist_bags import (
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _synthetic(n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
     """Random images and MNIST-like digits (about 10 % nines)."""
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.uint8)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _real(split: str) -> tuple[np.ndarray, np.ndarray]:
     if not (SHARED_MNIST / "t10k-labels-idx1-ubyte.gz").is_file():
         pytest.skip("shared MNIST files not available")

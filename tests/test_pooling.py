@@ -265,7 +265,7 @@ def test_attention_pool_finite_with_huge_scores(kind):
     z, w = pool(x, bag_index, len(bags))
     assert torch.isfinite(z).all() and torch.isfinite(w).all()
     assert maxdiff(segment_sum(w, bag_index, len(bags)), torch.ones(len(bags))) < 1e-6
-    for i, (b, wi) in enumerate(zip(bags, unpack(w, bag_index, len(bags)))):
+    for b, wi in zip(bags, unpack(w, bag_index, len(bags))):
         assert maxdiff(wi, torch.softmax(pool.scores(b), 0)) < 1e-6
 
 
@@ -325,7 +325,7 @@ def test_pack_empty_bag_raises():
         pack([])
 
 
-def test_pack_unpack_round_trip():
+def test_pack_unpack_numpy_round_trip():
     rng = np.random.default_rng(1)
     bags = [rng.normal(size=(n, 4)).astype(np.float32) for n in (3, 1, 6)]
     instances, bag_index = pack(bags)

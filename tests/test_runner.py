@@ -13,8 +13,18 @@ import pytest
 import torch
 
 from abmil.experiments import runner
-from abmil.experiments.runner import (UnitCache, check_float, check_int, check_ints, check_out_dir, command_line,
-                                      fingerprint, load_model, run_pending, save_model)
+from abmil.experiments.runner import (
+    UnitCache,
+    check_float,
+    check_int,
+    check_ints,
+    check_out_dir,
+    command_line,
+    fingerprint,
+    load_model,
+    run_pending,
+    save_model,
+)
 from abmil.io import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

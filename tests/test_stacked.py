@@ -10,8 +10,7 @@ the shipped Musk1 bags (the runs still index into the full dataset).
 from __future__ import annotations
 
 import itertools
-
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -36,12 +35,12 @@ OPTIMIZERS = {
 MODELS = ("gated", "mi-net-ds", "instance-max")
 
 
-@lru_cache(maxsize=None)
+@cache
 def musk1():
     return load_benchmark("musk1")
 
 
-@lru_cache(maxsize=None)
+@cache
 def subset() -> np.ndarray:
     """A stratified subset of Musk1 bag indices (with its largest bag, for padding)."""
     ds = musk1()

@@ -16,7 +16,6 @@ from PIL import Image
 from abmil.cli import build_parser, default_of, main, wsi_config_from_args
 from abmil.explain.heatmap import heatmap_layout
 from abmil.slides.train import WSIConfig, train_feature_model
-
 from wsi_helpers import DIM, PATCH, grid, make_dataset, write_slide
 
 TRAIN = ["--epochs", "2", "--hidden", "16", "--att-dim", "8", "--chunk-size", "32", "--lr", "1e-3"]

@@ -16,15 +16,18 @@ import numpy as np
 import pytest
 import torch
 
-from abmil.slides.features import FeatureBagDataset
 from abmil.nn.models import MILOutput
 from abmil.nn.zoo import slide_model
-from abmil.train.checkpoint import (load_optimizer_state, optimizer_from_safetensors, optimizer_to_safetensors,
-                                    read_checkpoint)
-from abmil.slides.train import WSIConfig, slide_loss, train_feature_model
+from abmil.slides.features import FeatureBagDataset
 from abmil.slides.manifest import train_val_split
+from abmil.slides.train import WSIConfig, slide_loss, train_feature_model
+from abmil.train.checkpoint import (
+    load_optimizer_state,
+    optimizer_from_safetensors,
+    optimizer_to_safetensors,
+    read_checkpoint,
+)
 from abmil.train.schedule import epoch_steps
-
 from wsi_helpers import DIM, load_weights, make_dataset
 
 
@@ -139,7 +142,8 @@ def test_train_writes_checkpoint_and_refuses_to_overwrite(tmp_path):
 def _train_cli(manifest: Path, features: Path, run: Path, *, kill_after: int | None = None,
                resume: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    launcher = ["-m", "abmil"] if kill_after is None else [str(Path(__file__).with_name("kill_after.py")), str(kill_after)]
+    killer = Path(__file__).with_name("kill_after.py")
+    launcher = ["-m", "abmil"] if kill_after is None else [str(killer), str(kill_after)]
     args = [sys.executable, *launcher, "train", "--manifest", str(manifest), "--features", str(features),
             "--out", str(run), *RESUME_ARGS] + (["--resume"] if resume else [])
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
@@ -170,8 +174,9 @@ def test_killed_mid_epoch_and_resumed_ends_with_identical_weights(tmp_path):
     assert resumed.keys() == reference.keys()
     for k in reference:
         assert torch.equal(resumed[k], reference[k]), k
-    resumed_history, reference_history = read_checkpoint(run)["history"], read_checkpoint(tmp_path / "reference")["history"]
-    assert resumed_history["records"] == reference_history["records"] and resumed_history["resumed_at"] == [1]
+    resumed_history = read_checkpoint(run)["history"]
+    assert resumed_history["records"] == read_checkpoint(tmp_path / "reference")["history"]["records"]
+    assert resumed_history["resumed_at"] == [1]
     assert not np.allclose(resumed["classifier.weight"].numpy(), 0)
 
 

@@ -58,6 +58,7 @@ def make_dataset(root: Path, n_slides: int = 8, *, classes: tuple[str, ...] = ("
 
 def load_weights(run: Path) -> dict[str, torch.Tensor]:
     """The model weights of a run's last checkpoint."""
-    from abmil.train.checkpoint import load_weights as _load, read_checkpoint
+    from abmil.train.checkpoint import load_weights as _load
+    from abmil.train.checkpoint import read_checkpoint
 
     return _load(run, read_checkpoint(run))

@@ -9,6 +9,7 @@ This is the one batch format of abmil: pooling is a segment reduction over ``bag
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor

@@ -18,10 +18,10 @@ import gzip
 import io
 import os
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import scipy.io

@@ -45,9 +45,9 @@ from .mnist import read_mnist
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
-# The paper's grid (docs/protocols.md): mean bag sizes 10/50/100 (confirmed) with spreads 2/10/20 (the repo's default for
-# mean 10; 10 and 20 from a third-party reproduction), training-set sizes (third-party), 1000 test bags (unconfirmed,
-# the repo's issue #14 and a third-party README).
+# The paper's grid (docs/protocols.md): mean bag sizes 10/50/100 (confirmed) with spreads 2/10/20 (the repo's default
+# for mean 10; 10 and 20 from a third-party reproduction), training-set sizes (third-party), 1000 test bags
+# (unconfirmed, the repo's issue #14 and a third-party README).
 PAPER_BAG_SIZES: tuple[tuple[int, int], ...] = ((10, 2), (50, 10), (100, 20))
 PAPER_TRAIN_BAGS: tuple[int, ...] = (50, 100, 150, 200, 300, 400, 500)
 PAPER_TEST_BAGS = 1000

@@ -44,7 +44,8 @@ __all__ = [
 
 BREAST_PATCH_SIZE = 32  # docs/protocols.md §4 "Breast Cancer": 32x32 tiles, 672 per 896x768 image (not 27x27)
 COLON_PATCH_SIZE = 27   # docs/protocols.md §4 "Colon Cancer": 27x27 windows centred on each nucleus
-MAX_WHITE_FRACTION = 0.75  # docs/protocols.md §4: a tile is background when >= 75 % of its pixels are white (unconfirmed)
+#: docs/protocols.md §4: a tile is background when >= 75 % of its pixels are white (unconfirmed)
+MAX_WHITE_FRACTION = 0.75
 # A pixel is "white" when its luminance exceeds 215 on the 0-255 scale. The paper gives no pixel rule; this is the
 # white mask of the stain normaliser in gmum's histology loaders (``rgb2gray(img) > 215/255``, docs/protocols.md §4
 # "HistoNormalize"), with scikit-image's rgb2gray (ITU-R BT.709) weights.

@@ -31,11 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from abmil.data.benchmarks import BENCHMARKS, EXPECTED_FEATURES, MILDataset, load_benchmark
-from abmil.data.benchmarks import load_mil_csv, load_mil_mat
+from abmil.data.benchmarks import BENCHMARKS, EXPECTED_FEATURES, MILDataset, load_benchmark, load_mil_csv, load_mil_mat
 from abmil.errors import DataError
-from abmil.experiments.runner import (UnitCache, check_int, check_out_dir, command_line, fingerprint, progress_bar,
-                                      run_pending)
+from abmil.experiments.runner import (
+    UnitCache,
+    check_int,
+    check_out_dir,
+    command_line,
+    fingerprint,
+    progress_bar,
+    run_pending,
+)
 from abmil.nn.zoo import benchmark_model, check_model_key
 from abmil.report import paper
 from abmil.report.metrics import BAG_METRICS, bag_metrics

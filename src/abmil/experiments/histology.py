@@ -47,14 +47,24 @@ from abmil.data.histology_training import BagAugmenter, FloatBags
 from abmil.data.patches import BREAST_PATCH_SIZE, COLON_PATCH_SIZE, MAX_WHITE_FRACTION
 from abmil.errors import DataError
 from abmil.experiments.mnist_bags import instance_auc
-from abmil.experiments.runner import (UnitCache, check_float, check_int, check_out_dir, command_line, fingerprint,
-                                      load_model, progress_bar, run_pending, save_model)
+from abmil.experiments.runner import (
+    UnitCache,
+    check_float,
+    check_int,
+    check_out_dir,
+    command_line,
+    fingerprint,
+    load_model,
+    progress_bar,
+    run_pending,
+    save_model,
+)
 from abmil.nn.zoo import ATTENTION_KEYS, histology_model
 from abmil.report import paper
 from abmil.report.metrics import BAG_METRICS, bag_metrics
 from abmil.report.results import ResultRow, summarise, write_results
-from abmil.train.config import TrainConfig
 from abmil.train.checkpoint import read_checkpoint
+from abmil.train.config import TrainConfig
 from abmil.train.cv import Split, cv_splits
 from abmil.train.fit import fit, predict, validation_split
 from abmil.train.loop import EarlyStopping

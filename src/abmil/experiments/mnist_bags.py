@@ -30,8 +30,17 @@ from sklearn.metrics import roc_auc_score
 
 from abmil.data.mnist import read_mnist
 from abmil.data.mnist_bags import PAPER_BAG_SIZES, PAPER_TEST_BAGS, PAPER_TRAIN_BAGS, MNISTBags, make_mnist_bags
-from abmil.experiments.runner import (UnitCache, check_int, check_ints, check_out_dir, command_line, load_model,
-                                      progress_bar, run_pending, save_model)
+from abmil.experiments.runner import (
+    UnitCache,
+    check_int,
+    check_ints,
+    check_out_dir,
+    command_line,
+    load_model,
+    progress_bar,
+    run_pending,
+    save_model,
+)
 from abmil.nn.zoo import ATTENTION_KEYS, MNIST_BAGS_KEYS, mnist_bags_model
 from abmil.report import paper
 from abmil.report.results import ResultRow, summarise, write_results
@@ -256,7 +265,8 @@ def explain_mnist_bags(run_dir: str | Path, mnist_dir: str | Path, *, model: str
 
     raw = images["test"][0][test.indices[bag]]
     name = "attention weight" if attention else "instance probability"
-    out = Path(out) if out is not None else run_dir / f"explain_{model}__mean{bag_mean}__train{train_bags}__bag{bag}.png"
+    default = run_dir / f"explain_{model}__mean{bag_mean}__train{train_bags}__bag{bag}.png"
+    out = Path(out) if out is not None else default
     plot_bag_attention(raw, scores[bag].numpy(), test.instance_labels[bag] == 1, out, score_name=name,
                        title=f"{model}, mean bag size {bag_mean}, {train_bags} training bags: test bag {bag} "
                              f"(label {int(test.labels[bag])}, predicted P(positive) = {float(probs[bag]):.3f})")

@@ -30,8 +30,8 @@ class PatchCNN(nn.Module):
 
     conv 4x4 3→36, ReLU, max-pool 2; conv 3x3 36→48, ReLU, max-pool 2 (computed pool-then-ReLU, identical);
     flatten (48·5·5 = 1200 for s = 27, 48·6·6 = 1728 for s = 32); fc-512, ReLU, dropout; fc-512, ReLU, dropout
-    (docs/protocols.md section 4; the paper's table is unconfirmed, gmum's and utayao's code agree on it). Plug it into :class:`abmil.nn.models.EmbeddingMIL` with a
-    512-dim pooling (attention L = 128) or into ``InstanceMIL``.
+    (docs/protocols.md section 4; the paper's table is unconfirmed, gmum's and utayao's code agree on it). Plug it
+    into :class:`abmil.nn.models.EmbeddingMIL` with a 512-dim pooling (attention L = 128) or into ``InstanceMIL``.
 
     The input is mapped from [0, 1] to [-1, 1] first (gmum's ``Normalize((0.5,) * 3, (0.5,) * 3)``), inside the
     model so that training, prediction and heatmaps cannot disagree about it. PyTorch's default initialisation, as

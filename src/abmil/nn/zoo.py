@@ -103,7 +103,8 @@ def histology_model(name: str, patch_size: int, *, dropout: float | None = None,
 
     ``name``: one of :data:`MNIST_BAGS_KEYS` (the six rows of Tables 2-3: instance/embedding x max/mean, attention,
     gated). ``patch_size``: 32 (breast, UCSB) or 27 (colon, Warwick); any size >= 10 builds. Attention models use
-    L = 128 (docs/protocols.md section 4); Instance+ models score each patch with a fc-1 head and pool the probabilities.
+    L = 128 (docs/protocols.md section 4); Instance+ models score each patch with a fc-1 head and pool the
+    probabilities.
     ``dropout``: the patch CNN's rate (default :data:`abmil.nn.patch_cnn.PATCH_CNN_DROPOUT`). ``stain_normalize``:
     Reinhard-normalise every patch's colours first (:class:`abmil.nn.stain_norm.ReinhardNormalize`, gmum's
     ``HistoNormalize``; not part of the paper's known protocol). The weights' names are the same either way.

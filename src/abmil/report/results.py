@@ -12,9 +12,10 @@ import io
 import json
 import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,7 @@ class ResultRow:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ResultRow":
+    def from_dict(cls, d: Mapping[str, Any]) -> ResultRow:
         """Inverse of :meth:`to_dict`; every non-core key goes to ``extra``."""
         missing = [k for k in CORE_KEYS if k not in d]
         if missing:
@@ -329,9 +330,10 @@ def _mnist_bags_tables(rows: Sequence[ResultRow], experiment: str) -> list[str]:
         models = _ordered((r.model for r in mine), paper.HISTOLOGY_ROWS)
         cells = {(r.extra.get("train_bags"), r.model): r for r in mine}
         spreads = sorted({r.extra.get("bag_std") for r in mine}, key=str)
-        head = f"### {paper.METRIC_LABELS.get(metric, metric)}, mean bag size {bag_mean} (spread {', '.join(map(str, spreads))})"
-        lines = [head, "", "| # training bags | " + " | ".join(_esc(paper.HISTOLOGY_MODEL_LABELS.get(m, m)) for m in models)
-                 + " |", "|---" * (len(models) + 1) + "|"]
+        spread = ", ".join(map(str, spreads))
+        head = f"### {paper.METRIC_LABELS.get(metric, metric)}, mean bag size {bag_mean} (spread {spread})"
+        labels = " | ".join(_esc(paper.HISTOLOGY_MODEL_LABELS.get(m, m)) for m in models)
+        lines = [head, "", "| # training bags | " + labels + " |", "|---" * (len(models) + 1) + "|"]
         for n in sorted({k[0] for k in cells}):
             row = []
             for m in models:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .feature_files import FeatureFile
 from ..errors import DataError
 from ..explain.heatmap import paint_heatmap
+from .feature_files import FeatureFile
 
 #: Without a thumbnail, each patch is drawn this many pixels wide (the canvas is still bounded).
 PATCH_PIXELS = 8

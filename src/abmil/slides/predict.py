@@ -22,12 +22,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .feature_files import FeatureFile
-from .features import FeatureBagDataset
 from ..errors import DataError
 from ..io import atomic_open, write_text_atomic
 from ..nn.models import EmbeddingMIL
 from ..train.checkpoint import load_weights, read_checkpoint
+from .feature_files import FeatureFile
+from .features import FeatureBagDataset
 from .train import WSIConfig, build_model
 
 

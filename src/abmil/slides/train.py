@@ -2,9 +2,9 @@
 
     train_feature_model(FeatureBagDataset(manifest, features), "runs/x", WSIConfig(epochs=20))
 
-- Model: :func:`abmil.nn.zoo.slide_model`, an :class:`~abmil.nn.models.EmbeddingMIL` (CLAM-sized gated attention by default). Two classes:
-  one logit, ``sigmoid``, the paper's clamped Bernoulli likelihood (as the rest of the package);
-  more: one logit per class, softmax cross-entropy.
+- Model: :func:`abmil.nn.zoo.slide_model`, an :class:`~abmil.nn.models.EmbeddingMIL` (CLAM-sized gated attention
+  by default). Two classes: one logit, ``sigmoid``, the paper's clamped Bernoulli likelihood (as the rest of the
+  package); more: one logit per class, softmax cross-entropy.
 - Steps: one slide per optimizer step by default (the paper's batch size 1). With a larger batch
   (``batch_size``, or ``batch_instances`` filled by the sampler) consecutive slides of a step are
   packed end to end into one pass while together they fit in :func:`pack_limit` instances — the
@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .features import FeatureBagDataset
 from ..errors import DataError
 from ..nn import chunked
 from ..nn.chunked import DEFAULT_CHUNK_SIZE
@@ -43,6 +42,7 @@ from ..train.distributed import World, gather_lists, init_distributed, max_diver
 from ..train.loop import Callback, Checkpointing, FitHistory, bf16_autocast, train_loop
 from ..train.loss import bag_losses
 from ..train.schedule import epoch_steps
+from .features import FeatureBagDataset
 from .manifest import train_val_split
 
 

@@ -25,9 +25,9 @@ from ..nn.encoders import MLPEncoder
 from ..nn.models import EmbeddingMIL, InstanceMIL
 from ..nn.pooling import AttentionPool, MaxPool, MeanPool
 from .config import TrainConfig
+from .loss import PROB_CLAMP
 from .optim import fused_update, is_decayed, state_kinds
 from .schedule import epoch_order
-from .loss import PROB_CLAMP
 from .subnormal import flush_subnormal_, subnormals_as_zero
 
 _ENCODER_LAYERS = (nn.Linear, nn.ReLU, KeyedDropout, nn.Identity)
@@ -84,7 +84,8 @@ class _ReLU:
 
 
 class _Dropout:
-    """:class:`KeyedDropout`'s masks for one run, made an epoch at a time: the same elements dropped as in :func:`fit`."""
+    """:class:`KeyedDropout`'s masks for one run, made an epoch at a time: the same elements dropped as in
+    :func:`abmil.train.fit.fit`."""
 
     def __init__(self, m: KeyedDropout, width: int):
         self.p, self.salt, self.width = m.p, m.salt, width

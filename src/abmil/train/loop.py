@@ -208,6 +208,10 @@ class Callback:
         """After ``epoch`` (0-based) with its ``record`` (train loss and validation metrics)."""
 
 
+#: The world of a plain (not torchrun) process.
+SINGLE_PROCESS = World()
+
+
 def bf16_autocast(device: torch.device, enabled: bool):
     """bfloat16 autocast on ``device`` when ``enabled``, else nothing."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
@@ -288,7 +292,7 @@ def train_loop(model: nn.Module, source: BagSource, config: TrainConfig,
                schedule: Callable[[int, int], Sequence[Step]], *, seed: int,
                validate: Callable[[nn.Module], dict] | None = None, stopping: EarlyStopping | None = None,
                checkpoint: Checkpointing | None = None, callbacks: Sequence[Callback] = (),
-               net: nn.Module | None = None, world: World = World(), device: torch.device | str | None = None,
+               net: nn.Module | None = None, world: World = SINGLE_PROCESS, device: torch.device | str | None = None,
                bf16: bool = False, pack_limit: int | None = None) -> FitHistory:
     """Train ``model`` in place for ``config.epochs`` epochs (or until early stopping).
 

@@ -70,7 +70,7 @@ def histology_config(*, epochs: int = 200, lr: float = 1e-4, weight_decay: float
                        epochs=epochs, batch_size=1)
 
 
-def histology_stopping(*, patience: int = 25, val_fraction: float = 0.2) -> "EarlyStopping":
+def histology_stopping(*, patience: int = 25, val_fraction: float = 0.2) -> EarlyStopping:
     """Histopathology validation split and early stopping (gmum's values, docs/protocols.md section 4): 20 % of the
     training folds held out (stratified), stop after 25 epochs without a lower validation error (ties broken by the
     validation loss), keep the best epoch's weights. Returns an :class:`abmil.train.loop.EarlyStopping`."""

@@ -25,6 +25,7 @@ import numpy as np
 from ..data.samplers import InstanceBudgetSampler
 from .loop import Step
 
+
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The order in which a run with ``seed`` visits its ``n`` training bags in ``epoch``."""
     return np.random.default_rng([seed, epoch]).permutation(n)

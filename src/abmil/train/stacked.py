@@ -11,8 +11,8 @@ and step) and the update ``torch.optim`` would make, so its final weights equal 
 Layout of one step: run j's bags are padded to the step's largest block of rows; padding rows go
 to an extra dummy bag per run, so segment pooling ignores them without masks. Bag i of run j is
 packed bag ``j * (B + 1) + i``. To keep padding small, each step splits the runs into contiguous
-ranges by their sizes (:func:`size_segments`). Each parameter of all runs lives in one ``(K, *shape)`` tensor, updated by
-torch's fused optimizer kernels (one pass over the weights: this update is memory bound).
+ranges by their sizes (:func:`size_segments`). Each parameter of all runs lives in one ``(K, *shape)`` tensor, updated
+by torch's fused optimizer kernels (one pass over the weights: this update is memory bound).
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ from torch import Tensor, nn
 
 from ..nn.dropout import KeyedDropout
 from .config import TrainConfig
+from .loss import bernoulli_nll
 from .optim import fused_update, is_decayed, state_kinds
 from .schedule import epoch_order
-from .loss import bernoulli_nll
 from .subnormal import flush_subnormal_, subnormals_as_zero
 
 
