@@ -1,4 +1,4 @@
-"""Bag-level metrics of Tables 2-3 (accuracy, precision, recall, F-score, AUC), computed with scikit-learn."""
+"""Bag-level metrics, computed with scikit-learn: the five of Tables 2-3, and accuracy/AUC for any number of classes."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
-__all__ = ["BAG_METRICS", "bag_metrics"]
+__all__ = ["BAG_METRICS", "bag_metrics", "class_metrics"]
 
 BAG_METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "auc")
 
@@ -31,3 +31,15 @@ def bag_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -
         "f1": float(f1_score(y, pred, **kw)),
         "auc": float(roc_auc_score(y, p)) if 0 < y.sum() < y.size else math.nan,
     }
+
+
+def class_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+    """Accuracy (argmax) and AUC of class probabilities (n, n_classes) against labels (n,) class indices: binary AUC
+    of the last column, one-vs-rest macro AUC for more classes; None where undefined (a class absent)."""
+    p, y = np.asarray(probabilities), np.asarray(labels)
+    auc = None
+    if p.shape[1] == 2 and len(set(y.tolist())) == 2:
+        auc = float(roc_auc_score(y, p[:, 1]))
+    elif p.shape[1] > 2 and len(set(y.tolist())) == p.shape[1]:
+        auc = float(roc_auc_score(y, p, multi_class="ovr"))
+    return {"accuracy": float((p.argmax(1) == y).mean()), "auc": auc}

@@ -36,6 +36,7 @@ from ..nn import chunked
 from ..nn.chunked import DEFAULT_CHUNK_SIZE
 from ..nn.models import EmbeddingMIL
 from ..nn.zoo import slide_model
+from ..report.metrics import class_metrics
 from ..train.checkpoint import read_checkpoint
 from ..train.config import TrainConfig
 from ..train.distributed import World, gather_lists, init_distributed, max_divergence, shutdown
@@ -147,17 +148,10 @@ def score_slides(model: EmbeddingMIL, dataset: FeatureBagDataset, indices: list[
 def val_metrics(rows: list[tuple[int, float, list[float], int]]) -> dict:
     """Mean loss, accuracy and AUC (binary; one-vs-rest macro for more classes, when every class
     occurs, else None) of :func:`score_slides` rows, in slide order whatever order they come in."""
-    from sklearn.metrics import roc_auc_score
-
     rows = sorted(rows)
     losses = np.array([r[1] for r in rows])
-    p, y = np.array([r[2] for r in rows]), np.array([r[3] for r in rows])
-    auc = None
-    if p.shape[1] == 2 and len(set(y.tolist())) == 2:
-        auc = float(roc_auc_score(y, p[:, 1]))
-    elif p.shape[1] > 2 and len(set(y.tolist())) == p.shape[1]:
-        auc = float(roc_auc_score(y, p, multi_class="ovr"))
-    return {"loss": float(losses.mean()), "accuracy": float((p.argmax(1) == y).mean()), "auc": auc}
+    return {"loss": float(losses.mean()),
+            **class_metrics(np.array([r[2] for r in rows]), np.array([r[3] for r in rows]))}
 
 
 def _check_resumable(info: dict, config: WSIConfig, classes: list[str], in_dim: int, train_slides: list[str],
