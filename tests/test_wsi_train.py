@@ -280,3 +280,23 @@ def test_blocked_and_chunked_forward_equal_the_whole_bag_with_keyed_dropout(monk
     for n in ga:
         torch.testing.assert_close(gb[n], ga[n], msg=n)
     assert ga["encoder.layers.0.weight"].abs().sum() > 0
+
+
+def test_resumes_a_slide_run_checkpointed_before_the_one_loop(tmp_path):
+    """A checkpoint whose history is the old list of epoch records resumes, and the run ends as one never stopped."""
+    import json
+
+    manifest, features = make_dataset(tmp_path, 6)
+    cfg = dict(val_split=0.5, **SMALL)
+    train_feature_model(FeatureBagDataset(manifest, features), tmp_path / "ref", WSIConfig(epochs=2, **cfg))
+    run = tmp_path / "run"
+    train_feature_model(FeatureBagDataset(manifest, features), run, WSIConfig(epochs=1, **cfg))
+    info = json.loads((run / "checkpoint.json").read_text())
+    for key in ("kind", "key", "waited", "best"):
+        info.pop(key)
+    info["history"] = info["history"]["records"]
+    (run / "checkpoint.json").write_text(json.dumps(info))
+    resumed = train_feature_model(FeatureBagDataset(manifest, features), run, WSIConfig(epochs=2, **cfg), resume=True)
+    assert resumed["epoch"] == 2 and len(resumed["history"]["records"]) == 2
+    ref, ours = load_weights(tmp_path / "ref"), load_weights(run)
+    assert all(torch.equal(ref[k], ours[k]) for k in ref)

@@ -164,7 +164,9 @@ class FitHistory:
                 "resumed_at": self.resumed_at, "records": self.records}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> FitHistory:
+    def from_dict(cls, d: Mapping[str, Any] | list[dict]) -> FitHistory:
+        if isinstance(d, list):  # a slide run's checkpoint from before the one loop: its epoch records alone
+            return cls(list(d), epochs_run=len(d))
         records = d.get("records")
         if records is None:  # written before records existed: the validation lists alone
             records = [{"epoch": e + 1, "val_error": err, "val_loss": loss}
