@@ -43,7 +43,7 @@ def main() -> None:
         model = mnist_bags_model(args.model)
         log = []
 
-        def cb(epoch, m):
+        def cb(epoch, _history, m=model):  # fit passes the run's history; the model is this one
             pr = predict(m, tb, batch_size=64)[0].numpy()
             y = train.labels
             loss = float(-np.mean(y * np.log(np.clip(pr, 1e-5, 1 - 1e-5))
