@@ -270,3 +270,29 @@ def test_bag_metrics():
     assert m["auc"] == pytest.approx(5 / 6)
     one = bag_metrics(np.array([0, 0]), np.array([0.2, 0.3]))
     assert math.isnan(one["auc"]) and one["precision"] == 0.0 and one["accuracy"] == 1.0
+
+
+def test_resumed_after_its_stopping_epoch_trains_nothing_more(tmp_path):
+    """Killed after the epoch that stopped it (its checkpoint already written): the rerun trains no further epoch."""
+    bags, labels = _toy(16)
+    cfg = TrainConfig(optimizer="adam", lr=1e-2, epochs=30)
+
+    def run(ckpt=None, on_epoch_end=None):
+        torch.manual_seed(0)
+        model = benchmark_model("gated", 6)
+        history = fit(model, bags[:12], labels[:12], cfg, seed=3, val_bags=bags[12:], val_labels=labels[12:],
+                      stopping=EarlyStopping(patience=1), on_epoch_end=on_epoch_end, checkpoint_dir=ckpt)
+        return model, history
+
+    whole, h_whole = run()
+    assert h_whole.stopped_early and h_whole.epochs_run < 30
+
+    def kill_at_the_end(epoch, history):
+        if history.stopped_early:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run(tmp_path / "ckpt", kill_at_the_end)
+    resumed, h = run(tmp_path / "ckpt")
+    assert (h.epochs_run, h.best_epoch, h.val_loss) == (h_whole.epochs_run, h_whole.best_epoch, h_whole.val_loss)
+    assert all(torch.equal(p, q) for p, q in zip(whole.state_dict().values(), resumed.state_dict().values()))

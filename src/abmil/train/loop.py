@@ -329,6 +329,8 @@ def train_loop(model: nn.Module, source: BagSource, config: TrainConfig,
         best = tuple(found["best"]) if found.get("best") is not None else None
         history.resumed_at.append(start_epoch)
     started = time.perf_counter() - history.seconds
+    if stopping is not None and waited >= stopping.patience:  # resumed after its stopping epoch: nothing to train
+        start_epoch = config.epochs
     for epoch in range(start_epoch, config.epochs):
         model.train()
         loss_sum = n_bags = 0.0
@@ -361,9 +363,8 @@ def train_loop(model: nn.Module, source: BagSource, config: TrainConfig,
         if checkpoint is not None and world.is_main:
             save_checkpoint(checkpoint.directory, model, optimizer,
                             {**checkpoint.info, "kind": checkpoint.kind, "key": json.loads(json.dumps(checkpoint.key)),
-                             "epoch": epoch + 1,
-                             "step": step, "waited": waited, "best": None if best is None else list(best),
-                             "history": history.to_dict()},
+                             "epoch": epoch + 1, "step": step, "waited": waited,
+                             "best": None if best is None else list(best), "history": history.to_dict()},
                             extra=None if best_state is None else {"best": best_state})
         for cb in callbacks:
             cb.on_epoch_end(epoch, record, history)
