@@ -415,7 +415,7 @@ def _footnotes(rows: Sequence[ResultRow], experiment: str) -> str:
     tables, confirmed, letters = _CONFIRMED_TEXT.get(
         paper.canonical_experiment(experiment), ("tables", "No cell is known to be confirmed.", ()))
     # The argument about the ± cites [A] and [B] whatever the table.
-    sources = "; ".join(f"[{k}] {paper.PAPER_SOURCES[k]}" for k in dict.fromkeys((*letters, "A", "B")))
+    sources = "; ".join(f"[{k}] {paper.PAPER_SOURCES[k]}" for k in sorted({*letters, "A", "B"}))
     over = {r.extra.get("std_over", "folds") for r in rows}
     n_runs = sorted({r.n_runs for r in rows})
     n_se = sorted({r.extra.get("n_repeats") if r.extra.get("std_over") == "repeats" else r.n_runs for r in rows})
@@ -443,8 +443,8 @@ def _footnotes(rows: Sequence[ResultRow], experiment: str) -> str:
     if any(r.extra.get("averaging") == "pooled" for r in rows):
         notes.append("averaging=folds: each metric computed on each test fold, then averaged (a fold that calls no "
                      "bag positive scores precision and recall 0); averaging=pooled: each repetition's test "
-                     "predictions (every bag once) scored together, mean ± over the repetitions (± ? with one). "
-                     "The paper does not say which it used.")
+                     "predictions (every bag once) scored together, mean, SD and SE over the repetitions (SD ? with "
+                     "one). The paper does not say which it used.")
     return "\n".join(f"{i}. {n}" for i, n in enumerate(notes, 1))
 
 
