@@ -18,7 +18,7 @@ from abmil.data.benchmarks import load_benchmark
 from abmil.experiments.benchmarks import demo, reproduce_benchmarks
 from abmil.experiments.histology import explain_histology, reproduce_histology
 from abmil.experiments.mnist_bags import explain_mnist_bags, reproduce_mnist_bags
-from abmil.report.results import CORE_KEYS
+from abmil.report.results import ADDED_KEYS, CORE_KEYS
 from abmil.slides.heatmap import slide_heatmap
 from abmil.train.cv import CVResult, cv_splits
 
@@ -52,12 +52,13 @@ def test_reproduce_writes_results(small_run: Path):
     rows = json.loads((small_run / "results.json").read_text())
     assert len(rows) == 1
     row = rows[0]
-    assert set(row) == set(CORE_KEYS) | EXTRAS
+    assert set(row) == set(CORE_KEYS) | set(ADDED_KEYS) | EXTRAS
     assert (row["dataset"], row["model"], row["metric"]) == ("musk1", "attention", "accuracy")
     assert row["n_runs"] == 3 and row["n_repeats"] == 1 and row["folds"] == 3 and row["epochs"] == 3
     assert row["std_over"] == "folds"  # one repeat: the spread is over its folds
     assert 0.0 <= row["mean"] <= 1.0 and row["std"] == pytest.approx(row["std_folds"])
-    assert row["paper_mean"] == pytest.approx(0.892)  # Table 1, unconfirmed
+    assert row["paper_mean"] == pytest.approx(0.892)  # Table 1, confirmed [A, B]
+    assert row["paper_mean_confirmed"] is True and row["paper_std_confirmed"] is True  # attention ± [B]
     assert row["run"]["engine"] == "direct" and row["run"]["seconds"] > 0  # auto: direct for attention, batch 1
     assert row["run"]["resumed"] is False
     md = (small_run / "results.md").read_text()

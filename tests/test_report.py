@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from abmil.report import paper, results
-from abmil.report.results import CORE_KEYS, ResultRow, read_results, summarise, within_one_std, write_results
+from abmil.report.results import (
+    ADDED_KEYS,
+    CORE_KEYS,
+    ResultRow,
+    read_results,
+    summarise,
+    within_one_std,
+    write_results,
+)
 
 
 def _rows() -> list[ResultRow]:
@@ -44,6 +52,29 @@ def test_paper_table1_shape_and_lookups():
     assert paper.MODEL_LABELS["instance-max"] == "mi-Net" and paper.MODEL_LABELS["embedding-mean"] == "Embedding+mean"
     assert paper.DATASET_LABELS["elephant"] == "Elephant"
     assert not paper.PAPER_NUMBERS_CONFIRMED and "unconfirmed" in paper.__doc__.lower()
+
+
+def test_paper_confirmation_follows_the_2026_12_update():
+    # shared/paper/results.md, "Update, 2026-12": Table 1 means [A], attention ± [B], gated means [A, B] but not its
+    # ±; Tables 2-3 accuracy and AUC means [B], nothing else; MNIST-bags only attention 10/50.
+    conf = paper.paper_confirmation
+    assert conf("benchmarks", "musk1", "gated", "accuracy") == (True, False)
+    assert paper.paper_sources("benchmarks", "musk1", "gated", "accuracy") == {"mean": ("A", "B"), "std": ()}
+    assert conf("benchmarks", "tiger", "attention", "accuracy") == (True, True)
+    assert paper.paper_sources("benchmarks", "tiger", "attention", "accuracy")["std"] == ("B",)
+    assert conf("table1", "fox", "mi-kernel", "accuracy") == (True, False)  # its ± may not exist in the paper
+    assert conf("benchmarks", "fox", "mi-svm", "accuracy") == (True, False)  # ± printed "N/A": nothing to confirm
+    assert all(conf("benchmarks", d, m, "accuracy")[0] for d in paper.TABLE1_DATASETS for m in paper.TABLE1_ROWS)
+    assert conf("breast", "breast", "attention", "precision") == (False, False)
+    assert conf("histology", "breast", "attention", "accuracy") == (True, False)
+    assert conf("histology", "colon_crc", "gated-attention", "auc") == (True, False)  # aliases resolve
+    assert conf("histology", "colon", "instance-max", "f1") == (False, False)
+    assert conf("benchmarks", "musk1", "instance-mean", "accuracy") == (False, False)  # no paper cell
+    assert conf("benchmarks", "musk1", "attention", "auc") == (False, False)
+    assert paper.paper_mnist_bags_confirmation(10, 50, "attention") == (True, False)
+    assert paper.paper_mnist_bags_confirmation(10, 50, "instance-max") == (False, False)
+    used = {s for *_, sources in paper.PAPER_CONFIRMATIONS for s in sources}
+    assert used <= set(paper.PAPER_SOURCES)
 
 
 # --- summarise / within_one_std -----------------------------------------------------------------------------------
@@ -95,14 +126,37 @@ def test_json_has_exactly_the_required_keys(tmp_path):
     data = json.loads((tmp_path / "results.json").read_text(), parse_constant=no_nan)
     assert isinstance(data, list) and len(data) == len(rows)
     extras = {"std_folds", "std_over", "n_repeats"}
-    assert set(data[0]) == set(CORE_KEYS) | extras | {"train_bags"}
-    assert all(set(d) == set(CORE_KEYS) | extras for d in data[1:])
-    assert list(data[2])[: len(CORE_KEYS)] == list(CORE_KEYS)
+    fixed = set(CORE_KEYS) | set(ADDED_KEYS)
+    assert set(data[0]) == fixed | extras | {"train_bags"}
+    assert all(set(d) == fixed | extras for d in data[1:])
+    assert list(data[2])[: len(CORE_KEYS) + len(ADDED_KEYS)] == list(CORE_KEYS + ADDED_KEYS)
     assert data[1]["mean"] is None and data[0]["train_bags"] == 50
     by_key = {(d["dataset"], d["model"]): d for d in data}
     assert by_key[("tiger", "attention")]["paper_std"] == 0.022
     assert by_key[("musk1", "gated")]["paper_mean"] == 0.900
     assert by_key[("tiger", "instance-mean")]["paper_mean"] is None
+    assert by_key[("musk1", "gated")]["se"] == pytest.approx(by_key[("musk1", "gated")]["std"] / math.sqrt(5))
+    assert (by_key[("musk1", "gated")]["paper_mean_confirmed"], by_key[("musk1", "gated")]["paper_std_confirmed"]) \
+        == (True, False)
+    assert by_key[("tiger", "attention")]["paper_std_confirmed"] is True
+
+
+def test_old_results_without_the_added_fields_still_read(tmp_path):
+    # A results.json/.csv written before se and the confirmation flags existed.
+    old = {"dataset": "musk1", "model": "gated", "metric": "accuracy", "mean": 0.88, "std": 0.02, "n_runs": 50,
+           "paper_mean": 0.9, "paper_std": 0.05, "std_folds": 0.05, "std_over": "repeats", "n_repeats": 5}
+    (tmp_path / "results.json").write_text(json.dumps([old]))
+    with open(tmp_path / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(old))
+        w.writeheader()
+        w.writerow(old)
+    for path in (tmp_path / "results.json", tmp_path / "results.csv"):
+        (row,) = read_results(path)
+        assert row.extra == {"std_folds": 0.05, "std_over": "repeats", "n_repeats": 5}
+        assert row.paper_mean_confirmed is None and row.paper_std_confirmed is None  # not recorded
+        assert row.se == pytest.approx(0.02 / math.sqrt(5))  # derived, so old files get it too
+        md = results.render_markdown([row], title="old", command="-", seed=0)
+        assert "paper 0.900† ± 0.050†" in md  # not recorded renders as unconfirmed
 
 
 def test_csv_round_trips(tmp_path):
@@ -128,19 +182,22 @@ def test_markdown_has_paper_and_ours(tmp_path):
     assert "abmil benchmarks --repeats 5" in md and "Seed: 7" in md
     assert "| Method | Musk1 | Musk2 | Fox | Tiger | Elephant |" in md
     by_key = {(r.dataset, r.model): r for r in rows}
-    for ds, model, paper_cell in [("musk1", "attention", "0.892 ± 0.040"), ("tiger", "gated", "0.845 ± 0.018")]:
+    for ds, model, paper_cell in [("musk1", "attention", "0.892 ± 0.040"), ("tiger", "gated", "0.845 ± 0.018†")]:
         r = by_key[(ds, model)]
         mark = "✓" if within_one_std(r) else "✗"
-        assert f"ours {r.mean:.3f} ± {r.std:.3f} {mark} · paper {paper_cell}" in md
+        se = r.std / math.sqrt(5)  # SE = SD / sqrt(n_repeats)
+        assert f"ours {r.mean:.3f} (SD {r.std:.3f}, SE {se:.3f}) {mark} · paper {paper_cell}" in md
     ours_im = by_key[("musk1", "instance-mean")]
-    assert f"ours {ours_im.mean:.3f} ± {ours_im.std:.3f} · paper n/a" in md
-    # Non-reproduced baselines appear paper-only, in the paper's order.
+    assert f"ours {ours_im.mean:.3f} (SD {ours_im.std:.3f}, SE {ours_im.se:.3f}) · paper n/a" in md
+    # Non-reproduced baselines appear paper-only, in the paper's order; means confirmed, ± (except N/A) not.
     assert "| mi-SVM (paper only) | paper 0.874 ± N/A |" in md
+    assert "| MI-Kernel (paper only) | paper 0.880 ± 0.031† |" in md
     lines = md.splitlines()
     names = ("mi-SVM", "miFV", "Attention")
     order = [next(i for i, line in enumerate(lines) if line.startswith(f"| {name}")) for name in names]
     assert order == sorted(order)
-    assert "unconfirmed" in md and paper.PAPER_URL in md and "per-repetition means" in md
+    assert paper.PAPER_URL in md and "per-repetition means" in md and "Paper numbers are unconfirmed" not in md
+    assert "†: not confirmed" in md and "[A] Shi et al." in md and "standard error over its 5 repetitions" in md
 
 
 def test_markdown_metrics_layout(tmp_path):
@@ -151,8 +208,11 @@ def test_markdown_metrics_layout(tmp_path):
     _write(tmp_path, rows, table_layout="metrics")
     md = (tmp_path / "results.md").read_text()
     assert "### Colon Cancer" in md and "| Method | Accuracy | AUC |" in md
-    assert f"ours {rows[1].mean:.3f} ± {rows[1].std:.3f}" in md and "paper 0.968 ± 0.009" in md
-    assert "| Gated-Attention (paper only) | paper 0.898 ± 0.020 | paper 0.968 ± 0.010 |" in md
+    # No repeat ids: SD and SE over all 50 values.
+    assert f"ours {rows[1].mean:.3f} (SD {rows[1].std:.3f}, SE {rows[1].std / math.sqrt(50):.3f})" in md
+    assert "paper 0.968 ± 0.009†" in md  # AUC mean confirmed [B], its ± not
+    assert "| Gated-Attention (paper only) | paper 0.898 ± 0.020† | paper 0.968 ± 0.010† |" in md
+    assert "[B] a reading note" in md and "[A] Shi et al." in md and "[C]" not in md
     with pytest.raises(ValueError):
         _write(tmp_path, rows, table_layout="nope")
 

@@ -425,8 +425,9 @@ def demo(out: str | Path | None = None, *, folds: int = 10, seed: int = 0, progr
     """A one-minute taste of the paper: Musk1, attention and gated attention, one ``folds``-fold CV repeat.
 
     Returns the text to print: our mean ± std over the folds beside the paper's number (paper: 5 x 10-fold; its ±
-    has an unconfirmed meaning), then the five highest-attention instances of one positive test bag of a gated model
-    trained on the training folds of the first split. ``out``: also keep results.{json,csv,md} and cells/ there.
+    most likely an SE over the 5 repetitions), then the five highest-attention instances of one positive test bag of
+    a gated model trained on the training folds of the first split. ``out``: also keep results.{json,csv,md} and
+    cells/ there.
     """
     dataset, models = "musk1", ("attention", "gated")
     with contextlib.ExitStack() as stack:
@@ -438,8 +439,9 @@ def demo(out: str | Path | None = None, *, folds: int = 10, seed: int = 0, progr
     lines = [f"Musk1, {folds}-fold CV (1 repeat; the paper: 10-fold x 5), bag accuracy, "
              f"{cv_seconds:.0f} s:", ""]
     lines += _table(rows)
-    lines += ["", "Paper numbers are unconfirmed (recalled, not checked against the PDF); ours: ± = std over the "
-              f"{folds} folds.", ""]
+    lines += ["", "Paper: Table 1; both means and Attention's ± are confirmed by independent copies, "
+              "Gated-Attention's ± is not; the ± is most likely an SE over the paper's 5 repetitions. "
+              f"Ours: ± = std over the {folds} folds.", ""]
     lines += _attention_example(dataset, folds=folds, seed=seed)
     if out is not None:
         lines += ["", f"Results written to {Path(out) / 'results.md'} (and .json, .csv)."]

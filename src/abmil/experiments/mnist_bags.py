@@ -163,6 +163,7 @@ def _summary_rows(points: Sequence[Point], records: dict[str, dict[str, Any]]) -
         aucs = [records[p.key]["auc"] for p in pts]
         row = summarise(aucs, dataset="mnist-bags", model=model, metric="auc", std_over="folds", extra=extra)
         row.paper_mean, row.paper_std = paper.paper_mnist_bags_value(bag_mean, n, model)
+        row.paper_mean_confirmed, row.paper_std_confirmed = paper.paper_mnist_bags_confirmation(bag_mean, n, model)
         rows.append(row)
         inst = [records[p.key]["instance_auc"] for p in pts if records[p.key]["instance_auc"] is not None]
         if inst:

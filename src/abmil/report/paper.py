@@ -1,15 +1,18 @@
-"""Published numbers of Ilse, Tomczak & Welling (ICML 2018), as data.
+"""Published numbers of Ilse, Tomczak & Welling (ICML 2018), as data, with which of them are confirmed.
 
 Source: "Attention-based Deep Multiple Instance Learning", ICML 2018, PMLR 80:2127-2136,
 https://proceedings.mlr.press/v80/ilse18a.html (arXiv 1802.04712v4, https://arxiv.org/abs/1802.04712),
-Tables 1-3.
+Tables 1-3. Transcribed from ``shared/paper/results.md``; the paper's own PDF was never read.
 
-**UNCONFIRMED: not one cell here has been checked against the paper's PDF.** They are transcribed from
-``shared/paper/results.md``, whose every cell is marked "(unconfirmed)": a recollection of the published tables,
-because no stored copy of the full text could be reached. A few means (never a ±) are also quoted by low-reliability
-secondary sources (:data:`SECONDARY_SUPPORT`). What the ± means (sd or se, over the 5 repetitions or the 50 folds)
-is unconfirmed too. Use these as provisional targets for reports, never as hard test thresholds, until checked
-against Tables 1-3 of arXiv 1802.04712v4; :data:`PAPER_NUMBERS_CONFIRMED` says so in code.
+What independent copies confirm (results.md, "Update, 2026-12"; :data:`PAPER_CONFIRMATIONS` holds it per cell, and
+:func:`paper_confirmation` / :func:`paper_sources` look it up): [A] Shi et al. (AAAI 2020) reprint every Table 1
+mean; [B] a reading note made from the arXiv v4 PDF confirms the Attention row of Table 1 (means and ±), the
+Gated-Attention means of Table 1, and the accuracy and AUC means of all six models in Tables 2-3. Still unconfirmed:
+every other ± (MI-Kernel's may not exist in the paper: [A] prints N/A), and the precision, recall and F-score means
+of Tables 2-3. Of MNIST-bags only Attention's AUC 0.768 (mean bag size 10, 50 training bags) has a source ([S1], a
+user quoting the paper). The ± is most likely a standard error over the 5 repetitions: [A]'s standard deviations are
+√5 times it in 39 of 40 checkable baseline cells, and [B] reads it as one. A few means are also quoted by
+low-reliability secondary sources (:data:`SECONDARY_SUPPORT`). Use unconfirmed cells as provisional targets only.
 
 Keys: (dataset, model_key) -> (mean, std or None). ``None`` std = the paper prints "N/A" (mi-SVM, MI-SVM).
 Model keys are this package's names where we reproduce the method (e.g. ``"instance-max"`` = the paper's row
@@ -25,7 +28,9 @@ __all__ = [
     "METRIC_LABELS",
     "MODEL_LABELS",
     "PAPER_MNIST_BAGS",
+    "PAPER_CONFIRMATIONS",
     "PAPER_NUMBERS_CONFIRMED",
+    "PAPER_SOURCES",
     "PAPER_RESULTS",
     "PAPER_TABLE1",
     "PAPER_TABLE2",
@@ -37,13 +42,16 @@ __all__ = [
     "TABLE1_ROWS",
     "canonical_dataset",
     "canonical_experiment",
+    "paper_confirmation",
+    "paper_mnist_bags_confirmation",
     "paper_mnist_bags_value",
+    "paper_sources",
     "paper_value",
 ]
 
 PAPER_URL = "https://proceedings.mlr.press/v80/ilse18a.html"
 ARXIV_URL = "https://arxiv.org/abs/1802.04712"
-# Flip only after every cell below has been compared with the PDF.
+# True only once every cell below is confirmed; which ones are: :data:`PAPER_CONFIRMATIONS`.
 PAPER_NUMBERS_CONFIRMED = False
 
 # Table 1 row order as printed; our key -> the paper's row name.
@@ -109,7 +117,8 @@ def _grid(rows: dict[str, tuple[Cell, ...]], columns: tuple[str, ...]) -> dict[t
     return {(row, col): cell for row, cells in rows.items() for col, cell in zip(columns, cells, strict=True)}
 
 
-# Table 1: bag accuracy, mean ± (meaning unconfirmed) over 5 x 10-fold CV. Columns: musk1, musk2, fox, tiger, elephant.
+# Table 1: bag accuracy, mean ± (most likely the SE over the 5 repetitions) over 5 x 10-fold CV.
+# Columns: musk1, musk2, fox, tiger, elephant.
 PAPER_TABLE1: dict[tuple[str, str], Cell] = {
     (ds, model): cell
     for (model, ds), cell in _grid(
@@ -175,6 +184,25 @@ SECONDARY_SUPPORT: dict[tuple[str, str, str, str], str] = {
     ("histology", "colon", "attention", "auc"): "S3",
 }
 
+#: The independent copies that confirm cells (results.md, "Update, 2026-12"), by the letters results.md uses.
+PAPER_SOURCES: dict[str, str] = {
+    "A": "Shi et al., Loss-based Attention for Deep MIL, AAAI 2020, Table 1 (xsshi2015/Loss-Attention)",
+    "B": "a reading note from the arXiv v4 PDF (NatsuiroGinga/bilibili-note, "
+         "wiki/papers/methodology/2018-Ilse-基于注意力的深度多示例学习.md)",
+    "C": "rohban-lab/MILFormer train.py, settings citing the paper's supplement (no table cell)",
+    "S1": "a user quoting the paper in AMLab-Amsterdam/AttentionDeepMIL issue 14",
+}
+
+#: Which part of which cell a source confirms: (experiment, models or None = all, metrics or None = all, part,
+#: sources), part "mean" or "std" (the ±). Rules add up; a cell part no rule names is unconfirmed. Rules, not a
+#: per-cell table, because the sources confirm whole rows and columns.
+PAPER_CONFIRMATIONS: tuple[tuple[str, frozenset[str] | None, frozenset[str] | None, str, tuple[str, ...]], ...] = (
+    ("benchmarks", None, frozenset({"accuracy"}), "mean", ("A",)),  # all 13 rows of Table 1
+    ("benchmarks", frozenset({"attention", "gated"}), frozenset({"accuracy"}), "mean", ("B",)),
+    ("benchmarks", frozenset({"attention"}), frozenset({"accuracy"}), "std", ("B",)),
+    ("histology", None, frozenset({"accuracy", "auc"}), "mean", ("B",)),  # both tables, all six models
+)
+
 #: MNIST-bags test AUC, (mean bag size, training bags, model) -> (mean, ±). results.md: the appendix tables could not be
 #: read; these two means are quoted by secondary sources only ([S1] issue #14 of the reference repository, [S2]).
 PAPER_MNIST_BAGS: dict[tuple[int, int, str], Cell] = {
@@ -187,6 +215,11 @@ def paper_mnist_bags_value(bag_mean: int, train_bags: int, model: str) -> tuple[
     """The paper's test AUC (mean, ±) at one MNIST-bags grid point, or ``(None, None)`` (almost everywhere)."""
     return PAPER_MNIST_BAGS.get((int(bag_mean), int(train_bags), model), (None, None))
 
+
+
+def paper_mnist_bags_confirmation(bag_mean: int, train_bags: int, model: str) -> tuple[bool, bool]:
+    """(mean confirmed, ± confirmed) at one MNIST-bags grid point: only Attention's 0.768 has a source ([S1])."""
+    return (int(bag_mean), int(train_bags), model) == (10, 50, "attention"), False
 
 _EXPERIMENT_ALIASES = {"table1": "benchmarks", "mil": "benchmarks", "breast": "histology", "colon": "histology"}
 _DATASET_ALIASES = {
@@ -214,14 +247,46 @@ def canonical_dataset(dataset: str) -> str:
 
 
 def paper_value(experiment: str, dataset: str, model: str, metric: str) -> tuple[float | None, float | None]:
-    """The paper's (mean, ±) for one cell, or ``(None, None)`` where the paper has none. Unconfirmed, see module doc.
+    """The paper's (mean, ±) for one cell, or ``(None, None)`` where the paper has none; see
+    :func:`paper_confirmation` for which parts are confirmed.
 
     ``experiment``: "benchmarks" (Table 1, metric "accuracy") or "histology" (Tables 2-3; datasets "breast",
     "colon"; metrics accuracy, precision, recall, f1, auc). The ± is ``None`` where the paper prints "N/A".
     """
-    key = (
+    return PAPER_RESULTS.get(canonical_experiment(experiment), {}).get(_cell_key(dataset, model, metric), (None, None))
+
+
+def _cell_key(dataset: str, model: str, metric: str) -> tuple[str, str, str]:
+    """(dataset, model, metric) with aliases resolved, as :data:`PAPER_RESULTS` keys them."""
+    return (
         canonical_dataset(dataset),
         _MODEL_ALIASES.get(model.lower(), model.lower()),
         _METRIC_ALIASES.get(metric.lower(), metric.lower()),
     )
-    return PAPER_RESULTS.get(canonical_experiment(experiment), {}).get(key, (None, None))
+
+
+def paper_sources(experiment: str, dataset: str, model: str, metric: str) -> dict[str, tuple[str, ...]]:
+    """{"mean": sources, "std": sources} confirming one cell's parts (keys of :data:`PAPER_SOURCES`); () = none.
+
+    A part the paper does not print (no cell, or a ± of "N/A") has no source.
+    """
+    exp = canonical_experiment(experiment)
+    _, m, x = key = _cell_key(dataset, model, metric)
+    cell = PAPER_RESULTS.get(exp, {}).get(key)
+    found: dict[str, tuple[str, ...]] = {"mean": (), "std": ()}
+    if cell is None:
+        return found
+    for rule_exp, models, metrics, part, sources in PAPER_CONFIRMATIONS:
+        if rule_exp == exp and (models is None or m in models) and (metrics is None or x in metrics):
+            if part == "mean" or cell[1] is not None:
+                found[part] += tuple(s for s in sources if s not in found[part])
+    return found
+
+
+def paper_confirmation(experiment: str, dataset: str, model: str, metric: str) -> tuple[bool, bool]:
+    """(mean confirmed, ± confirmed) for one cell of Tables 1-3, by an independent copy (results.md, 2026-12).
+
+    Both False where the paper has no such cell; the ± also where it prints "N/A".
+    """
+    src = paper_sources(experiment, dataset, model, metric)
+    return bool(src["mean"]), bool(src["std"])

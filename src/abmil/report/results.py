@@ -1,8 +1,9 @@
 """Result rows, their summary over CV folds/repeats, and results.{json,csv,md} side by side with the paper.
 
-One :class:`ResultRow` = one (dataset, model, metric) cell: our mean ± spread over ``n_runs`` values and the paper's
-number for the same cell (:mod:`abmil.report.paper`, all unconfirmed against the PDF). ``extra`` carries whatever a
-later experiment adds (``std_folds``, ``train_bags``, ``bag_mean``, ...); it is written flat beside the fixed keys.
+One :class:`ResultRow` = one (dataset, model, metric) cell: our mean, SD and SE over ``n_runs`` values and the paper's
+number for the same cell with which of its parts an independent copy confirms (:mod:`abmil.report.paper`). ``extra``
+carries whatever a later experiment adds (``std_folds``, ``train_bags``, ``bag_mean``, ...); it is written flat
+beside the fixed keys.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from abmil.io import atomic_open
 from abmil.report import paper
 
 __all__ = [
+    "ADDED_KEYS",
     "CORE_KEYS",
     "ResultRow",
     "read_results",
@@ -33,6 +35,10 @@ __all__ = [
 ]
 
 CORE_KEYS: tuple[str, ...] = ("dataset", "model", "metric", "mean", "std", "n_runs", "paper_mean", "paper_std")
+# Written after CORE_KEYS since 2026-12. Older files lack them and still read: ``se`` is derived (recomputed, never
+# read), a missing confirmation flag reads as None (not recorded; rendered as unconfirmed).
+ADDED_KEYS: tuple[str, ...] = ("se", "paper_mean_confirmed", "paper_std_confirmed")
+_FIXED_KEYS = CORE_KEYS + ADDED_KEYS
 # Extras that describe a cell's statistics, not the setting it was run in; the md groups tables by the others.
 _STAT_EXTRAS = frozenset({"std_folds", "std_over", "n_repeats"})
 _STD_OVER = ("repeats", "folds")
@@ -40,7 +46,11 @@ _STD_OVER = ("repeats", "folds")
 
 @dataclass
 class ResultRow:
-    """One table cell: ours (mean, std over ``n_runs`` values) and the paper's (``None`` where it has none)."""
+    """One table cell: ours (mean, std over ``n_runs`` values) and the paper's (``None`` where it has none).
+
+    ``paper_mean_confirmed`` / ``paper_std_confirmed``: whether an independent copy confirms the paper's mean / ±
+    (:func:`abmil.report.paper.paper_confirmation`); ``None`` = not recorded (a file written before 2026-12).
+    """
 
     dataset: str
     model: str
@@ -51,19 +61,30 @@ class ResultRow:
     paper_mean: float | None = None
     paper_std: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    paper_mean_confirmed: bool | None = None
+    paper_std_confirmed: bool | None = None
+
+    @property
+    def se(self) -> float | None:
+        """Standard error of our mean, ``std / √n``: n = the repetitions when ``std`` spreads over repetition means
+        (``std_over == "repeats"``), else the runs. The paper's ± is most likely this quantity, so it is shown."""
+        n = self.extra.get("n_repeats") if self.extra.get("std_over") == "repeats" else self.n_runs
+        if self.std is None or not n:
+            return None
+        return self.std / math.sqrt(n)
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat dict: the core keys in :data:`CORE_KEYS` order, then the extras."""
-        clash = set(self.extra) & set(CORE_KEYS)
+        """Flat dict: the core keys in :data:`CORE_KEYS` order, then :data:`ADDED_KEYS`, then the extras."""
+        clash = set(self.extra) & set(_FIXED_KEYS)
         if clash:
             raise ValueError(f"extra keys {sorted(clash)} clash with the fixed result keys")
-        d = {k: getattr(self, k) for k in CORE_KEYS}
+        d = {k: getattr(self, k) for k in _FIXED_KEYS}
         d.update(self.extra)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ResultRow:
-        """Inverse of :meth:`to_dict`; every non-core key goes to ``extra``."""
+        """Inverse of :meth:`to_dict`; every key not in :data:`CORE_KEYS` or :data:`ADDED_KEYS` goes to ``extra``."""
         missing = [k for k in CORE_KEYS if k not in d]
         if missing:
             raise ValueError(f"result row lacks keys {missing}")
@@ -76,12 +97,18 @@ class ResultRow:
             n_runs=int(d["n_runs"]),
             paper_mean=_opt_float(d["paper_mean"]),
             paper_std=_opt_float(d["paper_std"]),
-            extra={k: v for k, v in d.items() if k not in CORE_KEYS},
+            extra={k: v for k, v in d.items() if k not in _FIXED_KEYS},
+            paper_mean_confirmed=_opt_bool(d.get("paper_mean_confirmed")),
+            paper_std_confirmed=_opt_bool(d.get("paper_std_confirmed")),
         )
 
 
 def _opt_float(x: Any) -> float | None:
     return None if x is None or x == "" else float(x)
+
+
+def _opt_bool(x: Any) -> bool | None:
+    return None if x is None or x == "" else bool(x)
 
 
 def summarise(
@@ -123,14 +150,20 @@ def summarise(
             std = float(np.std([np.mean(g) for g in groups.values()]))
             info["std_over"] = "repeats"
     paper_mean, paper_std = paper.paper_value(experiment, dataset, model, metric)
+    mean_ok, std_ok = paper.paper_confirmation(experiment, dataset, model, metric)
     return ResultRow(
         dataset=dataset, model=model, metric=metric, mean=float(v.mean()), std=std, n_runs=int(v.size),
         paper_mean=paper_mean, paper_std=paper_std, extra={**info, **(extra or {})},
+        paper_mean_confirmed=mean_ok, paper_std_confirmed=std_ok,
     )
 
 
 def within_one_std(row: ResultRow) -> bool | None:
-    """Is our mean within one paper ± of the paper's mean? ``None`` when the paper gives no mean or no ±."""
+    """Is our mean within one paper ± of the paper's mean? ``None`` when the paper gives no mean or no ±.
+
+    The ± is taken as printed; it is most likely the SE of the paper's mean over 5 repetitions, so this is a
+    one-SE band around it that ignores our own SE (results.md shows both, so readers can judge).
+    """
     if row.paper_mean is None or row.paper_std is None or row.mean is None or math.isnan(row.mean):
         return None
     # Paper cells are rounded to 3 decimals; the epsilon only absorbs float error at the exact boundary.
@@ -155,7 +188,7 @@ def _jsonable(x: Any) -> Any:
 
 
 def _columns(dicts: Sequence[Mapping[str, Any]]) -> list[str]:
-    cols = list(CORE_KEYS)
+    cols = list(_FIXED_KEYS)
     for d in dicts:
         cols.extend(k for k in d if k not in cols)
     return cols
@@ -215,10 +248,26 @@ def read_results(path: str | os.PathLike) -> list[ResultRow]:
 # Markdown
 
 
-def _fmt(mean: float | None, std: float | None, *, na: str) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "—"
-    return f"{mean:.3f} ± {na if std is None else f'{std:.3f}'}"
+_UNCONFIRMED = "†"
+
+
+def _num(x: float | None, na: str = "?") -> str:
+    return na if x is None else f"{x:.3f}"
+
+
+def _ours(row: ResultRow) -> str:
+    """Our mean, SD and SE side by side: the paper's ± is most likely an SE, our SD is the spread a reader expects."""
+    if row.mean is None or math.isnan(row.mean):
+        return "ours —"
+    return f"ours {row.mean:.3f} (SD {_num(row.std)}, SE {_num(row.se)})"
+
+
+def _theirs(mean: float | None, std: float | None, mean_ok: bool | None, std_ok: bool | None) -> str:
+    """The paper's mean ± as printed, each part marked † unless an independent copy confirms it."""
+    if mean is None:
+        return "n/a"
+    std_text = "N/A" if std is None else _num(std) + ("" if std_ok else _UNCONFIRMED)
+    return f"{mean:.3f}{'' if mean_ok else _UNCONFIRMED} ± {std_text}"
 
 
 def _esc(s: str) -> str:
@@ -229,12 +278,15 @@ def _mark(row: ResultRow) -> str:
     return {True: " ✓", False: " ✗", None: ""}[within_one_std(row)]
 
 
-def _cell(row: ResultRow | None, paper_cell: tuple[float | None, float | None]) -> str:
-    pm, ps = (row.paper_mean, row.paper_std) if row is not None else paper_cell
-    theirs = "n/a" if pm is None else _fmt(pm, ps, na="N/A")
-    if row is None:
-        return f"paper {theirs}" if pm is not None else "—"
-    return f"ours {_fmt(row.mean, row.std, na='?')}{_mark(row)} · paper {theirs}"
+def _cell(row: ResultRow | None, experiment: str, dataset: str, model: str, metric: str) -> str:
+    """One table cell: ours (when run) beside the paper's, which a paper-only cell looks up in :mod:`paper`."""
+    if row is not None:
+        theirs = _theirs(row.paper_mean, row.paper_std, row.paper_mean_confirmed, row.paper_std_confirmed)
+        return f"{_ours(row)}{_mark(row)} · paper {theirs}"
+    pm, ps = paper.paper_value(experiment, dataset, model, metric)
+    if pm is None:
+        return "—"
+    return f"paper {_theirs(pm, ps, *paper.paper_confirmation(experiment, dataset, model, metric))}"
 
 
 def _setting(row: ResultRow) -> tuple[tuple[str, str], ...]:
@@ -291,7 +343,7 @@ def _benchmarks_tables(rows: Sequence[ResultRow], experiment: str) -> list[str]:
                     label += f" (`{m}`)"  # show which of our keys the paper row maps to
                 elif not any(ours.values()):
                     label += " (paper only)"
-                cells = [_cell(ours[d], paper.paper_value(experiment, d, m, metric)) for d in datasets]
+                cells = [_cell(ours[d], experiment, d, m, metric) for d in datasets]
                 lines.append(f"| {_esc(label)} | " + " | ".join(_esc(c) for c in cells) + " |")
             out.append("\n".join(lines))
     return out
@@ -315,7 +367,7 @@ def _metrics_tables(rows: Sequence[ResultRow], experiment: str) -> list[str]:
         for m in models:
             ours = {x: idx.get((setting, dataset, m, x)) for x in metrics}
             label = paper.HISTOLOGY_MODEL_LABELS.get(m, m) + ("" if any(ours.values()) else " (paper only)")
-            cells = [_cell(ours[x], paper.paper_value(experiment, dataset, m, x)) for x in metrics]
+            cells = [_cell(ours[x], experiment, dataset, m, x) for x in metrics]
             lines.append(f"| {_esc(label)} | " + " | ".join(_esc(c) for c in cells) + " |")
         out.append("\n".join(lines))
     return out
@@ -338,39 +390,61 @@ def _mnist_bags_tables(rows: Sequence[ResultRow], experiment: str) -> list[str]:
             row = []
             for m in models:
                 r = cells.get((n, m))
-                row.append("—" if r is None else _cell(r, (r.paper_mean, r.paper_std)))
+                row.append("—" if r is None else _cell(r, experiment, r.dataset, m, metric))
             lines.append(f"| {n} | " + " | ".join(_esc(c) for c in row) + " |")
         out.append("\n".join(lines))
     return out
 
 
+# What independent copies confirm, per experiment (shared/paper/results.md, "Update, 2026-12"); the per-cell data
+# behind the † marks is paper.PAPER_CONFIRMATIONS.
+_CONFIRMED_TEXT: dict[str, tuple[str, tuple[str, ...]]] = {
+    "benchmarks": ("Table 1", (
+        "Confirmed: every mean [A]; the Attention row's ± [B] (its and Gated-Attention's means also [B]). "
+        "Every other ± is unconfirmed; MI-Kernel's may not exist in the paper ([A] prints N/A for it)."), ("A", "B")),
+    "histology": ("Tables 2-3", (
+        "Confirmed: the accuracy and AUC means of all six models [B]. Precision, recall, F-score and every ± "
+        "are unconfirmed."), ("B",)),
+    "mnist-bags": ("MNIST-bags figures/appendix tables", (
+        "Only Attention's AUC 0.768 (mean bag size 10, 50 training bags) has a source [S1]; every other number is "
+        "unconfirmed."), ("S1",)),
+}
+
+
 def _footnotes(rows: Sequence[ResultRow], experiment: str) -> str:
-    tables = {"benchmarks": "Table 1", "histology": "Tables 2-3",
-              "mnist-bags": "MNIST-bags figures/appendix tables"}.get(paper.canonical_experiment(experiment), "tables")
+    tables, confirmed, letters = _CONFIRMED_TEXT.get(
+        paper.canonical_experiment(experiment), ("tables", "No cell is known to be confirmed.", ()))
+    # The argument about the ± cites [A] and [B] whatever the table.
+    sources = "; ".join(f"[{k}] {paper.PAPER_SOURCES[k]}" for k in sorted({*letters, "A", "B"}))
     over = {r.extra.get("std_over", "folds") for r in rows}
     n_runs = sorted({r.n_runs for r in rows})
-    ours_pm = []
+    n_se = sorted({r.extra.get("n_repeats") if r.extra.get("std_over") == "repeats" else r.n_runs for r in rows})
+    ours_sd = []
     if "repeats" in over:
-        ours_pm.append("the standard deviation (ddof=0) across the per-repetition means (each the mean over one "
+        ours_sd.append("the standard deviation (ddof=0) across the per-repetition means (each the mean over one "
                        "repetition's folds)")
     if "folds" in over:
-        ours_pm.append("the standard deviation (ddof=0) over all folds/runs of the cell")
+        ours_sd.append("the standard deviation (ddof=0) over all folds/runs of the cell")
     notes = [
-        f"**Paper numbers are unconfirmed.** They are Ilse, Tomczak & Welling (ICML 2018) {tables} as recalled in "
-        f"shared/paper/results.md; no cell has been checked against the PDF ({paper.PAPER_URL}, arXiv 1802.04712v4). "
-        "Treat them as provisional targets. The meaning of the paper's ± (sd or se; over repetitions or folds) is "
-        "unconfirmed too.",
-        f"Ours: mean over n_runs = {', '.join(map(str, n_runs)) or '-'} values per cell; ± is "
-        + (" or ".join(ours_pm) or "-")
-        + " (results.json has both: `std` and `std_folds`, and `std_over` says which `std` is).",
-        "✓: our mean is within one paper ± of the paper mean; ✗: it is not; no mark: the paper gives no ± (N/A) "
-        "or no number. \"paper only\": a method not run here.",
+        f"Paper numbers: Ilse, Tomczak & Welling (ICML 2018, {paper.PAPER_URL}) {tables}, transcribed in "
+        "shared/paper/results.md; the paper's PDF itself was not read. **†: not confirmed** by an independent copy "
+        f"(treat as a provisional target). {confirmed} Sources: {sources}. The paper's ± is most likely a standard "
+        "error over its 5 repetitions ([A]'s standard deviations are √5 times the ± in 39 of 40 checkable baseline "
+        "cells of Table 1, and [B] reads it as one): compare it with our SE, not our SD.",
+        f"Ours: mean over n_runs = {', '.join(map(str, n_runs)) or '-'} values per cell; SD is "
+        + (" or ".join(ours_sd) or "-")
+        + f"; SE = SD/√n with n = {', '.join(map(str, n_se)) or '-'} (the repetitions when SD is over them). "
+        "results.json has `std` (SD), `se`, `std_folds`, `std_over` (which one `std` is), and "
+        "`paper_mean_confirmed` / `paper_std_confirmed`.",
+        "✓: our mean is within one paper ± of the paper mean (|ours − paper| ≤ ±, the ± as printed: most likely one "
+        "SE of the paper's mean, so a narrow band that ignores our own SE); ✗: it is not; no mark: the paper gives "
+        "no ± (N/A) or no number. \"paper only\": a method not run here.",
     ]
     if any(r.extra.get("averaging") == "pooled" for r in rows):
         notes.append("averaging=folds: each metric computed on each test fold, then averaged (a fold that calls no "
                      "bag positive scores precision and recall 0); averaging=pooled: each repetition's test "
-                     "predictions (every bag once) scored together, mean ± over the repetitions (± ? with one). "
-                     "The paper does not say which it used.")
+                     "predictions (every bag once) scored together, mean, SD and SE over the repetitions (SD ? with "
+                     "one). The paper does not say which it used.")
     return "\n".join(f"{i}. {n}" for i, n in enumerate(notes, 1))
 
 
