@@ -216,10 +216,10 @@ def paper_mnist_bags_value(bag_mean: int, train_bags: int, model: str) -> tuple[
     return PAPER_MNIST_BAGS.get((int(bag_mean), int(train_bags), model), (None, None))
 
 
-
 def paper_mnist_bags_confirmation(bag_mean: int, train_bags: int, model: str) -> tuple[bool, bool]:
     """(mean confirmed, ± confirmed) at one MNIST-bags grid point: only Attention's 0.768 has a source ([S1])."""
     return (int(bag_mean), int(train_bags), model) == (10, 50, "attention"), False
+
 
 _EXPERIMENT_ALIASES = {"table1": "benchmarks", "mil": "benchmarks", "breast": "histology", "colon": "histology"}
 _DATASET_ALIASES = {
