@@ -71,6 +71,31 @@ def test_reproduce_writes_results(small_run: Path):
     assert not [f for f in _written(small_run) if f.endswith(".tmp")]
 
 
+def test_supplement_preset_selects_each_runs_epoch_on_validation(small_run: Path, tmp_path: Path):
+    """--preset supplement: its own SGD settings and Xavier init, 20 % of each run's training folds held out and the
+    epoch of lowest validation error (then loss) kept; today's cells are not reused for it."""
+    out = tmp_path / "supplement"
+    (out / "cells").mkdir(parents=True)
+    cell_file = small_run / "cells" / "musk1__attention.json"
+    (out / "cells" / cell_file.name).write_bytes(cell_file.read_bytes())  # the wang cell: must be recomputed
+    proc = _abmil("reproduce", "benchmarks", *SMALL, "--preset", "supplement", "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    cell = json.loads((out / "cells" / "musk1__attention.json").read_text())
+    settings = cell["settings"]
+    assert settings["preset"] == "supplement" and settings["init"] == "xavier_uniform"
+    assert settings["stopping"] == {"patience": None, "val_fraction": 0.2, "monitor": ["val_error", "val_loss"]}
+    config = settings["config"]
+    assert (config["lr"], config["weight_decay"], config["nesterov"], config["decay_biases"], config["lr_decay"],
+            config["epochs"]) == (5e-4, 5e-3, False, True, 0.0, 3)
+    assert cell["engine"] == "direct" and len(cell["runs"]) == 3
+    assert all(0 <= r["best_epoch"] < 3 for r in cell["runs"])
+    assert cell["runs"] != json.loads(cell_file.read_text())["runs"]
+    row = json.loads((out / "results.json").read_text())[0]
+    assert row["preset"] == "supplement" and row["selection"] == "validation"
+    md = (out / "results.md").read_text()
+    assert "supplement preset" in md and "--preset supplement" in md
+
+
 def _no_training(*args, **kwargs):
     raise AssertionError("run_cv called for a finished cell")
 
@@ -113,7 +138,8 @@ def test_more_metrics_from_the_stored_probabilities(small_run: Path, monkeypatch
 
 def _fake_run_cv(calls: list, interrupt_at: int | None = None):
     """A run_cv stand-in that predicts every bag positive at once; the call number ``interrupt_at`` is 'killed'."""
-    def run_cv(bags, labels, model_factory, config, *, folds, repeats, seed, engine, progress, n_jobs=1):
+    def run_cv(bags, labels, model_factory, config, *, folds, repeats, seed, engine, progress, n_jobs=1,
+               stopping=None):
         calls.append((config.epochs, seed))
         if len(calls) == interrupt_at:
             raise KeyboardInterrupt
@@ -196,6 +222,7 @@ def test_bad_data_files_exit_2_and_write_nothing(tmp_path: Path, capsys):
     (["--repeats", "0"], "repeats"),
     (["--data", "musk1"], "NAME=PATH"),
     (["--datasets", "musk1", "--data", "fox=fox.mat"], "fox"),
+    (["--preset", "supplement", "--engine", "stacked"], "stacked engine"),
 ])
 def test_bad_arguments_exit_2(tmp_path: Path, capsys, args, words):
     out = tmp_path / "out"

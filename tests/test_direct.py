@@ -6,6 +6,7 @@ bag embedding, for every pooling the engine takes.
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import cache
 
 import numpy as np
@@ -139,3 +140,39 @@ def test_one_engine_rule_for_cv_and_single_runs():
     assert engines.resolve_engine("stacked", gated, sgd) == "stacked"
     with pytest.raises(ValueError, match="engine must be one of"):
         engines.resolve_engine("fast", gated, sgd)
+
+
+def test_model_selection_on_validation_is_the_same_epoch_and_weights_in_both_engines():
+    """The supplement preset's engines: direct with per-epoch validation = fit with EarlyStopping(patience=None)."""
+    from abmil.train.loop import EarlyStopping
+    from abmil.train.presets import benchmark_config
+
+    bags, labels = musk1_subset()
+    tr, va = list(range(0, 24, 5)) + list(range(1, 24, 5)), None
+    va = [i for i in range(len(bags)) if i not in tr]
+    train_bags, val_bags = [bags[i] for i in tr], [bags[i] for i in va]
+    cfg = benchmark_config("musk1", "gated", epochs=6, preset="supplement")
+    stopping = EarlyStopping(patience=None)
+    kept, models = [], []
+    for engine in ("sequential", "direct"):
+        torch.manual_seed(3)
+        model = benchmark_model("gated", 166).double()
+        kept.append(engines.train_run(engine, model, train_bags, labels[tr], cfg, seed=5, val_bags=val_bags,
+                                      val_labels=labels[va].numpy(), stopping=stopping))
+        models.append(model)
+    assert kept[0] == kept[1] and 0 <= kept[0] < 5  # not the last epoch: selection did something
+    for a, b in zip(*(m.parameters() for m in models)):
+        assert torch.allclose(a, b, rtol=0, atol=1e-9)
+    # The kept weights are those of the kept epoch, not the last: retrain without selection for kept + 1 epochs.
+    torch.manual_seed(3)
+    ref = benchmark_model("gated", 166).double()
+    engines.train_run("direct", ref, train_bags, labels[tr], dataclasses.replace(cfg, epochs=kept[0] + 1), seed=5)
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-9) for a, b in zip(ref.parameters(), models[1].parameters()))
+
+
+def test_validating_runs_never_take_the_stacked_engine():
+    sgd = TrainConfig(**OPTIMIZERS["sgd"], epochs=1)
+    ds = benchmark_model("mi-net-ds", 166)
+    assert engines.resolve_engine("auto", ds, sgd, n_runs=50, validates=True) == "sequential"
+    with pytest.raises(ValueError, match="stacked engine does not validate"):
+        engines.resolve_engine("stacked", ds, sgd, n_runs=50, validates=True)

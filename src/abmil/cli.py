@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     from abmil.nn.zoo import MNIST_BAGS_KEYS
     from abmil.report.metrics import BAG_METRICS
     from abmil.train.engines import ENGINES
-    from abmil.train.presets import histology_config
+    from abmil.train.presets import BENCHMARK_PRESETS, histology_config
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="Attention-based deep multiple-instance learning (Ilse et al., ICML 2018).")
@@ -127,8 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--models", type=_csv_list, default=list(bench_default("models")), metavar="A,B,...",
                        help=f"comma-separated model keys (default: {_joined(DEFAULT_MODELS)})")
     _cv_args(bench, bench_default)
+    bench.add_argument("--preset", choices=BENCHMARK_PRESETS, default=bench_default("preset"),
+                       help="training recipe: wang (Wang et al.'s code, 50 epochs, last epoch kept; default) or "
+                            "supplement (the paper's supplement as cited by MILFormer: Xavier init, per-dataset SGD "
+                            "settings, 40 epochs, epoch of lowest validation error then loss kept, 20%% of each "
+                            "run's training folds held out)")
     bench.add_argument("--epochs", type=int, default=bench_default("epochs"),
-                       help=f"training epochs (default: the protocol's {DEFAULT_EPOCHS})")
+                       help=f"training epochs (default: the preset's; {DEFAULT_EPOCHS} for wang)")
     bench.add_argument("--batch-size", type=int, default=bench_default("batch_size"),
                        help="bags per optimizer step (default %(default)s, the paper's)")
     bench.add_argument("--engine", choices=ENGINES, default=bench_default("engine"),
@@ -445,7 +450,7 @@ def _reproduce_benchmarks(args: argparse.Namespace) -> int:
     rows = reproduce_benchmarks(args.datasets, args.models, folds=args.folds, repeats=args.repeats, seed=args.seed,
                                 epochs=args.epochs, batch_size=args.batch_size, out_dir=args.out,
                                 engine=args.engine, progress=not args.no_progress, data_paths=_data_paths(args.data),
-                                jobs=args.jobs, metrics=metrics)
+                                jobs=args.jobs, metrics=metrics, preset=args.preset)
     for row in rows:
         print(f"{row.metric:>9}: {format_row(row)}" if args.metrics else format_row(row))
     print(f"wrote {args.out}/results.md, results.json, results.csv")

@@ -42,6 +42,7 @@ from abmil.experiments.runner import (
     progress_bar,
     run_pending,
 )
+from abmil.nn.init import keras_init_
 from abmil.nn.zoo import benchmark_model, check_model_key
 from abmil.report import paper
 from abmil.report.metrics import BAG_METRICS, bag_metrics
@@ -50,7 +51,8 @@ from abmil.train.config import TrainConfig
 from abmil.train.cv import cv_splits, fold_standardiser, run_cv
 from abmil.train.engines import ENGINES, fit_auto, resolve_engine
 from abmil.train.fit import predict
-from abmil.train.presets import benchmark_config
+from abmil.train.loop import EarlyStopping
+from abmil.train.presets import BENCHMARK_PRESETS, benchmark_config, benchmark_stopping
 
 __all__ = [
     "DEFAULT_DATASETS",
@@ -78,10 +80,17 @@ class _Cell:
     model: str
     data: MILDataset
     config: TrainConfig
+    preset: str = "wang"
+    stopping: EarlyStopping | None = None
 
     @property
     def key(self) -> str:
         return f"{self.dataset}__{self.model}"
+
+    def new_model(self):
+        """A freshly initialised model of this cell (Xavier-uniform throughout under the supplement preset)."""
+        model = benchmark_model(self.model, self.data.n_features)
+        return keras_init_(model) if self.preset == "supplement" else model
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -125,7 +134,8 @@ def _check_splittable(data: MILDataset, folds: int) -> None:
                         f"{folds} stratified folds", path=data.source)
 
 
-def _prepare(datasets, models, folds, repeats, seed, epochs, batch_size, engine, data_paths) -> list[_Cell]:
+def _prepare(datasets, models, folds, repeats, seed, epochs, batch_size, engine, data_paths,
+             preset="wang") -> list[_Cell]:
     datasets = _names(datasets, "datasets")
     models = _names(models, "models")
     for m in models:
@@ -138,6 +148,12 @@ def _prepare(datasets, models, folds, repeats, seed, epochs, batch_size, engine,
     check_int(batch_size, "batch_size", 1)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if preset not in BENCHMARK_PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(BENCHMARK_PRESETS)}, got {preset!r}")
+    stopping = benchmark_stopping(preset)
+    if stopping is not None and engine == "stacked":
+        raise ValueError(f"preset {preset!r} selects each run's epoch on a validation split, which the stacked "
+                         "engine does not do: use --engine auto, direct or sequential")
     paths = {str(k): str(v) for k, v in (data_paths or {}).items()}
     stray = [k for k in paths if k not in datasets]
     if stray:
@@ -153,8 +169,8 @@ def _prepare(datasets, models, folds, repeats, seed, epochs, batch_size, engine,
     cells = []
     for name in datasets:
         for m in models:
-            kwargs = {} if epochs is None else {"epochs": epochs}
-            cells.append(_Cell(name, m, loaded[name], benchmark_config(name, m, batch_size=batch_size, **kwargs)))
+            config = benchmark_config(name, m, epochs=epochs, batch_size=batch_size, preset=preset)
+            cells.append(_Cell(name, m, loaded[name], config, preset, stopping))
     return cells
 
 
@@ -175,6 +191,10 @@ def _fingerprint(data: MILDataset) -> str:
 
 def _cell_settings(cell: _Cell, folds: int, repeats: int, seed: int, fingerprint: str) -> dict[str, Any]:
     """Everything that determines a cell's numbers; a cached cell is reused only when all of it matches."""
+    # The default preset adds no keys, so that the cells written before presets existed are still recognised.
+    preset = {} if cell.preset == "wang" else {
+        "preset": cell.preset, "init": "xavier_uniform", "stopping": {**cell.stopping.to_dict(),
+                                                                      "monitor": list(cell.stopping.monitor)}}
     return {
         "format": CELL_FORMAT,
         "dataset": cell.dataset,
@@ -186,6 +206,7 @@ def _cell_settings(cell: _Cell, folds: int, repeats: int, seed: int, fingerprint
         "data_sha256": fingerprint,
         "n_bags": len(cell.data),
         "n_features": cell.data.n_features,
+        **preset,
     }
 
 
@@ -227,6 +248,7 @@ def _rows(cell: _Cell, record: Mapping[str, Any], *, metrics: Sequence[str], rep
                 "epochs": cell.config.epochs,
                 "batch_size": cell.config.batch_size,
                 "folds": folds,
+                **({} if cell.stopping is None else {"preset": cell.preset, "selection": "validation"}),
                 "run": {
                     "seconds": record["seconds"],
                     "engine": record["engine"],
@@ -240,9 +262,10 @@ def _rows(cell: _Cell, record: Mapping[str, Any], *, metrics: Sequence[str], rep
     return rows
 
 
-def _command(datasets, models, folds, repeats, seed, epochs, batch_size, engine, paths, metrics) -> str:
+def _command(datasets, models, folds, repeats, seed, epochs, batch_size, engine, paths, metrics, preset) -> str:
     return command_line(["abmil", "reproduce", "benchmarks"], [
-        ("--datasets", datasets), ("--models", models), ("--folds", folds), ("--repeats", repeats), ("--seed", seed),
+        ("--datasets", datasets), ("--models", models), ("--preset", None if preset == "wang" else preset),
+        ("--folds", folds), ("--repeats", repeats), ("--seed", seed),
         ("--epochs", epochs), ("--batch-size", batch_size), ("--engine", engine),
         ("--data", [f"{k}={v}" for k, v in paths.items()] or None),
         ("--metrics", None if tuple(metrics) == (_METRIC,) else metrics)])
@@ -267,6 +290,7 @@ def reproduce_benchmarks(
     data_paths: Mapping[str, str | Path] | None = None,
     jobs: int = 1,
     metrics: Sequence[str] = (_METRIC,),
+    preset: str = "wang",
 ) -> list[ResultRow]:
     """Run every (dataset, model) cell under ``folds``-fold CV repeated ``repeats`` times; write the results.
 
@@ -274,7 +298,7 @@ def reproduce_benchmarks(
         datasets: shipped benchmark names (:data:`abmil.data.benchmarks.BENCHMARKS`) or names given a file in
             ``data_paths``; None: the names in ``data_paths`` if any, else :data:`DEFAULT_DATASETS`.
         models: keys of :data:`abmil.nn.zoo.MODEL_KEYS`.
-        epochs: ``None`` = the protocol's 50.
+        epochs: ``None`` = the preset's (50; 40 under ``"supplement"``).
         batch_size: bags per optimizer step (1 = the paper's).
         out_dir: where results.{json,csv,md} and cells/ go (created; an existing one is resumed from).
         engine: :data:`abmil.train.engines.ENGINES`: ``"auto"`` (direct where it applies, else stacked),
@@ -284,6 +308,10 @@ def reproduce_benchmarks(
         metrics: some of :data:`abmil.report.metrics.BAG_METRICS` (accuracy, precision, recall, f1, auc), from
             each test fold's probabilities at threshold 0.5 (AUC over folds holding both classes). Only accuracy
             (the default) gives Table 1's layout; more give one methods x metrics table per dataset (Tables 2-3).
+        preset: the training recipe, :data:`abmil.train.presets.BENCHMARK_PRESETS`: ``"wang"`` (Wang et al.'s code,
+            50 epochs, the last kept) or ``"supplement"`` (the settings cited from the paper's supplement: Xavier
+            init, per-dataset SGD settings, 40 epochs, the epoch of lowest validation error then loss kept, on 20 %
+            of each run's training folds; :func:`abmil.train.presets.benchmark_stopping`).
 
     Returns:
         one row per cell and metric, datasets outer, models inner. ``std`` is over the per-repeat means (over folds when
@@ -302,22 +330,24 @@ def reproduce_benchmarks(
     if bad:
         raise ValueError(f"unknown metric(s) {', '.join(bad)}: expected some of {', '.join(BAG_METRICS)}")
     layout = "benchmarks" if metrics == [_METRIC] else "metrics"
-    cells = _prepare(datasets, models, folds, repeats, seed, epochs, batch_size, engine, data_paths)
+    cells = _prepare(datasets, models, folds, repeats, seed, epochs, batch_size, engine, data_paths, preset)
     out = check_out_dir(out_dir)
     paths = {str(k): str(v) for k, v in (data_paths or {}).items()}
     names = list(dict.fromkeys(c.dataset for c in cells))
     model_names = list(dict.fromkeys(c.model for c in cells))
-    command = _command(names, model_names, folds, repeats, seed, epochs, batch_size, engine, paths, metrics)
+    command = _command(names, model_names, folds, repeats, seed, epochs, batch_size, engine, paths, metrics, preset)
     title = ("Classic MIL benchmarks (Ilse et al. 2018, Table 1)" if set(names) & set(DEFAULT_DATASETS)
              else "MIL feature bags under the classic benchmarks' protocol")
+    if preset != "wang":
+        title += f", {preset} preset"
 
     fingerprints = {name: _fingerprint(next(c.data for c in cells if c.dataset == name)) for name in names}
     settings = {c.key: _cell_settings(c, folds, repeats, seed, fingerprints[c.dataset]) for c in cells}
     cache = UnitCache(out / "cells")
     records = {c.key: rec for c in cells if (rec := _read_cell(cache, c, settings[c.key])) is not None}
     resumed = set(records)
-    engines = {c.key: resolve_engine(engine, benchmark_model(c.model, c.data.n_features), c.config,
-                                       folds * repeats)
+    engines = {c.key: resolve_engine(engine, c.new_model(), c.config, folds * repeats,
+                                     validates=c.stopping is not None)
                for c in cells}
     units = {c.key: (c.config.epochs if engines[c.key] == "stacked" else folds * repeats) for c in cells}
     todo = [c for c in cells if c.key not in records]
@@ -389,8 +419,8 @@ def _run_cell(cell: _Cell, settings: Mapping[str, Any], *, folds: int, repeats: 
             last[0] = done
 
     start = time.perf_counter()
-    result = run_cv(data.bags, data.labels, lambda: benchmark_model(cell.model, data.n_features), cell.config,
-                    folds=folds, repeats=repeats, seed=seed, engine=engine, progress=on_progress, n_jobs=jobs)
+    result = run_cv(data.bags, data.labels, cell.new_model, cell.config, folds=folds, repeats=repeats, seed=seed,
+                    engine=engine, progress=on_progress, n_jobs=jobs, stopping=cell.stopping)
     seconds = time.perf_counter() - start
     accs = result.accuracies(data.labels)
     runs = [
@@ -401,8 +431,9 @@ def _run_cell(cell: _Cell, settings: Mapping[str, Any], *, folds: int, repeats: 
             "accuracy": float(a),
             "test": [int(i) for i in s.test],
             "probs": [float(p) for p in np.asarray(probs, dtype=np.float64)],
+            **({"best_epoch": result.best_epochs[k]} if result.best_epochs else {}),
         }
-        for s, a, probs in zip(result.splits, accs, result.probs)
+        for k, (s, a, probs) in enumerate(zip(result.splits, accs, result.probs))
     ]
     if any(not math.isfinite(r["accuracy"]) for r in runs):
         raise RuntimeError(f"{cell.dataset}/{cell.model}: non-finite accuracy from run_cv")

@@ -17,9 +17,9 @@ from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
 from .config import TrainConfig
-from .direct import DirectTrainer
-from .engines import resolve_engine
-from .fit import fit, predict
+from .engines import resolve_engine, train_run
+from .fit import predict, validation_split
+from .loop import EarlyStopping
 from .stacked import RunSpec, StackedTrainer
 
 
@@ -60,6 +60,8 @@ class CVResult:
     splits: list[Split]
     probs: list[np.ndarray] = field(default_factory=list)
     """each run's test-bag probabilities, aligned with ``splits[k].test``."""
+    best_epochs: list[int] = field(default_factory=list)
+    """each run's kept epoch (0-based) under model selection on validation; empty without it."""
 
     def accuracies(self, labels: np.ndarray) -> np.ndarray:
         return np.array([np.mean((p >= 0.5) == (labels[s.test] == 1)) for s, p in zip(self.splits, self.probs)])
@@ -67,7 +69,8 @@ class CVResult:
 
 def run_cv(bags: Sequence[np.ndarray], labels: np.ndarray, model_factory: Callable[[], nn.Module],
            config: TrainConfig, *, folds: int = 10, repeats: int = 5, seed: int = 0, engine: str = "auto",
-           progress: Callable[[int, int], None] | None = None, n_jobs: int = 1) -> CVResult:
+           progress: Callable[[int, int], None] | None = None, n_jobs: int = 1,
+           stopping: EarlyStopping | None = None) -> CVResult:
     """Train and test one model per (repeat, fold).
 
     Args:
@@ -79,9 +82,13 @@ def run_cv(bags: Sequence[np.ndarray], labels: np.ndarray, model_factory: Callab
         progress: called as ``progress(done, total)`` in epochs (stacked) or runs (direct, sequential).
         n_jobs: split the runs over this many forked worker processes (one CPU core each); the runs
             are independent, so the numbers do not change.
+        stopping: model selection on a validation split: ``stopping.val_fraction`` of each run's training folds
+            held out (:func:`abmil.train.fit.validation_split`, stratified, keyed by the run's seed), the epoch
+            with the best validation score kept (and training stopped after ``stopping.patience`` epochs without
+            one, unless it is None). Engines ``"direct"`` and ``"sequential"`` only (``"auto"`` picks one of them).
     """
     labels = np.asarray(labels)
-    engine = resolve_engine(engine, model_factory(), config, n_runs=folds * repeats)
+    engine = resolve_engine(engine, model_factory(), config, n_runs=folds * repeats, validates=stopping is not None)
     splits = cv_splits(labels, folds=folds, repeats=repeats, seed=seed)
     stats = [fold_standardiser(bags, s.train) for s in splits]
     result = CVResult(splits)
@@ -97,39 +104,45 @@ def run_cv(bags: Sequence[np.ndarray], labels: np.ndarray, model_factory: Callab
 
         total = config.epochs
     else:
-        def train(part: slice, report: Callable[[int], None] | None) -> list[np.ndarray]:
+        def train(part: slice, report: Callable[[int], None] | None) -> list[tuple[np.ndarray, int]]:
             ks = range(len(splits))[part]
-            probs = []
+            out = []
             for j, k in enumerate(ks):
                 s, (mu, sd) = splits[k], stats[k]
                 torch.manual_seed(s.seed)
                 model = model_factory()
                 std = [(b - mu) / sd for b in tensors]
-                train_bags, train_labels = [std[i] for i in s.train], torch.as_tensor(labels[s.train])
-                if engine == "direct":
-                    DirectTrainer(model, config, seed=s.seed).fit(train_bags, train_labels)
-                else:
-                    fit(model, train_bags, train_labels, config, seed=s.seed)
-                probs.append(predict(model, [std[i] for i in s.test])[0].numpy())
+                train_idx, val_idx = s.train, s.train[:0]
+                if stopping is not None:
+                    keep, held = validation_split(labels[s.train], stopping.val_fraction, s.seed)
+                    train_idx, val_idx = s.train[keep], s.train[held]
+                train_bags, train_labels = [std[i] for i in train_idx], torch.as_tensor(labels[train_idx])
+                val_bags, val_labels = [std[i] for i in val_idx], labels[val_idx]
+                best_epoch = train_run(engine, model, train_bags, train_labels, config, seed=s.seed,
+                                       val_bags=val_bags, val_labels=val_labels, stopping=stopping)
+                out.append((predict(model, [std[i] for i in s.test])[0].numpy(), best_epoch))
                 if report is not None:  # this part's share of the runs, scaled to all runs
                     report(round((j + 1) * len(splits) / len(ks)))
-            return probs
+            return out
 
         total = len(splits)
     report = None if progress is None else (lambda done: progress(done, total))
     n_jobs = max(1, min(int(n_jobs), len(splits)))
-    if n_jobs == 1:
-        result.probs = train(slice(None), report)
+    runs = train(slice(None), report) if n_jobs == 1 else _in_workers(train, len(splits), n_jobs, report)
+    if engine == "stacked":
+        result.probs = runs
     else:
-        result.probs = _in_workers(train, len(splits), n_jobs, report)
+        result.probs = [p for p, _ in runs]
+        if stopping is not None:
+            result.best_epochs = [e for _, e in runs]
     return result
 
 
-def _in_workers(train: Callable, n_runs: int, n_jobs: int, report: Callable[[int], None] | None) -> list[np.ndarray]:
+def _in_workers(train: Callable, n_runs: int, n_jobs: int, report: Callable[[int], None] | None) -> list:
     """Run ``train(part, report)`` on ``n_jobs`` contiguous parts of the runs in forked processes.
 
     Fork (not spawn): the children inherit the data and the model factory without pickling them;
-    only the probabilities (numpy arrays we made) come back. Worker 0 reports progress.
+    only each run's result (numpy arrays and ints we made) comes back. Worker 0 reports progress.
     """
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
@@ -146,7 +159,7 @@ def _in_workers(train: Callable, n_runs: int, n_jobs: int, report: Callable[[int
     procs = [ctx.Process(target=work, args=(j,), daemon=True) for j in range(n_jobs)]
     for p in procs:
         p.start()
-    parts: dict[int, list[np.ndarray]] = {}
+    parts: dict[int, list] = {}
     try:
         while len(parts) < n_jobs:
             kind, j, payload = queue.get()

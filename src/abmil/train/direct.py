@@ -250,8 +250,11 @@ class DirectTrainer:
 
     @subnormals_as_zero()
     def fit(self, bags: Sequence[Tensor], labels: Tensor,
-            on_epoch_end: Callable[[int], None] | None = None) -> nn.Module:
-        """Train on ``bags`` [(n_i, d)] with ``labels`` (n_bags,) 0/1 for ``config.epochs``; returns the model."""
+            on_epoch_end: Callable[[int], bool | None] | None = None) -> nn.Module:
+        """Train on ``bags`` [(n_i, d)] with ``labels`` (n_bags,) 0/1 for ``config.epochs``; returns the model.
+
+        ``on_epoch_end(epoch)`` is called after every epoch with the model's weights up to date; a true return value
+        ends training there (early stopping)."""
         labels = torch.as_tensor(labels, dtype=torch.float64).tolist()
         sizes = np.array([b.shape[0] for b in bags])
         self.model.train()
@@ -266,6 +269,6 @@ class DirectTrainer:
                     m.step = j
                 self._step(bags[i], labels[i])
             flush_subnormal_(self.model.parameters())
-            if on_epoch_end is not None:
-                on_epoch_end(epoch)
+            if on_epoch_end is not None and on_epoch_end(epoch):
+                break
         return self.model

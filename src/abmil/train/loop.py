@@ -39,8 +39,8 @@ from .loss import bag_losses
 from .optim import make_optimizer
 from .subnormal import flush_subnormal_, subnormals_as_zero
 
-__all__ = ["Augment", "BagSource", "Callback", "Checkpointing", "EarlyStopping", "FitHistory", "Step", "TensorBags",
-           "train_loop", "visit_generator"]
+__all__ = ["Augment", "BagSource", "BestEpoch", "Callback", "Checkpointing", "EarlyStopping", "FitHistory", "Step",
+           "TensorBags", "train_loop", "visit_generator"]
 
 #: ``augment(i, bag, generator) -> bag'``: training bag ``i`` (its stored tensor ``bag``) as seen at one visit.
 Augment = Callable[[int, Tensor, torch.Generator], Tensor]
@@ -106,19 +106,21 @@ class EarlyStopping:
     """When training stops, and how the training bags are split for it.
 
     Attributes:
-        patience: stop after this many epochs in a row without a better validation score.
+        patience: stop after this many epochs in a row without a better validation score; ``None``: never stop
+            early, train every epoch and keep the best one (model selection alone).
         val_fraction: share of the training bags held out for validation (stratified by label).
         monitor: the validation metrics compared, in order, lower is better: the default is gmum's rule for the
             paper's histology experiments (a lower validation error, or the same error and a lower loss).
     """
 
-    patience: int = 25
+    patience: int | None = 25
     val_fraction: float = 0.2
     monitor: tuple[str, ...] = ("val_error", "val_loss")
 
     def __post_init__(self) -> None:
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
-            raise ValueError(f"patience must be an integer >= 1, got {self.patience!r}")
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise ValueError(f"patience must be an integer >= 1 or None, got {self.patience!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if not self.monitor:
@@ -131,8 +133,40 @@ class EarlyStopping:
                              f"(it reported {sorted(metrics)})")
         return tuple(float(metrics[m]) for m in self.monitor)
 
+    def exhausted(self, waited: int) -> bool:
+        """Whether ``waited`` epochs in a row without a better score end the run."""
+        return self.patience is not None and waited >= self.patience
+
     def to_dict(self) -> dict:
         return {"patience": self.patience, "val_fraction": self.val_fraction}
+
+
+class BestEpoch:
+    """The best epoch of a run under :class:`EarlyStopping`: its score, its weights, the epochs waited since.
+
+    One bookkeeping for every engine that validates (the loop below, :mod:`abmil.train.direct` through
+    :func:`abmil.train.cv.run_cv`), so that they keep the same epoch."""
+
+    def __init__(self, stopping: EarlyStopping, best: Sequence[float] | None = None, waited: int = 0,
+                 epoch: int = -1, state: dict | None = None):
+        self.stopping, self.waited, self.epoch, self.state = stopping, waited, epoch, state
+        self.best = None if best is None else tuple(best)
+
+    def update(self, epoch: int, metrics: Mapping[str, float], model: nn.Module) -> bool:
+        """Score ``epoch`` (0-based) from its validation ``metrics``; keep ``model``'s weights if it is the best so
+        far (a NaN score is never better). Returns whether training should stop now."""
+        score = self.stopping.score(metrics)
+        if score < (self.best or (float("inf"),) * len(score)):
+            self.best, self.waited, self.epoch = score, 0, epoch
+            self.state = copy.deepcopy(model.state_dict())
+        else:
+            self.waited += 1
+        return self.stopping.exhausted(self.waited)
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best epoch's weights into ``model`` (nothing if no epoch was scored)."""
+        if self.state is not None:
+            model.load_state_dict(self.state)
 
 
 @dataclass
@@ -319,17 +353,19 @@ def train_loop(model: nn.Module, source: BagSource, config: TrainConfig,
     net = model if net is None else net
     device = torch.device(device) if device is not None else next(model.parameters()).device
     optimizer = make_optimizer(model, config)
-    history, best_state, best, waited, step, start_epoch = FitHistory(), None, None, 0, 0, 0
+    history, step, start_epoch = FitHistory(), 0, 0
+    selection = None if stopping is None else BestEpoch(stopping)
     found = _resume(model, optimizer, checkpoint)
     if found is not None:
-        if "best" in found.get("extra", {}):
-            best_state = load_extra(checkpoint.directory, found, "best")
         history = FitHistory.from_dict(found["history"])
-        start_epoch, step, waited = int(found["epoch"]), int(found["step"]), int(found.get("waited", 0))
-        best = tuple(found["best"]) if found.get("best") is not None else None
+        start_epoch, step = int(found["epoch"]), int(found["step"])
+        if selection is not None:
+            selection = BestEpoch(stopping, found.get("best"), int(found.get("waited", 0)), history.best_epoch,
+                                  load_extra(checkpoint.directory, found, "best")
+                                  if "best" in found.get("extra", {}) else None)
         history.resumed_at.append(start_epoch)
     started = time.perf_counter() - history.seconds
-    if stopping is not None and waited >= stopping.patience:  # resumed after its stopping epoch: nothing to train
+    if selection is not None and stopping.exhausted(selection.waited):  # resumed after its stopping epoch
         start_epoch = config.epochs
     for epoch in range(start_epoch, config.epochs):
         model.train()
@@ -350,28 +386,27 @@ def train_loop(model: nn.Module, source: BagSource, config: TrainConfig,
         history.epochs_run = epoch + 1
         if validate is not None:
             record.update(validate(model))
-        if stopping is not None:
-            score = stopping.score(record)
-            if score < (best or (float("inf"),) * len(score)):  # a NaN score is never better
-                best, waited, history.best_epoch = score, 0, epoch
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                waited += 1
-            history.stopped_early = waited >= stopping.patience and epoch + 1 < config.epochs
+        stop = False
+        if selection is not None:
+            stop = selection.update(epoch, record, model)
+            history.best_epoch = selection.epoch
+            history.stopped_early = stop and epoch + 1 < config.epochs
         history.records.append(record)
         history.seconds = time.perf_counter() - started
         if checkpoint is not None and world.is_main:
+            best, waited = (None, 0) if selection is None else (selection.best, selection.waited)
             save_checkpoint(checkpoint.directory, model, optimizer,
                             {**checkpoint.info, "kind": checkpoint.kind, "key": json.loads(json.dumps(checkpoint.key)),
                              "epoch": epoch + 1, "step": step, "waited": waited,
                              "best": None if best is None else list(best), "history": history.to_dict()},
-                            extra=None if best_state is None else {"best": best_state})
+                            extra=None if selection is None or selection.state is None
+                            else {"best": selection.state})
         for cb in callbacks:
             cb.on_epoch_end(epoch, record, history)
         barrier(world)
-        if stopping is not None and waited >= stopping.patience:
+        if stop:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if selection is not None:
+        selection.restore(model)
     model.eval()
     return history
