@@ -318,9 +318,10 @@ def reproduce_benchmarks(
         ``repeats == 1``), ``extra["std_folds"]`` over all runs; ``extra["run"]["seconds"]`` the cell's wall time.
 
     Raises:
-        ValueError: unknown dataset/model/engine, folds < 2, repeats < 1, ... ;
-        DataError (a ValueError): a data file that is missing or malformed (the message names the file and bag).
-        Both are raised before anything is created in ``out_dir``.
+        ValueError: unknown dataset/model/engine, folds < 2, repeats < 1, ... (before anything is created in
+            ``out_dir``).
+        DataError: (a ValueError) a data file that is missing or malformed, the message naming the file and bag
+            (before anything is created in ``out_dir``).
     """
     check_int(jobs, "jobs", 1)
     if datasets is None:
