@@ -556,21 +556,43 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+def _record_settings(parser: argparse.ArgumentParser, argv: Sequence[str], args: argparse.Namespace) -> None:
+    """OUT/config.json: the settings the run ran with, which ``--config OUT/config.json`` reads back."""
+    from abmil.cli_config import leaf_parser, resolved_settings, settings_json
+    from abmil.io import write_text_atomic
+    from abmil.train.distributed import world_from_env
+
+    if world_from_env().is_main and os.path.isdir(args.out):
+        write_text_atomic(os.path.join(args.out, "config.json"),
+                          settings_json(resolved_settings(leaf_parser(parser, argv), args)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``abmil`` command; returns the exit status."""
+    from abmil.cli_config import add_config_flag, apply_settings_file
+    from abmil.errors import DataError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
+    add_config_flag(parser)
     try:
+        apply_settings_file(parser, argv)  # --config FILE: the file's settings become the command's defaults
         args = parser.parse_args(argv)
+    except DataError as e:
+        _error(str(e))
+        return 2
     except SystemExit as e:  # --help, --version, usage errors (argparse has printed them)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    from abmil.errors import DataError
     from abmil.train.subnormal import subnormals_as_zero
 
     try:
         # Entered before torch's first parallel op: its intra-op threads, started inside, inherit the mode, so all
         # of the command's CPU arithmetic treats subnormals as zero, not only the training thread's.
         with subnormals_as_zero():
-            return args.handler(args)
+            status = args.handler(args)
+        if status == 0 and args.command == "train":
+            _record_settings(parser, argv, args)
+        return status
     except (DataError, ValueError, FileNotFoundError) as e:
         _error(str(e))
         return 2
