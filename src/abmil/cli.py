@@ -562,13 +562,13 @@ def _train(args: argparse.Namespace) -> int:
         def show_fold(record: dict) -> None:
             test = record["test"]
             print(f"fold {record['key']}: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in test.items() if v is not None) + f" (best epoch {record['best_epoch'] + 1})",
+                f"{k} {v:.4f}" for k, v in test.items() if v is not None) + f" (best epoch {record['best_epoch']})",
                   flush=True)
 
         summary = cross_validate(dataset, args.out, config, folds=args.folds, repeats=args.repeats,
                                  device=args.device, on_epoch=lambda key, record: show({"fold": key, **record}),
                                  on_fold=show_fold)
-        print("mean over folds: " + ", ".join(f"{k} {v['mean']:.4f}" + (f" ± {v['sd']:.4f}" if v["sd"] else "")
+        print("mean over folds: " + ", ".join(f"{k} {v['mean']:.4f}" + (f" ± {v['sd']:.4f}" if v["sd"] is not None else "")
                                                for k, v in summary["mean"].items() if v["mean"] is not None))
         print(f"wrote {args.out}/oof.csv, summary.json/.csv/.md, splits.json, run.json")
         return 0

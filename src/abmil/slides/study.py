@@ -17,7 +17,7 @@ Output (every file written atomically)::
     RUN/splits.json         each fold's train / val / test cases and slides: auditable
     RUN/folds/r{r}_f{f}/    the fold's run: checkpoint.json (settings, per-epoch history), weights, the kept (best)
                             weights; fold.json once finished (its validation threshold and metrics, test metrics
-                            and predictions)
+                            and predictions, the kept epoch ``best_epoch``, counted from 1)
     RUN/oof.csv             out-of-fold predictions: every slide (or case) once per repeat, as ``abmil predict``
                             writes them plus ``case_id`` (slides), ``repeat`` and ``fold``
     RUN/summary.json/.csv/.md   per fold AUC, accuracy, balanced accuracy; mean and SD over the folds
@@ -31,6 +31,7 @@ import io
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -125,8 +126,10 @@ def _fold_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
     from ..report.metrics import class_metrics
 
     m = class_metrics(probs, labels)
-    return {"auc": m["auc"], "accuracy": m["accuracy"],
-            "balanced_accuracy": float(balanced_accuracy_score(labels, probs.argmax(1)))}
+    with warnings.catch_warnings():  # a validation part of one class: "y_pred contains classes not in y_true"
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = float(balanced_accuracy_score(labels, probs.argmax(1)))
+    return {"auc": m["auc"], "accuracy": m["accuracy"], "balanced_accuracy": balanced}
 
 
 def _none_if_nan(x: float) -> float | None:
@@ -233,7 +236,7 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
         probs = lambda preds: np.array([p.probabilities for p in preds], dtype=np.float64)  # noqa: E731
         history = info["history"]
         record = {"settings": unit_settings(s), "key": s.key, "repeat": s.repeat, "fold": s.fold, "seed": s.seed,
-                  "best_epoch": history.get("best_epoch"), "epochs_run": history.get("epochs_run"),
+                  "best_epoch": history.get("best_epoch", -1) + 1, "epochs_run": history.get("epochs_run"),
                   "stopped_early": history.get("stopped_early"), "threshold": threshold,
                   "val": _fold_metrics(np.array([p.label for p in val]), probs(val)),
                   "test": _fold_metrics(np.array([p.label for p in test]), probs(test)),
