@@ -568,8 +568,9 @@ def _train(args: argparse.Namespace) -> int:
         summary = cross_validate(dataset, args.out, config, folds=args.folds, repeats=args.repeats,
                                  device=args.device, on_epoch=lambda key, record: show({"fold": key, **record}),
                                  on_fold=show_fold)
-        print("mean over folds: " + ", ".join(f"{k} {v['mean']:.4f}" + (f" ± {v['sd']:.4f}" if v["sd"] is not None else "")
-                                               for k, v in summary["mean"].items() if v["mean"] is not None))
+        print("mean over folds: " + ", ".join(
+            f"{k} {v['mean']:.4f}" + (f" ± {v['sd']:.4f}" if v["sd"] is not None else "")
+            for k, v in summary["mean"].items() if v["mean"] is not None))
         print(f"wrote {args.out}/oof.csv, summary.json/.csv/.md, splits.json, run.json")
         return 0
     info = _slide_training().train_feature_model(dataset, args.out, config, device=args.device, resume=args.resume,
