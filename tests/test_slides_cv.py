@@ -185,10 +185,11 @@ def _cli(args: list[str], kill_calls: int | None = None) -> subprocess.Completed
 def test_killed_study_restarted_gives_the_same_oof(tmp_path):
     manifest, features, _ = make_case_dataset(tmp_path, 9, max_slides=2, seed=3)
     args = ["train", "--manifest", str(manifest), "--features", str(features), "--folds", "3", "--epochs", "3",
+            "--val-fraction", "0.25",
             "--hidden", "16", "--att-dim", "8", "--lr", "1e-3", "--seed", "4", "--sampler", "balanced",
             "--class-weights", "balanced"]
     ds = FeatureBagDataset(manifest, features)
-    splits = case_cv_splits(ds.labels, ds.case_ids, folds=3, seed=4, val_fraction=0.2)
+    splits = case_cv_splits(ds.labels, ds.case_ids, folds=3, seed=4, val_fraction=0.25)
     # killed in the second epoch of the second fold: fold 0 finished, fold 1 has its first epoch's checkpoint
     calls = 3 * len(splits[0].train) + len(splits[1].train) + 2
     run = tmp_path / "run"
