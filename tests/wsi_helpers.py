@@ -62,3 +62,35 @@ def load_weights(run: Path) -> dict[str, torch.Tensor]:
     from abmil.train.checkpoint import read_checkpoint
 
     return _load(run, read_checkpoint(run))
+
+
+def make_case_dataset(root: Path, n_cases: int = 12, *, classes: tuple[str, ...] = ("normal", "tumor"),
+                      sizes: tuple[int, int] = (10, 30), seed: int = 0, max_slides: int = 3,
+                      extra: dict[str, str] | None = None) -> tuple[Path, Path, list[tuple[str, str, str]]]:
+    """Write ``n_cases`` patients of 1..``max_slides`` slides each (labels cycling through ``classes``) under
+    ``root/features`` and ``root/manifest.csv`` with a ``case_id`` column; every third case's first slide leaves its
+    case_id cell empty only when it is the case's one slide (its own case). ``extra``: manifest rows
+    ``{slide_id: "label,case_id"}`` appended (to break things). Returns (manifest, features_dir,
+    [(slide_id, label, case) ...])."""
+    rng = np.random.default_rng(seed)
+    features = root / "features"
+    features.mkdir(parents=True, exist_ok=True)
+    lines, rows = ["slide_id,label,case_id"], []
+    for k in range(n_cases):
+        label = k % len(classes)
+        n_slides = int(rng.integers(1, max_slides + 1))
+        case = f"P{k:02d}"
+        for j in range(n_slides):
+            sid = f"{case}-s{j}"
+            n = int(rng.integers(*sizes))
+            write_slide(features / f"{sid}.h5", slide_features(n, label, rng), grid(n))
+            own = n_slides == 1 and k % 3 == 0
+            lines.append(f"{sid},{classes[label]},{'' if own else case}")
+            rows.append((sid, classes[label], sid if own else case))
+    for sid, cells in (extra or {}).items():
+        n = int(rng.integers(*sizes))
+        write_slide(features / f"{sid}.h5", slide_features(n, 0, rng), grid(n))
+        lines.append(f"{sid},{cells}")
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest, features, rows

@@ -9,7 +9,9 @@
     abmil demo [--out DIR]
     abmil train --manifest CSV [--features DIR] --out RUN [--pooling gated|attention] [--epochs N] [--val-split F]
                 [--lr] [--seed] [--batch-size B | --batch-instances N] [--device cpu] [--bf16] [--resume]
-    abmil predict --run RUN --manifest CSV [--features DIR] --out preds.csv
+                [--folds K [--repeats R]] [--bag-level slide|case] [--patience N] [--monitor val_loss|val_error|val_auc]
+                [--class-weights balanced] [--sampler shuffle|balanced]
+    abmil predict --run RUN --manifest CSV [--features DIR] --out preds.csv [--fold R,F]
     abmil heatmap --run RUN --slide FILE.h5 [--thumbnail IMG --downsample K] --out heat.png
 
 Bad input (unknown names, a malformed data file, ...) prints one line ``abmil: error: ...`` on stderr and exits
@@ -289,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _wsi_commands(commands) -> None:
     """train / predict / heatmap: attention MIL on whole-slide feature bags (abmil.slides.train)."""
+    import abmil.slides.study as study
     from abmil.experiments.histology import explain_histology
     from abmil.nn.zoo import SLIDE_KEYS as POOLINGS
     from abmil.slides.heatmap import slide_heatmap
@@ -303,7 +306,9 @@ def _wsi_commands(commands) -> None:
                     "--resume continues a stopped run to the weights an uninterrupted run would have. Under "
                     "`torchrun --nproc-per-node K -m abmil train ...` K processes share every step: the same "
                     "run as one process with --batch-size K*b (or --batch-instances K*N).")
-    train.add_argument("--manifest", required=True, metavar="CSV", help="slide_id,label[,split][,path] per slide")
+    train.add_argument("--manifest", required=True, metavar="CSV",
+                       help="slide_id,label[,split][,path][,case_id] per slide (case_id: the patient; empty: the "
+                            "slide is its own case)")
     train.add_argument("--features", default=None, metavar="DIR",
                        help="folder of <slide_id>.h5/.pt files (default: the manifest's folder)")
     train.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoints)")
@@ -313,9 +318,11 @@ def _wsi_commands(commands) -> None:
     train.add_argument("--model", dest="pooling", choices=POOLINGS, default=argparse.SUPPRESS,
                        help=argparse.SUPPRESS)  # deprecated alias of --pooling
     train.add_argument("--epochs", type=int, default=config("epochs"), help="epochs (default %(default)s)")
-    train.add_argument("--val-split", type=float, default=config("val_split"), metavar="FRACTION",
-                       help="hold out this fraction of the training slides, per class (default: the manifest's "
-                            "split column: train / val rows; no validation without one)")
+    train.add_argument("--val-split", "--val-fraction", dest="val_split", type=float, default=config("val_split"),
+                       metavar="FRACTION",
+                       help="hold out this fraction of the training cases, per class (default: the manifest's "
+                            f"split column: train / val rows; no validation without one; with --folds "
+                            f"{study.DEFAULT_VAL_FRACTION} of each training part)")
     train.add_argument("--lr", type=float, default=config("lr"),
                        help="Adam learning rate (default %(default)g, CLAM's)")
     train.add_argument("--weight-decay", type=float, default=config("weight_decay"),
@@ -338,7 +345,31 @@ def _wsi_commands(commands) -> None:
                        help="cpu, cuda or mps (default %(default)s)")
     train.add_argument("--bf16", action="store_true", default=config("bf16"),
                        help="bfloat16 autocast for the forward pass")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out (a --folds study continues without it)")
+    train.add_argument("--folds", type=int, default=None, metavar="K",
+                       help="K-fold cross-validation over the cases (StratifiedGroupKFold): per fold a model trained "
+                            "on the other folds less a validation part, its best validation epoch kept, predicting "
+                            "its fold; writes OUT/oof.csv, OUT/summary.{json,csv,md}, OUT/splits.json, "
+                            "OUT/folds/r<R>_f<F>/; rerun the same command to continue a stopped study")
+    train.add_argument("--repeats", type=int, default=default_of(study.cross_validate, "repeats"), metavar="R",
+                       help="with --folds: repeat the K folds R times, reshuffled (default %(default)s)")
+    train.add_argument("--bag-level", default=config("bag_level"), metavar="slide|case",
+                       help="a bag is a slide, or a case: all its slides pooled together, one prediction per case "
+                            "(default %(default)s)")
+    train.add_argument("--patience", type=int, default=config("patience"), metavar="N",
+                       help="early stopping: stop after N epochs without a better --monitor score on the validation "
+                            "slides and keep the best epoch's weights (default: all epochs; --folds keeps the best "
+                            "epoch's weights all the same)")
+    train.add_argument("--monitor", default=config("monitor"), metavar="|".join(slides.MONITORS),
+                       help="validation score of early stopping / model selection: loss, error (then loss) or AUC "
+                            "(then loss) (default %(default)s)")
+    train.add_argument("--class-weights", default=config("class_weights"), metavar="balanced",
+                       help="balanced: weigh each slide's loss inversely to its class's frequency in the training "
+                            "part (default: unweighted)")
+    train.add_argument("--sampler", default=config("sampler"), metavar="|".join(slides.SAMPLERS),
+                       help="each epoch's slide order: shuffle (every slide once) or balanced (drawn with "
+                            "replacement, each class equally likely; seeded) (default %(default)s)")
     train.set_defaults(handler=_train)
 
     predict = commands.add_parser(
@@ -351,6 +382,9 @@ def _wsi_commands(commands) -> None:
     predict.add_argument("--out", required=True, metavar="CSV", help="predictions CSV")
     predict.add_argument("--device", default=default_of(load_run, "device"),
                          help="cpu, cuda or mps (default %(default)s)")
+    predict.add_argument("--fold", type=_fold_arg, default=None, metavar="R,F",
+                         help="with a --folds run: the model of repeat R, fold F alone (default: the mean of all "
+                              "fold models' probabilities and attention)")
     predict.set_defaults(handler=_predict)
 
     heat = commands.add_parser(
@@ -398,6 +432,15 @@ def _unit_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
         parser.add_argument(f"--{name}", type=int, default=default_of(explain_histology, name),
                             help=f"{prefix}the {what} of the saved model (default %(default)s; others need "
                                  "--keep-models)")
+
+
+def _fold_arg(text: str) -> tuple[int, int]:
+    parts = _csv_list(text)
+    try:
+        r, f = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected R,F (repeat and fold, e.g. 0,3), got {text!r}") from None
+    return r, f
 
 
 def _int_list(text: str) -> list[int]:
@@ -518,6 +561,23 @@ def _train(args: argparse.Namespace) -> int:
         print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
               flush=True)
 
+    if args.folds is not None:
+        from abmil.slides.study import cross_validate
+
+        def show_fold(record: dict) -> None:
+            test = record["test"]
+            print(f"fold {record['key']}: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in test.items() if v is not None) + f" (best epoch {record['best_epoch']})",
+                  flush=True)
+
+        summary = cross_validate(dataset, args.out, config, folds=args.folds, repeats=args.repeats,
+                                 device=args.device, on_epoch=lambda key, record: show({"fold": key, **record}),
+                                 on_fold=show_fold)
+        print("mean over folds: " + ", ".join(
+            f"{k} {v['mean']:.4f}" + (f" ± {v['sd']:.4f}" if v["sd"] is not None else "")
+            for k, v in summary["mean"].items() if v["mean"] is not None))
+        print(f"wrote {args.out}/oof.csv, summary.json/.csv/.md, splits.json, run.json")
+        return 0
     info = _slide_training().train_feature_model(dataset, args.out, config, device=args.device, resume=args.resume,
                                                  on_epoch=show)
     if world_from_env().is_main:
@@ -527,13 +587,16 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from abmil.slides.features import FeatureBagDataset
-    from abmil.slides.predict import load_run, predict_dataset, write_predictions
+    from abmil.slides.predict import load_models, predict_dataset, write_predictions
 
-    run = load_run(args.run, args.device)
-    dataset = FeatureBagDataset(args.manifest, args.features, classes=run.classes, require_labels=False)
-    preds = predict_dataset(run, dataset)
-    h5 = write_predictions(preds, run.classes, args.out)
-    print(f"wrote {args.out} ({len(preds)} slides), {h5}")
+    runs = load_models(args.run, args.device, args.fold)
+    classes = runs[0].classes
+    dataset = FeatureBagDataset(args.manifest, args.features, classes=classes, require_labels=False)
+    preds = predict_dataset(runs, dataset)
+    level = runs[0].bag_level
+    h5 = write_predictions(preds, classes, args.out, id_column=f"{level}_id")
+    models = f", mean of {len(runs)} fold models" if len(runs) > 1 else ""
+    print(f"wrote {args.out} ({len(preds)} {level}s{models}), {h5}")
     return 0
 
 
@@ -601,7 +664,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
-        again = "rerun it with --resume" if args.command == "train" else "rerun the same command"
+        again = ("rerun it with --resume" if args.command == "train" and getattr(args, "folds", None) is None
+                 else "rerun the same command")
         hint = f"; what finished is kept in {out} - {again} to continue" if out else ""
         _error(f"interrupted{hint}")
         return 130

@@ -26,13 +26,16 @@ class InstanceBudgetSampler(Sampler[list[int]]):
         max_bags: at most this many bags per batch; ``max_bags=1`` is the paper's batch size 1.
         shuffle: shuffle per epoch; ``False`` keeps index order.
         seed: the shuffle seed. The order of epoch e depends only on (seed, e).
+        weights: draw each epoch's order instead: n bags with replacement, bag i with probability proportional to
+            ``weights[i]`` (e.g. :func:`balanced_weights`), from ``default_rng([seed, epoch, 0xBA1])``.
 
     The epoch advances by one after each full iteration; :meth:`set_epoch` sets it (to resume,
     or to keep distributed ranks in step).
     """
 
     def __init__(self, bag_sizes: Sequence[int], max_instances: int | None = None, *,
-                 max_bags: int | None = None, shuffle: bool = True, seed: int = 0):
+                 max_bags: int | None = None, shuffle: bool = True, seed: int = 0,
+                 weights: Sequence[float] | None = None):
         if max_instances is None and max_bags is None:
             raise ValueError("give max_instances, max_bags (max_bags=1 for one bag per batch) or both")
         if max_instances is not None and max_instances < 1:
@@ -42,6 +45,12 @@ class InstanceBudgetSampler(Sampler[list[int]]):
         self.bag_sizes = [int(n) for n in bag_sizes]
         self.max_instances, self.max_bags = max_instances, max_bags
         self.shuffle, self.seed = shuffle, seed
+        self.weights = None
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)
+            if w.shape != (len(self.bag_sizes),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+                raise ValueError(f"weights must be {len(self.bag_sizes)} finite numbers >= 0, not all 0")
+            self.weights = w / w.sum()
         self.epoch = 0
 
     @classmethod
@@ -55,6 +64,8 @@ class InstanceBudgetSampler(Sampler[list[int]]):
     def order(self, epoch: int) -> list[int]:
         """The bag order of an epoch."""
         n = len(self.bag_sizes)
+        if self.weights is not None:
+            return np.random.default_rng([self.seed, epoch, 0xBA1]).choice(n, size=n, p=self.weights).tolist()
         if not self.shuffle:
             return list(range(n))
         # SeedSequence([seed, epoch]): distinct (seed, epoch) pairs never share a stream
@@ -86,3 +97,11 @@ class InstanceBudgetSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         """Batches of the next iteration (with a budget, the count depends on that epoch's order)."""
         return len(self.batches(self.epoch))
+
+
+def balanced_weights(labels: Sequence[int]) -> list[float]:
+    """Sampling weights that draw every class equally often: ``1 / (bags of the bag's class)`` for each bag."""
+    labels = np.asarray(labels)
+    values, counts = np.unique(labels, return_counts=True)
+    per_class = dict(zip(values.tolist(), counts.tolist()))
+    return [1.0 / per_class[v] for v in labels.tolist()]

@@ -6,7 +6,7 @@ import math
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
-__all__ = ["BAG_METRICS", "bag_metrics", "class_metrics"]
+__all__ = ["BAG_METRICS", "bag_metrics", "class_metrics", "youden_threshold"]
 
 BAG_METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "auc")
 
@@ -43,3 +43,19 @@ def class_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, fl
     elif p.shape[1] > 2 and len(set(y.tolist())) == p.shape[1]:
         auc = float(roc_auc_score(y, p, multi_class="ovr"))
     return {"accuracy": float((p.argmax(1) == y).mean()), "auc": auc}
+
+
+def youden_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The threshold on P(positive) that maximises Youden's J (sensitivity + specificity - 1) over the points of
+    scikit-learn's ``roc_curve`` (labels (n,) 0/1, probs (n,)); the first such point (the highest threshold) on ties,
+    capped at 1.0 (roc_curve's first threshold is +inf). NaN when ``labels`` hold one class only."""
+    from sklearn.metrics import roc_curve
+
+    y = np.asarray(labels).astype(int).ravel()
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    if y.shape != p.shape or y.size == 0:
+        raise ValueError(f"labels {y.shape} and probs {p.shape} must be the same non-empty shape")
+    if not 0 < y.sum() < y.size:
+        return math.nan
+    fpr, tpr, thresholds = roc_curve(y, p)
+    return float(min(thresholds[int(np.argmax(tpr - fpr))], 1.0))

@@ -1,15 +1,17 @@
 """Whole-slide attention MIL on precomputed patch features (CLAM / TRIDENT HDF5, .pt): the application.
 
-    manifest.py       the slide manifest CSV: rows, label encoding, train/validation split
+    manifest.py       the slide manifest CSV: rows, cases (case_id), label encoding, train/validation split
     feature_files.py  one slide's feature file (HDF5 or .pt): shape, chunks, coordinates, checks
-    features.py       FeatureBagDataset: the slides of a manifest, read lazily with a byte-budget cache
+    features.py       FeatureBagDataset: the slides of a manifest, read lazily with a byte-budget cache; CaseBagDataset
     train.py          WSIConfig and train_feature_model: the one training loop on slides (resumable, DDP)
-    predict.py        a trained run's predictions, streamed slide by slide (CSV + attention HDF5)
+    predict.py        a trained run's predictions, streamed slide by slide (CSV + attention HDF5); fold ensembles
+    study.py          patient-level K-fold cross-validation: folds as resumable units, out-of-fold predictions, summary
     heatmap.py        a slide's attention painted over its thumbnail
 """
 from .features import FeatureBagDataset
-from .predict import load_run, predict_dataset, write_predictions
+from .predict import load_models, load_run, predict_dataset, write_predictions
+from .study import cross_validate
 from .train import WSIConfig, train_feature_model
 
-__all__ = ["FeatureBagDataset", "WSIConfig", "load_run", "predict_dataset", "train_feature_model",
-           "write_predictions"]
+__all__ = ["FeatureBagDataset", "WSIConfig", "cross_validate", "load_models", "load_run", "predict_dataset",
+           "train_feature_model", "write_predictions"]

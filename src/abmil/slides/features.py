@@ -114,6 +114,8 @@ class FeatureBagDataset(Dataset):
         """Class index of each slide (None for an unlabelled slide, only with ``require_labels=False``)."""
         self.slide_ids: list[str] = [r.slide_id for r in rows]
         self.splits: list[str | None] = [r.split for r in rows]
+        self.case_ids: list[str] = [r.case for r in rows]
+        """Each slide's case (patient): the manifest's ``case_id``, or the slide id where it has none."""
         self.files: list[FeatureFile] = [FeatureFile(self._resolve(r.slide_id, r.path), r.slide_id)
                                          for r in rows]
         self._position = {s: i for i, s in enumerate(self.slide_ids)}
@@ -231,3 +233,62 @@ class FeatureBagDataset(Dataset):
     def __repr__(self) -> str:
         classes = f", classes={self.classes}" if self.classes is not None else ""
         return f"FeatureBagDataset({len(self)} slides from {self.manifest}{classes})"
+
+
+BAG_LEVELS = ("slide", "case")
+
+
+class CaseBagDataset:
+    """The cases of a :class:`FeatureBagDataset` as bags: a case's slides concatenated, in manifest order, into one
+    bag (attention then spans the whole case). Offers what training and scoring read of a dataset (``labels``,
+    ``splits``, ``slide_ids`` — here the case ids —, ``load``, ``bag_sizes``, ``validate``), so that the same
+    training code runs on slides or on cases; cases are in order of first appearance in the manifest."""
+
+    def __init__(self, slides: FeatureBagDataset):
+        self.slides = slides
+        members: dict[str, list[int]] = {}
+        for i, case in enumerate(slides.case_ids):
+            members.setdefault(case, []).append(i)
+        self.case_ids: list[str] = list(members)
+        self.slide_ids = self.case_ids
+        """The bag ids (case ids), named as :class:`FeatureBagDataset` names its bags."""
+        self.members: list[list[int]] = list(members.values())
+        """Slide positions of each case."""
+        # the manifest checks one label and one split per case (empty label cells aside)
+        self.labels: list[int | None] = [next((slides.labels[i] for i in m if slides.labels[i] is not None), None)
+                                         for m in self.members]
+        self.splits: list[str | None] = [slides.splits[m[0]] for m in self.members]
+        self.classes, self.manifest = slides.classes, slides.manifest
+
+    @property
+    def dim(self) -> int | None:
+        return self.slides.dim
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def load(self, case: int | str) -> SlideBag:
+        """The case's slides end to end: features (sum of n_instances, dim), coords or None (if a slide has none)."""
+        i = self.case_ids.index(case) if isinstance(case, str) else int(case)
+        bags = [self.slides.load(j) for j in self.members[i]]
+        coords = [b.coords for b in bags]
+        return SlideBag(torch.cat([b.features for b in bags]) if len(bags) > 1 else bags[0].features,
+                        None if any(c is None for c in coords) else torch.cat(coords),
+                        self.labels[i], self.case_ids[i])
+
+    def bag_sizes(self) -> list[int]:
+        sizes = self.slides.bag_sizes()
+        return [sum(sizes[j] for j in m) for m in self.members]
+
+    def validate(self) -> int:
+        return self.slides.validate()
+
+    def __repr__(self) -> str:
+        return f"CaseBagDataset({len(self)} cases of {self.slides!r})"
+
+
+def bags_at_level(dataset: FeatureBagDataset, level: str) -> FeatureBagDataset | CaseBagDataset:
+    """The bags of ``dataset`` at ``level``: ``"slide"`` (each slide a bag) or ``"case"`` (:class:`CaseBagDataset`)."""
+    if level not in BAG_LEVELS:
+        raise ValueError(f"bag level must be one of {', '.join(BAG_LEVELS)}, got {level!r}")
+    return dataset if level == "slide" else CaseBagDataset(dataset)

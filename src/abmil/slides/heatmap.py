@@ -55,7 +55,7 @@ def slide_heatmap(run_dir: str | os.PathLike, slide_file: str | os.PathLike, out
     """Paint the attention of ``run_dir``'s model on one slide's patches; returns a one-line summary.
 
     Args:
-        run_dir: an ``abmil train`` run.
+        run_dir: an ``abmil train`` run (a cross-validation run: the mean attention of its fold models).
         slide_file: the slide's ``.h5`` features with ``coords``.
         out: PNG path.
         thumbnail: background image of the slide; needs ``downsample``.
@@ -63,7 +63,7 @@ def slide_heatmap(run_dir: str | os.PathLike, slide_file: str | os.PathLike, out
         patch_size: patch side in level-0 pixels; default: from the file (see :func:`patch_size_of`).
         normalise: colour scale of :func:`abmil.explain.heatmap.normalise_scores`.
     """
-    from .predict import load_run, predict_file
+    from .predict import load_models, predict_file
 
     if thumbnail is not None and downsample is None:
         raise ValueError("--thumbnail needs --downsample (level-0 pixels per thumbnail pixel)")
@@ -74,8 +74,9 @@ def slide_heatmap(run_dir: str | os.PathLike, slide_file: str | os.PathLike, out
     if not file.is_h5:
         raise file.error("coords", "a heatmap needs patch coordinates: give the slide's .h5 file")
     image = read_thumbnail(thumbnail) if thumbnail is not None else None
-    run = load_run(run_dir, device)
-    pred = predict_file(run, file)
+    runs = load_models(run_dir, device)
+    run = runs[0]
+    pred = predict_file(runs, file)
     if pred.coords is None:
         raise file.error("coords", "no 'coords' dataset: a heatmap needs patch coordinates")
     size = patch_size or patch_size_of(file, pred.coords)

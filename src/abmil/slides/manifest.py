@@ -2,13 +2,18 @@
 
 A manifest is a CSV with one row per slide::
 
-    slide_id,label,split,path
-    TCGA-A1-0001,tumor,train,
-    TCGA-A1-0002,normal,test,other/TCGA-A1-0002.h5
+    slide_id,label,split,path,case_id
+    TCGA-A1-0001,tumor,train,,TCGA-A1
+    TCGA-A1-0002,normal,test,other/TCGA-A1-0002.h5,
 
-``slide_id`` and ``label`` are required; ``split`` and ``path`` are optional columns (and an
-empty ``path`` cell means "find the file by its slide id"). Labels are integers or class names;
-class names become indices in a stable order, kept so that a run can store the mapping.
+``slide_id`` and ``label`` are required; ``split``, ``path`` and ``case_id`` are optional columns (an
+empty ``path`` cell means "find the file by its slide id"; an empty ``case_id`` cell: the slide is its
+own case, named by its slide id). Labels are integers or class names; class names become indices in a
+stable order, kept so that a run can store the mapping.
+
+A *case* (a patient) is the unit of every split: the slides of a case carry one label and one ``split``
+value (refused otherwise), and validation and cross-validation folds keep them together
+(:mod:`abmil.train.splits`).
 """
 from __future__ import annotations
 
@@ -17,12 +22,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..errors import DataError
 
 REQUIRED_COLUMNS = ("slide_id", "label")
-OPTIONAL_COLUMNS = ("split", "path")
+OPTIONAL_COLUMNS = ("split", "path", "case_id")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,12 @@ class ManifestRow:
     label: str
     split: str | None = None
     path: str | None = None
+    case_id: str | None = None
+
+    @property
+    def case(self) -> str:
+        """The slide's case: its ``case_id``, or the slide itself."""
+        return self.case_id if self.case_id is not None else self.slide_id
 
 
 def read_manifest(path: str | os.PathLike, *, require_labels: bool = True) -> list[ManifestRow]:
@@ -70,10 +79,28 @@ def read_manifest(path: str | os.PathLike, *, require_labels: bool = True) -> li
         if not cells["label"] and require_labels:
             raise DataError(f"line {line}: field 'label' is empty", path=path, bag=slide_id)
         rows.append(ManifestRow(slide_id, cells["label"], cells.get("split") or None,
-                                cells.get("path") or None))
+                                cells.get("path") or None, cells.get("case_id") or None))
     if not rows:
         raise DataError("manifest is empty: no slides listed", path=path)
+    check_cases(rows, manifest=path)
     return rows
+
+
+def check_cases(rows: Sequence[ManifestRow], *, manifest: str | None = None) -> None:
+    """Every case's slides carry one label (empty cells aside) and one ``split`` value; DataError naming the case
+    and its slides otherwise."""
+    cases: dict[str, list[ManifestRow]] = {}
+    for r in rows:
+        cases.setdefault(r.case, []).append(r)
+    for case, members in cases.items():
+        if len(members) < 2:
+            continue
+        for field, value in (("label", lambda r: r.label or None), ("split", lambda r: r.split)):
+            values = {value(r) for r in members} - ({None} if field == "label" else set())
+            if len(values) > 1:
+                slides = ", ".join(f"{r.slide_id} ({value(r) or 'empty'})" for r in members)
+                raise DataError(f"field '{field}': case {case!r} has slides of {len(values)} {field}s: {slides}; "
+                                f"all slides of a case need one {field}", path=manifest, bag=case)
 
 
 def _as_int(label: str) -> int | None:
@@ -122,7 +149,7 @@ TRAIN_SPLIT = "train"
 
 
 def train_val_split(labels: Sequence[int], splits: Sequence[str | None], val_split: float | None,
-                    seed: int) -> tuple[list[int], list[int]]:
+                    seed: int, cases: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
     """Slide positions ``(train, val)``.
 
     - With a ``split`` column in the manifest: ``train`` rows train; ``val``/``valid``/
@@ -130,9 +157,12 @@ def train_val_split(labels: Sequence[int], splits: Sequence[str | None], val_spl
       then takes its fraction out of the ``train`` rows, and is refused if there are val rows.
     - Without: every slide trains, less a ``val_split`` fraction.
 
-    The fraction is taken per class (stratified, at least one slide of a class of two or more),
-    chosen by ``seed``.
+    The fraction is taken in whole cases (``cases``: each slide's case; None: each slide its own), per class,
+    at least one case of a class of two or more: :func:`abmil.train.splits.stratified_group_holdout`, seeded by
+    ``seed``.
     """
+    from ..train.splits import stratified_group_holdout
+
     has_column = any(s is not None for s in splits)
     if has_column:
         pool = [i for i, s in enumerate(splits) if s == TRAIN_SPLIT]
@@ -148,19 +178,6 @@ def train_val_split(labels: Sequence[int], splits: Sequence[str | None], val_spl
         return pool, val
     if not 0.0 < val_split < 1.0:
         raise ValueError(f"val_split must be a fraction in (0, 1), got {val_split}")
-    rng = np.random.default_rng([seed, 0x5A11])  # its own stream: not the epoch orders'
-    chosen: list[int] = []
-    for c in sorted({labels[i] for i in pool}):
-        members = [i for i in pool if labels[i] == c]
-        k = int(round(val_split * len(members)))
-        if len(members) >= 2:
-            k = min(max(k, 1), len(members) - 1)
-        else:
-            k = 0
-        chosen += [members[j] for j in rng.permutation(len(members))[:k]]
-    val = sorted(chosen)
-    taken = set(val)
-    train = [i for i in pool if i not in taken]
-    if not train:
-        raise ValueError(f"val_split {val_split} leaves no training slides")
-    return train, val
+    groups = None if cases is None else [cases[i] for i in pool]
+    keep, held = stratified_group_holdout([labels[i] for i in pool], val_split, seed, groups, min_per_class=True)
+    return [pool[j] for j in keep], [pool[j] for j in held]

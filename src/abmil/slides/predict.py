@@ -1,9 +1,15 @@
 """Predictions of a trained whole-slide run: class probabilities per slide, attention per patch.
 
     preds.csv              slide_id, label, prob_<class> for each class, predicted
-    preds.attention.h5     one group per slide: ``attention`` (n,) softmax weights,
+                           (a run trained on cases, ``bag_level="case"``: case_id, label, ..., one row per case)
+    preds.attention.h5     one group per slide (or case): ``attention`` (n,) softmax weights,
                            ``attention_logits`` (n,), ``coords`` (n, 2) when the slide has them;
-                           attributes ``probabilities`` (n_classes,) and ``predicted``
+                           attributes ``probabilities`` (n_classes,) and ``predicted`` (a case: ``slides`` and
+                           ``slide_sizes``, its slides' ids and patch counts in the order of the rows)
+
+A cross-validation run (:mod:`abmil.slides.study`) predicts with its fold models together (:func:`load_models`):
+the mean of their class probabilities and of their attention weights (``attention_logits`` then are the log of
+the mean weights), or with one fold's model.
 
 Slides are streamed in chunks (:meth:`~abmil.nn.models.EmbeddingMIL.pool_chunks`): memory is one
 chunk plus the slide's n attention logits. Everything is computed and checked before the first
@@ -14,7 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -25,9 +31,9 @@ import torch
 from ..errors import DataError
 from ..io import atomic_open, write_text_atomic
 from ..nn.models import EmbeddingMIL
-from ..train.checkpoint import load_weights, read_checkpoint
+from ..train.checkpoint import load_extra, load_weights, read_checkpoint
 from .feature_files import FeatureFile
-from .features import FeatureBagDataset
+from .features import CaseBagDataset, FeatureBagDataset
 from .train import WSIConfig, build_model
 
 
@@ -42,16 +48,40 @@ class TrainedRun:
     device: torch.device
 
 
+    @property
+    def bag_level(self) -> str:
+        return self.info.get("config", {}).get("bag_level", "slide")
+
+
 def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> TrainedRun:
-    """The model of ``run_dir``'s last checkpoint (safetensors weights, JSON settings)."""
+    """The model of ``run_dir``'s last checkpoint (safetensors weights, JSON settings): the weights early stopping
+    kept (the best epoch's) where it ran, else the last epoch's."""
     info = read_checkpoint(run_dir)
     if info is None:
-        raise DataError("no checkpoint.json: not a finished epoch of `abmil train` here", path=os.fspath(run_dir))
+        from .study import is_cv_run
+
+        hint = " (a cross-validation run: use load_models)" if is_cv_run(run_dir) else ""
+        raise DataError(f"no checkpoint.json: not a finished epoch of `abmil train` here{hint}",
+                        path=os.fspath(run_dir))
     config = WSIConfig.from_dict(info["config"])
     model = build_model(int(info["in_dim"]), len(info["classes"]), config)
-    model.load_state_dict(load_weights(run_dir, info))
+    best = info.get("extra", {}).get("best")
+    model.load_state_dict(load_extra(run_dir, info, "best") if best else load_weights(run_dir, info))
     dev = torch.device(device)
     return TrainedRun(model.to(dev).eval(), list(info["classes"]), int(info["in_dim"]), info, dev)
+
+
+def load_models(run_dir: str | os.PathLike, device: str = "cpu",
+                fold: tuple[int, int] | None = None) -> list[TrainedRun]:
+    """The models that predict for ``run_dir``: a single run's one model; a cross-validation run's fold models,
+    all of them (an ensemble; the study must be finished) or the one of ``fold`` = (repeat, fold)."""
+    from .study import fold_dirs, is_cv_run
+
+    if not is_cv_run(run_dir):
+        if fold is not None:
+            raise ValueError(f"--fold picks a fold model of a cross-validation run; {run_dir} is a single run")
+        return [load_run(run_dir, device)]
+    return [load_run(d, device) for d in fold_dirs(run_dir, fold)]
 
 
 class SlidePrediction(NamedTuple):
@@ -63,6 +93,8 @@ class SlidePrediction(NamedTuple):
     coords: np.ndarray | None
     """(n_instances, 2) or None."""
     label: int | None = None
+    slides: tuple[tuple[str, int], ...] | None = None
+    """A case's slides: (slide id, patches) in the order of its instances; None for a slide."""
 
     @property
     def attention(self) -> np.ndarray:
@@ -78,31 +110,71 @@ def check_dim(run: TrainedRun, file: FeatureFile) -> int:
     return n
 
 
-def predict_file(run: TrainedRun, file: FeatureFile, label: int | None = None) -> SlidePrediction:
-    """Stream one slide file through the model; checks dim (metadata) and NaN (each chunk)."""
-    check_dim(run, file)
+def predict_file(run: TrainedRun | Sequence[TrainedRun], file: FeatureFile,
+                 label: int | None = None) -> SlidePrediction:
+    """Stream one slide file through the model(s); checks dim (metadata) and NaN (each chunk)."""
+    return predict_bag(run, [file], file.slide_id, label)
+
+
+def predict_bag(run: TrainedRun | Sequence[TrainedRun], files: Sequence[FeatureFile], bag_id: str,
+                label: int | None = None) -> SlidePrediction:
+    """One bag, the instances of ``files`` end to end (one slide, or a case's slides), streamed through each model:
+    its probabilities, and attention, averaged over the models (one model: its own attention logits)."""
+    runs = [run] if isinstance(run, TrainedRun) else list(run)
+    sizes = [check_dim(r, f) for r in runs[:1] for f in files]
     coords: list[np.ndarray] = []
+    probs, weights, logits = [], [], None
+    for k, r in enumerate(runs):
+        def chunks(r: TrainedRun = r, keep: bool = k == 0) -> Iterator[torch.Tensor]:
+            for file in files:
+                start = 0
+                for features, c in file.iter_chunks(r.model.chunk_size):
+                    if keep:
+                        file.check_finite(features, first_row=start)
+                        if c is not None:
+                            coords.append(c.numpy())
+                    start += features.shape[0]
+                    yield features.float()
 
-    def chunks() -> Iterator[torch.Tensor]:
-        start = 0
-        for features, c in file.iter_chunks(run.model.chunk_size):
-            file.check_finite(features, first_row=start)
-            start += features.shape[0]
-            if c is not None:
-                coords.append(c.numpy())
-            yield features.float()
+        out = r.model.pool_chunks(chunks(), device=r.device)
+        probs.append(out.probabilities()[0].cpu().numpy())
+        logits = out.attention_logits.float().cpu()
+        if len(runs) > 1:
+            weights.append(torch.softmax(logits.double(), 0).numpy())
+    if len(runs) > 1:
+        logits = torch.from_numpy(np.log(np.mean(weights, 0))).float()
+    has_coords = len(coords) > 0 and sum(len(c) for c in coords) == sum(sizes)
+    mean = probs[0] if len(runs) == 1 else np.mean(probs, 0, dtype=np.float64)
+    return SlidePrediction(bag_id, mean, logits.numpy(), np.concatenate(coords) if has_coords else None,
+                           label, None if len(files) == 1 and files[0].slide_id == bag_id
+                           else tuple((f.slide_id, n) for f, n in zip(files, sizes)))
 
-    out = run.model.pool_chunks(chunks(), device=run.device)
-    probs = out.probabilities()[0].cpu().numpy()
-    return SlidePrediction(file.slide_id, probs, out.attention_logits.float().cpu().numpy(),
-                           np.concatenate(coords) if coords else None, label)
+
+def dataset_bags(dataset: FeatureBagDataset, bag_level: str = "slide"
+                 ) -> list[tuple[str, list[FeatureFile], int | None]]:
+    """``(bag id, files, label)`` of each bag of ``dataset`` at ``bag_level``: each slide, or each case (its slides
+    in manifest order, cases in order of first appearance)."""
+    if bag_level == "slide":
+        return [(f.slide_id, [f], label) for f, label in zip(dataset.files, dataset.labels)]
+    cases = CaseBagDataset(dataset)
+    return [(case, [dataset.files[i] for i in members], label)
+            for case, members, label in zip(cases.case_ids, cases.members, cases.labels)]
 
 
-def predict_dataset(run: TrainedRun, dataset: FeatureBagDataset) -> list[SlidePrediction]:
-    """Every slide of ``dataset`` (all dims checked from metadata first, so a mismatch fails fast)."""
+def predict_dataset(run: TrainedRun | Sequence[TrainedRun], dataset: FeatureBagDataset,
+                    positions: Sequence[int] | None = None) -> list[SlidePrediction]:
+    """Every bag of ``dataset`` (or those at ``positions``) at the run's bag level (all dims checked from metadata
+    first, so a mismatch fails fast); several runs: their ensemble (:func:`predict_bag`)."""
+    runs = [run] if isinstance(run, TrainedRun) else list(run)
+    for r in runs[1:]:
+        if r.classes != runs[0].classes or r.bag_level != runs[0].bag_level:
+            raise ValueError("an ensemble's models must share their classes and bag level")
     for f in dataset.files:
-        check_dim(run, f)
-    return [predict_file(run, f, label) for f, label in zip(dataset.files, dataset.labels)]
+        check_dim(runs[0], f)
+    bags = dataset_bags(dataset, runs[0].bag_level)
+    if positions is not None:
+        bags = [bags[i] for i in positions]
+    return [predict_bag(runs, files, bag_id, label) for bag_id, files, label in bags]
 
 
 def attention_path(csv_path: str | os.PathLike) -> Path:
@@ -111,23 +183,32 @@ def attention_path(csv_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".attention.h5")
 
 
+def prediction_header(classes: Sequence[str], id_column: str = "slide_id") -> list[str]:
+    return [id_column, "label", *[f"prob_{c}" for c in classes], "predicted"]
+
+
+def prediction_row(p: SlidePrediction, classes: Sequence[str]) -> list[str]:
+    """A CSV row of :func:`prediction_header`: probabilities with 6 decimals, the argmax class."""
+    label = "" if p.label is None else classes[p.label]
+    return [p.slide_id, label, *[f"{v:.6f}" for v in p.probabilities], classes[int(np.argmax(p.probabilities))]]
+
+
 def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_path: str | os.PathLike,
-                      h5_path: str | os.PathLike | None = None) -> Path:
-    """Write the CSV and the attention HDF5 (default :func:`attention_path`); returns the HDF5 path."""
+                      h5_path: str | os.PathLike | None = None, id_column: str = "slide_id") -> Path:
+    """Write the CSV and the attention HDF5 (default :func:`attention_path`); returns the HDF5 path.
+    ``id_column``: the first column's name (``case_id`` for cases)."""
     import h5py
 
     preds = list(preds)
     for p in preds:
         if "/" in p.slide_id or p.slide_id in (".", ""):
-            raise DataError("field 'slide_id': cannot name an HDF5 group ('/' or '.')", bag=p.slide_id)
+            raise DataError(f"field '{id_column}': cannot name an HDF5 group ('/' or '.')", bag=p.slide_id)
     h5_path = Path(h5_path) if h5_path is not None else attention_path(csv_path)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["slide_id", "label", *[f"prob_{c}" for c in classes], "predicted"])
+    writer.writerow(prediction_header(classes, id_column))
     for p in preds:
-        label = "" if p.label is None else classes[p.label]
-        writer.writerow([p.slide_id, label, *[f"{v:.6f}" for v in p.probabilities],
-                         classes[int(np.argmax(p.probabilities))]])
+        writer.writerow(prediction_row(p, classes))
     with atomic_open(h5_path, "w+b") as f, h5py.File(f, "w") as h5:  # h5py reads back as it writes
         h5.attrs["classes"] = classes
         for p in preds:
@@ -138,5 +219,8 @@ def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_
                 g.create_dataset("coords", data=p.coords)
             g.attrs["probabilities"] = p.probabilities
             g.attrs["predicted"] = classes[int(np.argmax(p.probabilities))]
+            if p.slides is not None:
+                g.attrs["slides"] = [sid for sid, _ in p.slides]
+                g.attrs["slide_sizes"] = [n for _, n in p.slides]
     write_text_atomic(csv_path, buf.getvalue())
     return h5_path

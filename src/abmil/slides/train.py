@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.samplers import balanced_weights
 from ..errors import DataError
 from ..nn import chunked
 from ..nn.chunked import DEFAULT_CHUNK_SIZE
@@ -40,11 +41,19 @@ from ..report.metrics import class_metrics
 from ..train.checkpoint import read_checkpoint
 from ..train.config import TrainConfig
 from ..train.distributed import World, gather_lists, init_distributed, max_divergence, shutdown
-from ..train.loop import Callback, Checkpointing, FitHistory, bf16_autocast, train_loop
-from ..train.loss import bag_losses
+from ..train.loop import Callback, Checkpointing, EarlyStopping, FitHistory, bf16_autocast, train_loop
+from ..train.loss import bag_losses, balanced_class_weights
 from ..train.schedule import epoch_steps
-from .features import FeatureBagDataset
+from .features import BAG_LEVELS, CaseBagDataset, FeatureBagDataset, bags_at_level
 from .manifest import train_val_split
+
+#: ``--monitor`` choices → the validation metrics early stopping compares, in order, lower is better (ties of the
+#: first broken by the next): the loss; the error (1 - accuracy), then the loss; the AUC as its negative, then the
+#: loss.
+MONITORS: dict[str, tuple[str, ...]] = {"val_loss": ("val_loss",), "val_error": ("val_error", "val_loss"),
+                                        "val_auc": ("val_neg_auc", "val_loss")}
+CLASS_WEIGHTS = ("balanced",)
+SAMPLERS = ("shuffle", "balanced")
 
 
 @dataclass(frozen=True)
@@ -61,11 +70,20 @@ class WSIConfig:
         epochs: passes over the training slides.
         batch_size: slides per step (per rank); default 1 unless ``batch_instances`` is given.
         batch_instances: instances per step (per rank): consecutive slides are grouped up to it.
-        val_split: fraction of training slides held out for validation (see
+        val_split: fraction of training slides held out for validation, in whole cases (see
             :func:`~abmil.slides.manifest.train_val_split`); None: the manifest's split column.
         seed: weights' initialisation, epoch orders, dropout masks, the validation split.
         chunk_size: slides above this many instances are pooled in chunks of this size.
         bf16: bfloat16 autocast for the forward pass (CUDA, recent CPUs).
+        patience: early stopping: stop after this many epochs without a better ``monitor`` score and keep the best
+            epoch's weights (needs validation slides); None: train all epochs, keep the last.
+        monitor: what early stopping (and a cross-validation's model selection) compares: a key of
+            :data:`MONITORS` (``val_loss``, ``val_error``, ``val_auc``).
+        class_weights: ``"balanced"``: each slide's loss weighted by ``n / (classes · n_class)`` of the training
+            slides (scikit-learn's ``compute_class_weight``); None: unweighted.
+        sampler: ``"shuffle"`` (each epoch every training slide once, shuffled) or ``"balanced"`` (each epoch n
+            slides drawn with replacement, every class equally likely; seeded by (seed, epoch)).
+        bag_level: ``"slide"`` (a bag is a slide) or ``"case"`` (a case's slides pooled into one bag).
     """
 
     pooling: str = "gated"
@@ -82,9 +100,21 @@ class WSIConfig:
     seed: int = 0
     chunk_size: int = DEFAULT_CHUNK_SIZE
     bf16: bool = False
+    patience: int | None = None
+    monitor: str = "val_loss"
+    class_weights: str | None = None
+    sampler: str = "shuffle"
+    bag_level: str = "slide"
 
     def __post_init__(self) -> None:
         self.train_config()  # validates optimizer, lr, epochs, weight_decay
+        for name, allowed in (("monitor", tuple(MONITORS)), ("class_weights", (None, *CLASS_WEIGHTS)),
+                              ("sampler", SAMPLERS), ("bag_level", BAG_LEVELS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(str(a) for a in allowed)}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.patience is not None and (isinstance(self.patience, bool) or self.patience < 1):
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
         for name in ("batch_size", "batch_instances"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -97,6 +127,14 @@ class WSIConfig:
     def train_config(self) -> TrainConfig:
         return TrainConfig(optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
                            epochs=self.epochs, batch_size=self.batch_size or 1)
+
+    def early_stopping(self, select_best: bool = False) -> EarlyStopping | None:
+        """Early stopping on :data:`MONITORS` ``[monitor]`` after ``patience`` epochs; with ``select_best`` and no
+        patience, all epochs run and the best epoch's weights are kept; else None."""
+        if self.patience is None and not select_best:
+            return None
+        return EarlyStopping(patience=self.patience or self.epochs, val_fraction=self.val_split or 0.2,
+                             monitor=MONITORS[self.monitor])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,18 +184,18 @@ def score_slides(model: EmbeddingMIL, dataset: FeatureBagDataset, indices: list[
 
 
 def val_metrics(rows: list[tuple[int, float, list[float], int]]) -> dict:
-    """Mean loss, accuracy and AUC (binary; one-vs-rest macro for more classes, when every class
-    occurs, else None) of :func:`score_slides` rows, in slide order whatever order they come in."""
+    """Mean loss, accuracy, error (1 - accuracy) and AUC (binary; one-vs-rest macro for more classes, when every
+    class occurs, else None) of :func:`score_slides` rows, in slide order whatever order they come in."""
     rows = sorted(rows)
     losses = np.array([r[1] for r in rows])
-    return {"loss": float(losses.mean()),
-            **class_metrics(np.array([r[2] for r in rows]), np.array([r[3] for r in rows]))}
+    metrics = class_metrics(np.array([r[2] for r in rows]), np.array([r[3] for r in rows]))
+    return {"loss": float(losses.mean()), **metrics, "error": 1.0 - metrics["accuracy"]}
 
 
 def _check_resumable(info: dict, config: WSIConfig, classes: list[str], in_dim: int, train_slides: list[str],
                      world: World) -> None:
     """A checkpoint continues only the same run: same settings (except epochs), data shape, world."""
-    stored = info.get("config", {})
+    stored = {**WSIConfig().to_dict(), **info.get("config", {})}  # settings added since: their defaults
     for key, value in config.to_dict().items():
         if key != "epochs" and stored.get(key) != value:
             raise ValueError(f"--resume: setting {key!r} is {value!r} but the run was started with "
@@ -208,41 +246,67 @@ class SlideBags:
         return bag.features, bag.label
 
 
-def train_feature_model(dataset: FeatureBagDataset, run_dir: str | os.PathLike, config: WSIConfig, *,
-                        device: str = "cpu", resume: bool = False,
-                        on_epoch: Callable[[dict], None] | None = None, callbacks: Sequence[Callback] = ()) -> dict:
+def train_feature_model(dataset: FeatureBagDataset | CaseBagDataset, run_dir: str | os.PathLike, config: WSIConfig,
+                        *, device: str = "cpu", resume: bool = False,
+                        on_epoch: Callable[[dict], None] | None = None, callbacks: Sequence[Callback] = (),
+                        split: tuple[Sequence[int], Sequence[int]] | None = None, select_best: bool = False) -> dict:
     """Train a slide model (:func:`~abmil.nn.zoo.slide_model`) on ``dataset``; checkpoints go to ``run_dir``.
 
     Args:
-        dataset: the slides (train and validation; see ``config.val_split``).
+        dataset: the slides (train and validation; see ``config.val_split``); with ``config.bag_level == "case"``
+            their cases (:func:`~abmil.slides.features.bags_at_level`).
         run_dir: the run's folder; it must not hold a checkpoint unless ``resume``.
         config: model and training settings.
         device: ``"cpu"``, ``"cuda"`` (under torchrun: ``cuda:<LOCAL_RANK>``) or ``"mps"``.
         resume: continue from ``run_dir``'s checkpoint (start afresh if it has none).
         on_epoch: called on rank 0 with each epoch's record (epoch, train_loss, val metrics).
         callbacks: further :class:`~abmil.train.loop.Callback` s of the loop (on every rank).
+        split: ``(train, val)`` bag positions (of the bags at ``config.bag_level``), instead of
+            :func:`~abmil.slides.manifest.train_val_split` (a cross-validation fold's).
+        select_best: keep the best validation epoch's weights even without ``config.patience``
+            (:meth:`WSIConfig.early_stopping`).
 
     Returns:
-        The final checkpoint's info (``checkpoint.json``'s content).
+        The final checkpoint's info (``checkpoint.json``'s content); with early stopping its ``extra["best"]``
+        names the kept weights, which :func:`~abmil.slides.predict.load_run` loads.
 
     Every slide file is checked from metadata before training; a slide's NaN values are found
     when it is first read, before the first checkpoint is written.
     """
     world, dev = init_distributed(device)
     try:
-        return _train(dataset, Path(run_dir), config, world, dev, resume, on_epoch, callbacks)
+        bags = dataset if isinstance(dataset, CaseBagDataset) else bags_at_level(dataset, config.bag_level)
+        return _train(bags, Path(run_dir), config, world, dev, resume, on_epoch, callbacks, split, select_best)
     finally:
         shutdown(world)
 
 
-def _train(dataset: FeatureBagDataset, run_dir: Path, config: WSIConfig, world: World, dev: torch.device,
-           resume: bool, on_epoch: Callable[[dict], None] | None, callbacks: Sequence[Callback]) -> dict:
+def _train(dataset: FeatureBagDataset | CaseBagDataset, run_dir: Path, config: WSIConfig, world: World,
+           dev: torch.device, resume: bool, on_epoch: Callable[[dict], None] | None, callbacks: Sequence[Callback],
+           split: tuple[Sequence[int], Sequence[int]] | None, select_best: bool) -> dict:
     classes = class_names(dataset)
     in_dim = dataset.validate()
-    train_idx, val_idx = train_val_split(dataset.labels, dataset.splits, config.val_split, config.seed)
+    if split is None:
+        train_idx, val_idx = train_val_split(dataset.labels, dataset.splits, config.val_split, config.seed,
+                                             dataset.case_ids)
+    else:
+        train_idx, val_idx = [int(i) for i in split[0]], [int(i) for i in split[1]]
+    stopping = config.early_stopping(select_best)
+    if stopping is not None and not val_idx:
+        raise ValueError("early stopping (--patience) needs validation slides: give --val-split or val rows in the "
+                         "manifest's split column")
+    if stopping is not None and config.monitor == "val_auc":
+        missing = [classes[c] for c in range(len(classes)) if all(dataset.labels[i] != c for i in val_idx)]
+        if missing:
+            raise ValueError(f"--monitor val_auc needs every class among the validation slides, which have none of "
+                             f"class {', '.join(missing)}: use more slides, a larger --val-split or --monitor "
+                             "val_loss")
     train_slides = [dataset.slide_ids[i] for i in train_idx]
+    train_labels = [dataset.labels[i] for i in train_idx]
     sizes = dataset.bag_sizes() if config.batch_instances is not None else None
     train_sizes = None if sizes is None else [sizes[i] for i in train_idx]
+    class_weights = balanced_class_weights(train_labels, len(classes)) if config.class_weights else None
+    sample_weights = balanced_weights(train_labels) if config.sampler == "balanced" else None
 
     def accept(found: dict) -> bool:  # a run's folder is resumed only when asked, and only by the same run
         if not resume:
@@ -259,6 +323,8 @@ def _train(dataset: FeatureBagDataset, run_dir: Path, config: WSIConfig, world: 
         if val_idx:  # each rank scores its share of the validation slides
             rows = gather_lists(score_slides(m, dataset, val_idx[world.rank::world.size], dev, config.bf16), world)
             record.update({f"val_{k}": v for k, v in val_metrics(rows).items()})
+            if stopping is not None and config.monitor == "val_auc":
+                record["val_neg_auc"] = -record["val_auc"] if record["val_auc"] is not None else float("nan")
         return record
 
     class Report(Callback):
@@ -268,12 +334,14 @@ def _train(dataset: FeatureBagDataset, run_dir: Path, config: WSIConfig, world: 
 
     info = {"in_dim": in_dim, "classes": classes, "config": config.to_dict(),
             "world_size": world.size, "train_slides": train_slides,
-            "val_slides": [dataset.slide_ids[i] for i in val_idx]}
+            "val_slides": [dataset.slide_ids[i] for i in val_idx], "class_weights": class_weights}
     train_loop(model, SlideBags(dataset, train_idx), config.train_config(),
                lambda epoch, step: epoch_steps(len(train_idx), config.seed, epoch, rank=world.rank,
                                                world_size=world.size, batch_size=config.batch_size,
-                                               batch_instances=config.batch_instances, bag_sizes=train_sizes),
-               seed=config.seed, validate=validate, checkpoint=Checkpointing(run_dir, "slide", None, info, accept),
+                                               batch_instances=config.batch_instances, bag_sizes=train_sizes,
+                                               sample_weights=sample_weights),
+               seed=config.seed, validate=validate, stopping=stopping,
+               checkpoint=Checkpointing(run_dir, "slide", None, info, accept),
                callbacks=[*callbacks, Report()], net=net, world=world, device=dev, bf16=config.bf16,
-               pack_limit=pack_limit(config, dev))
+               pack_limit=pack_limit(config, dev), class_weights=class_weights)
     return read_checkpoint(run_dir)

@@ -8,6 +8,7 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "fit": ".fit", "predict": ".fit", "validation_split": ".fit",
     "ENGINES": ".engines", "fit_auto": ".engines", "resolve_engine": ".engines",
     "cv_splits": ".cv", "run_cv": ".cv",
+    "case_cv_splits": ".splits", "stratified_group_holdout": ".splits",
     "bag_losses": ".loss", "mil_loss": ".loss",
     "epoch_steps": ".schedule", "paper_steps": ".schedule",
     "benchmark_config": ".presets", "histology_config": ".presets", "mnist_bags_config": ".presets",

@@ -35,6 +35,7 @@ from .config import TrainConfig
 from .loop import Augment, Callback, Checkpointing, EarlyStopping, FitHistory, TensorBags, train_loop
 from .loss import bernoulli_nll
 from .schedule import paper_steps
+from .splits import stratified_group_holdout
 
 __all__ = ["fit", "predict", "score_bags", "validation_split"]
 
@@ -52,28 +53,13 @@ def validation_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 
     Each class gives ``round(val_fraction * n_class)`` of its bags to validation, drawn with
     ``numpy.random.default_rng([seed, 7])``; at least one bag goes to validation and at least one stays for
-    training. Both returned arrays are sorted int64.
+    training. Both returned arrays are sorted int64. (:func:`abmil.train.splits.stratified_group_holdout` with every
+    bag its own case: the one splitter, the same draws.)
 
     Raises:
         ValueError: fewer than 2 bags.
     """
-    labels = np.asarray(labels).ravel()
-    n = labels.size
-    if n < 2:
-        raise ValueError(f"need >= 2 training bags to hold some out for validation, got {n}")
-    rng = np.random.default_rng([seed, 7])
-    val: list[np.ndarray] = []
-    for c in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        val.append(members[:int(round(val_fraction * members.size))])
-    chosen = np.concatenate(val).astype(np.int64)
-    if chosen.size == 0:
-        chosen = rng.permutation(n)[:1].astype(np.int64)
-    elif chosen.size == n:
-        chosen = chosen[:-1]
-    is_val = np.zeros(n, bool)
-    is_val[chosen] = True
-    return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)
+    return stratified_group_holdout(labels, val_fraction, seed)
 
 
 @torch.no_grad()

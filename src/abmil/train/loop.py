@@ -271,7 +271,7 @@ def pack_groups(sizes: Sequence[int], limit: int | None) -> list[list[int]]:
 
 
 def _pass(net: nn.Module, model: nn.Module, bags: list[tuple[Tensor, Any]], keys: list[int] | int, seed: int,
-          weight: float, device: torch.device, bf16: bool) -> float:
+          weight: float, device: torch.device, bf16: bool, class_weights: Tensor | None = None) -> float:
     """Forward and backward of ``bags`` packed end to end (one bag: as it is, giant-bag mode included), each bag's
     loss times ``weight``; returns the sum of the bags' losses."""
     labels = torch.tensor([y for _, y in bags], device=device)
@@ -288,13 +288,14 @@ def _pass(net: nn.Module, model: nn.Module, bags: list[tuple[Tensor, Any]], keys
             set_dropout_key(model, seed, keys, rows=sizes)
     with bf16_autocast(device, bf16):
         out = net(x, bag_index, len(bags)) if bag_index is not None else net(x)
-    losses = bag_losses(out, labels)
+    losses = bag_losses(out, labels, class_weights)
     (losses.sum() * weight).backward()
     return float(losses.detach().sum())
 
 
 def _run_step(net: nn.Module, model: nn.Module, source: BagSource, step: Step, epoch: int, seed: int,
-              pack_limit: int | None, device: torch.device, bf16: bool, world: World) -> float:
+              pack_limit: int | None, device: torch.device, bf16: bool, world: World,
+              class_weights: Tensor | None = None) -> float:
     """This process's passes of ``step``, gradients accumulating (DDP all-reduces once, on the last pass)."""
     if not step.bags:  # this rank still takes part in the all-reduce, with a zero-weighted dummy bag
         x, y = source.load(0, epoch)
@@ -307,7 +308,7 @@ def _run_step(net: nn.Module, model: nn.Module, source: BagSource, step: Step, e
         with nullcontext() if last or not world.distributed else net.no_sync():
             keys = step.keys if shared else [step.keys[k] for k in group]
             bags = [source.load(step.bags[k], epoch) for k in group]
-            total += _pass(net, model, bags, keys, seed, step.weight, device, bf16)
+            total += _pass(net, model, bags, keys, seed, step.weight, device, bf16, class_weights)
     return total
 
 
@@ -329,7 +330,8 @@ def train_loop(model: nn.Module, source: BagSource, config: TrainConfig,
                validate: Callable[[nn.Module], dict] | None = None, stopping: EarlyStopping | None = None,
                checkpoint: Checkpointing | None = None, callbacks: Sequence[Callback] = (),
                net: nn.Module | None = None, world: World = SINGLE_PROCESS, device: torch.device | str | None = None,
-               bf16: bool = False, pack_limit: int | None = None) -> FitHistory:
+               bf16: bool = False, pack_limit: int | None = None,
+               class_weights: Sequence[float] | None = None) -> FitHistory:
     """Train ``model`` in place for ``config.epochs`` epochs (or until early stopping).
 
     Args:
@@ -344,6 +346,8 @@ def train_loop(model: nn.Module, source: BagSource, config: TrainConfig,
         device: where bags are moved for the passes (default: the model's).
         bf16: bfloat16 autocast for the forward passes.
         pack_limit: most instances per pass where bags have their own dropout keys (None: the whole step).
+        class_weights: (n_classes,) factors on each bag's loss by its label (:func:`~abmil.train.loss.bag_losses`);
+            the epoch's ``train_loss`` is then the weighted loss.
 
     Returns:
         the run's :class:`FitHistory`; the model is left in eval mode.
@@ -353,6 +357,7 @@ def train_loop(model: nn.Module, source: BagSource, config: TrainConfig,
     net = model if net is None else net
     device = torch.device(device) if device is not None else next(model.parameters()).device
     optimizer = make_optimizer(model, config)
+    weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     history, step, start_epoch = FitHistory(), 0, 0
     selection = None if stopping is None else BestEpoch(stopping)
     found = _resume(model, optimizer, checkpoint)
@@ -374,7 +379,7 @@ def train_loop(model: nn.Module, source: BagSource, config: TrainConfig,
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(step)
             optimizer.zero_grad(set_to_none=True)
-            loss_sum += _run_step(net, model, source, s, epoch, seed, pack_limit, device, bf16, world)
+            loss_sum += _run_step(net, model, source, s, epoch, seed, pack_limit, device, bf16, world, weights)
             n_bags += len(s.bags)
             optimizer.step()
             step += 1

@@ -41,11 +41,13 @@ def paper_steps(n_train: int, seed: int, epoch: int, first_step: int, batch_size
 
 def epoch_steps(n_train: int, seed: int, epoch: int, *, rank: int = 0, world_size: int = 1,
                 batch_size: int | None = None, batch_instances: int | None = None,
-                bag_sizes: Sequence[int] | None = None) -> list[Step]:
+                bag_sizes: Sequence[int] | None = None, sample_weights: Sequence[float] | None = None) -> list[Step]:
     """This rank's steps in ``epoch`` (see the module docstring).
 
     ``batch_size``: bags per step and rank (default 1 without ``batch_instances``);
-    ``batch_instances``: instances per step and rank, needs ``bag_sizes`` (n_train,)."""
+    ``batch_instances``: instances per step and rank, needs ``bag_sizes`` (n_train,);
+    ``sample_weights``: the epoch's order is drawn with replacement with these weights (n_train,) instead of
+    shuffled (:class:`~abmil.data.samplers.InstanceBudgetSampler`), still a function of (seed, epoch)."""
     if batch_instances is not None and bag_sizes is None:
         raise ValueError("batch_instances needs bag_sizes")
     if batch_size is None and batch_instances is None:
@@ -53,7 +55,7 @@ def epoch_steps(n_train: int, seed: int, epoch: int, *, rank: int = 0, world_siz
     sampler = InstanceBudgetSampler(
         bag_sizes if bag_sizes is not None else [1] * n_train,
         None if batch_instances is None else batch_instances * world_size,
-        max_bags=None if batch_size is None else batch_size * world_size, seed=seed)
+        max_bags=None if batch_size is None else batch_size * world_size, seed=seed, weights=sample_weights)
     steps, offset = [], epoch * n_train
     for batch in sampler.batches(epoch):
         positions = range(rank, len(batch), world_size)

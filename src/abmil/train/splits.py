@@ -1,0 +1,168 @@
+"""Stratified splits of bags grouped into cases (patients): the one splitter behind every validation split and the
+slide studies' cross-validation.
+
+Bags of one *case* (a patient's slides) always land on the same side of a split, so that no patient is seen in
+training and scored in validation or test; the split is stratified by the case's label (every bag of a case carries
+it: :func:`case_labels` refuses a case of two labels). Without groups every bag is its own case.
+
+- :func:`stratified_group_holdout`: a validation part, ``round(fraction * cases of the class)`` cases of each class,
+  drawn with ``numpy.random.default_rng([seed, 7])``. With singleton groups it is, draw for draw, the split the
+  paper's histology protocol has always used (:func:`abmil.train.fit.validation_split` delegates here, so the
+  committed reproductions keep their numbers).
+- :func:`case_cv_splits`: repeated K-fold with scikit-learn's ``StratifiedGroupKFold`` (shuffled, seeded and
+  reshuffled per repeat), each training part less a :func:`stratified_group_holdout` validation part.
+
+It sits in ``train/`` rather than ``slides/`` because it knows labels and groups only: ``train/fit.py`` (bags in
+memory) and ``slides/`` (slides on disk) both split through it, and ``slides/`` already depends on ``train/``.
+(The benchmarks' :func:`abmil.train.cv.cv_splits` stays on ``StratifiedKFold``: its bags are their own cases, and
+``StratifiedGroupKFold`` assigns singleton groups to folds differently, which would change the committed Table 1.)
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["CaseSplit", "case_cv_splits", "case_labels", "fold_seed", "stratified_group_holdout"]
+
+
+def case_labels(labels: Sequence[int] | np.ndarray, groups: Sequence | np.ndarray | None = None,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(case of each bag (n,) int, label of each case (n_cases,), case names (n_cases,))``, cases in sorted order.
+
+    Raises:
+        ValueError: a case whose bags carry two labels (naming the case).
+    """
+    labels = np.asarray(labels).ravel()
+    if groups is None:
+        codes = np.arange(labels.size)
+        return codes, labels.copy(), codes.copy()
+    groups = np.asarray(groups).ravel()
+    if groups.size != labels.size:
+        raise ValueError(f"{labels.size} labels but {groups.size} groups")
+    names, codes = np.unique(groups, return_inverse=True)
+    case_label = np.empty(names.size, dtype=labels.dtype)
+    case_label[codes] = labels
+    mixed = np.flatnonzero(case_label[codes] != labels)
+    if mixed.size:
+        case = codes[mixed[0]]
+        found = sorted({int(v) for v in labels[codes == case]})
+        raise ValueError(f"case {str(names[case])!r} has bags of labels {found}: all bags of a case need one label")
+    return codes, case_label, names
+
+
+def stratified_group_holdout(labels: Sequence[int] | np.ndarray, fraction: float, seed: int,
+                             groups: Sequence | np.ndarray | None = None, *,
+                             min_per_class: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Split bag positions 0..n-1 into (train, val), whole cases on each side, stratified by the cases' labels.
+
+    Each class gives ``round(fraction * n_cases_of_class)`` of its cases to validation, drawn with
+    ``numpy.random.default_rng([seed, 7])``; at least one case goes to validation and at least one stays for
+    training. ``min_per_class``: moreover every class of two or more cases gives at least one and keeps at least one
+    (so that the validation AUC is defined; a class of one case stays in training). Both arrays are sorted int64.
+
+    Raises:
+        ValueError: fewer than 2 cases, a fraction outside (0, 1), a case of two labels.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the validation fraction must be in (0, 1), got {fraction!r}")
+    codes, case_label, _ = case_labels(labels, groups)
+    n_cases = case_label.size
+    if n_cases < 2:
+        what = "training bags" if groups is None else "training cases"
+        raise ValueError(f"need >= 2 {what} to hold some out for validation, got {n_cases}")
+    rng = np.random.default_rng([seed, 7])
+    val: list[np.ndarray] = []
+    for c in np.unique(case_label):
+        members = rng.permutation(np.flatnonzero(case_label == c))
+        k = int(round(fraction * members.size))
+        if min_per_class:
+            k = min(max(k, 1), members.size - 1)
+        val.append(members[:k])
+    chosen = np.concatenate(val).astype(np.int64)
+    if chosen.size == 0:
+        chosen = rng.permutation(n_cases)[:1].astype(np.int64)
+    elif chosen.size == n_cases:
+        chosen = chosen[:-1]
+    is_val_case = np.zeros(n_cases, bool)
+    is_val_case[chosen] = True
+    is_val = is_val_case[codes]
+    return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)
+
+
+def fold_seed(seed: int, repeat: int, fold: int) -> int:
+    """The seed of one (repeat, fold) run: its weights, its epoch orders, its validation split (as
+    :func:`abmil.train.cv.cv_splits`)."""
+    return seed * 100_000 + repeat * 1000 + fold
+
+
+@dataclass(frozen=True)
+class CaseSplit:
+    """One (repeat, fold) of a case-level cross-validation: bag positions, sorted int64."""
+
+    repeat: int
+    fold: int
+    seed: int
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    @property
+    def key(self) -> str:
+        return f"r{self.repeat}_f{self.fold}"
+
+
+def case_cv_splits(labels: Sequence[int] | np.ndarray, groups: Sequence | np.ndarray | None = None, *,
+                   folds: int, repeats: int = 1, seed: int = 0, val_fraction: float | None = 0.2,
+                   class_names: Sequence[str] | None = None) -> list[CaseSplit]:
+    """Repeated stratified group K-fold: for each repeat, ``StratifiedGroupKFold(folds, shuffle=True,
+    random_state=seed * 1000 + repeat)`` over the cases; each training part less a validation part
+    (:func:`stratified_group_holdout` with ``min_per_class``, seeded by :func:`fold_seed`); ``val_fraction`` None:
+    no validation part.
+
+    Raises:
+        ValueError: folds < 2 or repeats < 1; a class with fewer cases than folds (a test fold would miss it); a test
+            fold, training part or validation part missing a class; a case of two labels. Messages name the class
+            (``class_names[c]`` if given) and the fold.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"folds must be an integer >= 2, got {folds!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    labels = np.asarray(labels).ravel()
+    codes, case_label, _ = case_labels(labels, groups)
+
+    def name(c: int) -> str:
+        return repr(str(class_names[c])) if class_names is not None else str(c)
+
+    classes = np.unique(case_label)
+    if classes.size < 2:
+        raise ValueError(f"cross-validation needs cases of at least two classes, all cases are of class "
+                         f"{name(int(classes[0]))}")
+    for c in classes:
+        n_c = int((case_label == c).sum())
+        if n_c < folds:
+            raise ValueError(f"class {name(int(c))} has {n_c} case(s), fewer than the {folds} folds: every test fold "
+                             f"needs a case of each class (use --folds {max(n_c, 2)} or fewer, or more cases)")
+    out = []
+    for r in range(repeats):
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed * 1000 + r)
+        for f, (tr, te) in enumerate(splitter.split(np.zeros(labels.size), labels, codes)):
+            s = fold_seed(seed, r, f)
+            where = f"repeat {r} fold {f}"
+            for part, idx in (("test fold", te), ("training part", tr)):
+                missing = [name(int(c)) for c in classes if not np.any(labels[idx] == c)]
+                if missing:
+                    raise ValueError(f"{where}: the {part} holds no case of class {', '.join(missing)}; "
+                                     "use fewer folds")
+            tr = np.sort(tr).astype(np.int64)
+            if val_fraction is None:
+                val = np.zeros(0, np.int64)
+            else:
+                keep, held = stratified_group_holdout(labels[tr], val_fraction, s, codes[tr], min_per_class=True)
+                tr, val = tr[keep], tr[held]
+            out.append(CaseSplit(r, f, s, tr, val, np.sort(te).astype(np.int64)))
+    return out
