@@ -17,7 +17,8 @@ sensitivity and specificity (binary: positive class; multi-class: each class one
 (binary: positive probability, range [0, 1]; multi-class: sum over classes, range [0, 2]) and ECE (10 equal-width
 bins of [0, 1], scikit-learn's ``calibration_curve`` binning, on the positive probability for binary and on the
 predicted class's probability for multi-class; weighted by bin size). Predicted class: binary ``p_pos >= threshold``
-(default 0.5, or ``--threshold``, or a run's stored threshold); multi-class argmax.
+(default 0.5, or ``--threshold``, or a run's stored threshold); multi-class argmax. (The CSV's ``predicted``
+column is not read: the decision is made again from the probabilities.)
 
 Intervals: 95% percentile bootstrap, ``n_bootstrap`` resamples of cases drawn from ``numpy.random.default_rng(seed)``,
 the same resamples for every metric and level. A resample where a metric is undefined (e.g. one class only: no
@@ -536,6 +537,8 @@ def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | o
 
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise DataError("output exists and is not a folder", path=os.fspath(out_dir))
     pred = read_predictions(predictions_csv, manifest=manifest, labels_from=labels_from)
     thr, thr_source = _threshold(pred, threshold, run)
     levels = _levels(pred)
