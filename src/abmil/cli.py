@@ -13,6 +13,8 @@
                 [--class-weights balanced] [--sampler shuffle|balanced]
     abmil predict --run RUN --manifest CSV [--features DIR] --out preds.csv [--fold R,F]
     abmil heatmap --run RUN --slide FILE.h5 [--thumbnail IMG --downsample K] --out heat.png
+    abmil evaluate --predictions preds.csv [--manifest CSV] [--labels-from auto|predictions|manifest]
+                   [--threshold T | --run RUN] [--bootstrap 1000] [--seed 0] --out DIR
 
 Bad input (unknown names, a malformed data file, ...) prints one line ``abmil: error: ...`` on stderr and exits
 with status 2 before anything is written.
@@ -415,6 +417,38 @@ def _wsi_commands(commands) -> None:
                       help="cpu, cuda or mps (default %(default)s)")
     heat.set_defaults(handler=_heatmap)
 
+    from abmil.report.evaluate import LABEL_SOURCES, evaluate_predictions
+
+    evaluate = commands.add_parser(
+        "evaluate", help="metrics with bootstrap confidence intervals, calibration, ROC/PR curves of predictions",
+        description="Evaluate `abmil predict`'s CSV against the slides' labels (its label column or a manifest's, "
+                    "joined on slide_id). An optional case_id column groups a patient's slides: metrics are "
+                    "reported per slide and per case (a case's probabilities averaged), and the bootstrap "
+                    "resamples cases. Writes OUT/metrics.json, metrics.csv, metrics.md, roc.png, pr.png, "
+                    "reliability.png, all or nothing.")
+    evaluate.add_argument("--predictions", required=True, metavar="CSV",
+                          help="slide_id, [label], prob_<class>... [, case_id] (as `abmil predict` writes)")
+    evaluate.add_argument("--manifest", default=None, metavar="CSV",
+                          help="slide_id, label [, case_id]: the labels (and cases) of the predicted slides")
+    evaluate.add_argument("--labels-from", choices=LABEL_SOURCES, default=default_of(evaluate_predictions,
+                                                                                      "labels_from"),
+                          help="where the labels come from (default %(default)s: the manifest when given, else "
+                               "the predictions' label column; where both have one they must agree)")
+    decision = evaluate.add_mutually_exclusive_group()
+    decision.add_argument("--threshold", type=float, default=None, metavar="T",
+                          help="binary: predict the positive (second) class when its probability >= T "
+                               "(default 0.5); multi-class predictions take the argmax")
+    decision.add_argument("--run", default=None, metavar="RUN",
+                          help="read the threshold stored as \"threshold\" in RUN/threshold.json, run.json or "
+                               "checkpoint.json")
+    evaluate.add_argument("--bootstrap", type=int, default=default_of(evaluate_predictions, "n_bootstrap"),
+                          metavar="N", help="bootstrap resamples of the cases for 95%% intervals, 0 for none "
+                                            "(default %(default)s)")
+    evaluate.add_argument("--seed", type=int, default=default_of(evaluate_predictions, "seed"),
+                          help="seed of the bootstrap (default %(default)s)")
+    evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    evaluate.set_defaults(handler=_evaluate)
+
 
 def _cv_args(parser: argparse.ArgumentParser, default: Callable[[str], Any]) -> None:
     """--folds / --repeats / --seed of a cross-validated experiment; ``default(name)``: its function's default."""
@@ -612,6 +646,23 @@ def _heatmap(args: argparse.Namespace) -> int:
 
     print(slide_heatmap(args.run, args.slide, args.out, thumbnail=args.thumbnail, downsample=args.downsample,
                         patch_size=args.patch_size, device=args.device, normalise=args.scale))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from abmil.report.evaluate import evaluate_predictions
+
+    result = evaluate_predictions(args.predictions, out_dir=args.out, manifest=args.manifest,
+                                  labels_from=args.labels_from, threshold=args.threshold, run=args.run,
+                                  n_bootstrap=args.bootstrap, seed=args.seed)
+    meta = result["meta"]
+    print(f"{meta['n_slides']} slides, {meta['n_cases']} cases; {meta['decision']}")
+    for r in result["metrics"]:
+        name = f"{r['metric']} ({r['class']})" if r["class"] else r["metric"]
+        value = "n/a" if r["value"] is None else f"{r['value']:.3f}"
+        ci = "" if r["ci_low"] is None else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        print(f"{r['level']:>5} {name:>24}: {value}{ci}")
+    print(f"wrote {args.out}/metrics.json, metrics.csv, metrics.md, {', '.join(meta['figures'])}")
     return 0
 
 

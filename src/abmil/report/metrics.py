@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
@@ -45,17 +46,22 @@ def class_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, fl
     return {"accuracy": float((p.argmax(1) == y).mean()), "auc": auc}
 
 
-def youden_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
-    """The threshold on P(positive) that maximises Youden's J (sensitivity + specificity - 1) over the points of
-    scikit-learn's ``roc_curve`` (labels (n,) 0/1, probs (n,)); the first such point (the highest threshold) on ties,
-    capped at 1.0 (roc_curve's first threshold is +inf). NaN when ``labels`` hold one class only."""
+def youden_threshold(labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray) -> float:
+    """The threshold on P(positive) that maximises Youden's J = sensitivity + specificity - 1 over the points of
+    scikit-learn's ``roc_curve`` (predict positive when ``prob >= threshold``), e.g. on a run's validation predictions.
+
+    ``labels`` (n,) 0/1, ``probs`` (n,). The highest threshold among ties; NaN when ``labels`` hold one class only
+    (J is undefined)."""
     from sklearn.metrics import roc_curve
 
     y = np.asarray(labels).astype(int).ravel()
     p = np.asarray(probs, dtype=np.float64).ravel()
     if y.shape != p.shape or y.size == 0:
         raise ValueError(f"labels {y.shape} and probs {p.shape} must be the same non-empty shape")
+    if not set(np.unique(y).tolist()) <= {0, 1}:
+        raise ValueError("youden_threshold needs 0/1 labels")
     if not 0 < y.sum() < y.size:
         return math.nan
-    fpr, tpr, thresholds = roc_curve(y, p)
-    return float(min(thresholds[int(np.argmax(tpr - fpr))], 1.0))
+    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
+    # The first point is roc_curve's "nothing positive" (threshold +inf): not a usable threshold.
+    return float(min(thresholds[1:][int(np.argmax((tpr - fpr)[1:]))], 1.0))
