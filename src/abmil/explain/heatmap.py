@@ -240,6 +240,94 @@ def paint_heatmap(scores: np.ndarray, coords: np.ndarray, patch_size: int, out: 
 
 
 _SCALE_SUFFIX = {"rank": " (percentile)", "minmax": " (min-max)", "none": ""}
+LAYOUTS = ("overlay", "side-by-side")
+
+
+class PanelLayout(NamedTuple):
+    """Where the panels of :func:`paint_panels` lie in its PNG (pixels)."""
+
+    width: int
+    height: int
+    top: int
+    """PNG row of image row 0 (every panel): the title band, then the label band."""
+    lefts: tuple[int, ...]
+    """PNG column of image column 0 of each panel."""
+    image_width: int
+    image_height: int
+
+
+def panel_layout(n_panels: int, image_shape: tuple[int, int]) -> PanelLayout:
+    """The PNG geometry of ``n_panels`` images of ``image_shape`` (H, W) side by side, GAP_PX apart, under a
+    title band (TITLE_PX) and a label band (LABEL_PX), with the colour bar on the right (COLORBAR_PX)."""
+    h, w = int(image_shape[0]), int(image_shape[1])
+    lefts = tuple(i * (w + GAP_PX) for i in range(n_panels))
+    top = TITLE_PX + LABEL_PX
+    width = max(n_panels * w + (n_panels - 1) * GAP_PX, MIN_WIDTH_PX) + COLORBAR_PX
+    return PanelLayout(width, top + max(h, MIN_HEIGHT_PX) + MARGIN_PX, top, lefts, w, h)
+
+
+def paint_panels(maps: list[tuple[str, np.ndarray]], coords: np.ndarray, patch_size: float,
+                 out: str | os.PathLike, *, image: np.ndarray | None = None, shape: tuple[int, int] | None = None,
+                 downsample: float = 1.0, layout: str = "overlay", title: str = "", alpha: float = 0.5,
+                 cmap: str = "jet", normalise: str = "rank", score_label: str = "score",
+                 outline: np.ndarray | None = None) -> PanelLayout:
+    """One or several score maps of the same patches in one PNG, at ``out`` (atomically).
+
+    Args:
+        maps: ``(label, scores (n,))`` per map, e.g. the attention and each class's share of its logit.
+        coords: (n, 2) level-0 top-left corners; ``patch_size`` their side in level-0 pixels.
+        image: (H, W, 3) uint8 overview of the slide at ``downsample`` level-0 pixels per pixel, or None
+            (white, of ``shape`` (H, W)).
+        layout: ``"overlay"``: one panel per map, its colours blended with ``alpha`` over the image;
+            ``"side-by-side"``: the image alone, then one panel per map in opaque colours on white.
+        normalise: each map is scaled on its own (:func:`normalise_scores`).
+        outline: (H, W) bool pixels drawn as a contour (the tissue outline) on every panel.
+
+    Image pixel ``(col, row)`` of panel ``i`` is PNG pixel ``(lefts[i] + col, top + row)`` of the returned
+    :class:`PanelLayout`: patch ``(x, y)`` covers image pixels ``floor(x / downsample)`` to
+    ``ceil((x + patch_size) / downsample)`` (:func:`patch_boxes`)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    if not maps:
+        raise ValueError("no maps to paint")
+    coords = np.asarray(coords)
+    n = coords.shape[0]
+    for label, scores in maps:
+        if np.asarray(scores).shape != (n,) or coords.shape != (n, 2):
+            raise ValueError(f"map {label!r}: expected scores (n,) and coords (n, 2), got "
+                             f"{np.asarray(scores).shape} and {coords.shape}")
+    if n == 0:
+        raise ValueError("no patches to paint")
+    if patch_size <= 0 or downsample <= 0 or not 0.0 <= alpha <= 1.0:
+        raise ValueError("patch_size must be > 0, downsample > 0 and alpha in [0, 1]")
+    if image is not None:
+        background = np.asarray(image)
+        if background.dtype != np.uint8 or background.ndim != 3 or background.shape[2] < 3:
+            raise ValueError(f"image must be (H, W, 3) uint8, got {background.dtype} {background.shape}")
+        background = background[:, :, :3]
+    elif shape is None:
+        raise ValueError("give the image or its shape")
+    else:
+        background = None
+    h, w = (background.shape[:2] if background is not None else (int(shape[0]), int(shape[1])))
+    panels: list[tuple[str, np.ndarray]] = []
+    if layout == "side-by-side":
+        plain = background.copy() if background is not None else np.full((h, w, 3), 255, np.uint8)
+        if outline is not None:
+            plain[outline] = (0, 160, 0)
+        panels.append(("slide", plain))
+    for label, scores in maps:
+        grid = rasterise(normalise_scores(scores, normalise), coords, patch_size, (h, w), downsample)
+        if layout == "overlay":
+            panels.append((label, colourise(grid, background, alpha=alpha, cmap=cmap, outline=outline)))
+        else:
+            panels.append((label, colourise(grid, None, alpha=1.0, cmap=cmap, outline=outline)))
+    geometry = panel_layout(len(panels), (h, w))
+    _render(geometry.width, geometry.height, [(p, geometry.top, left) for (_, p), left in zip(panels, geometry.lefts)],
+            out, title=title, top=geometry.top, title_width=geometry.width,
+            bar_label=score_label + _SCALE_SUFFIX[normalise], cmap=cmap,
+            labels=[(label, left, w) for (label, _), left in zip(panels, geometry.lefts)])
+    return geometry
 
 
 def colourise(grid: np.ndarray, background: np.ndarray | None, *, alpha: float = 0.5, cmap: str = "jet",
