@@ -287,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _wsi_commands(commands) -> None:
     """train / predict / heatmap: attention MIL on whole-slide feature bags (abmil.slides.train)."""
     from abmil.experiments.histology import explain_histology
-    from abmil.nn.zoo import SLIDE_KEYS as POOLINGS
     from abmil.explain.heatmap import LAYOUTS
+    from abmil.nn.zoo import SLIDE_KEYS as POOLINGS
     from abmil.slides.heatmap import HeatmapOptions, slide_heatmap
     from abmil.slides.predict import load_run
 
