@@ -11,6 +11,7 @@ from the slide and the patch's row, so the same input writes the same file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from collections.abc import Mapping
@@ -44,12 +45,14 @@ def patch_feature_collection(coords: np.ndarray, patch_size: float, measurements
         columns[key] = v.tolist()
     s = float(patch_size)
     corners = xy.tolist()
+    if np.issubdtype(np.asarray(coords).dtype, np.integer) and s.is_integer():  # whole pixels written as integers
+        s, corners = int(s), np.asarray(coords, dtype=np.int64).tolist()
     features = []
     for k in range(n):
         x, y = corners[k]
         ring = [[x, y], [x + s, y], [x + s, y + s], [x, y + s], [x, y]]  # closed, clockwise on screen (y down)
         props: dict = {"objectType": object_type,
-                       "measurements": {key: col[k] for key, col in columns.items() if np.isfinite(col[k])}}
+                       "measurements": {key: col[k] for key, col in columns.items() if math.isfinite(col[k])}}
         if classification is not None:
             props["classification"] = {"name": classification}
         features.append({"type": "Feature", "id": str(uuid.uuid5(_NAMESPACE, f"{name}/{k}")),
@@ -63,7 +66,7 @@ def patch_feature_collection(coords: np.ndarray, patch_size: float, measurements
 def write_geojson(path: str | os.PathLike, collection: dict) -> None:
     """Write ``collection`` atomically (compact JSON: a 10⁵-patch slide is tens of MB indented)."""
     with atomic_open(path, "w", encoding="utf-8") as f:
-        json.dump(collection, f, separators=(",", ":"))
+        f.write(json.dumps(collection, separators=(",", ":")))  # dumps runs the C encoder; dump does not
         f.write("\n")
 
 
