@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import os
 import shutil
@@ -277,8 +278,8 @@ def slide_heatmap(run_dir: str | os.PathLike, slide_file: str | os.PathLike, out
     if downsample is not None and downsample <= 0:
         raise ValueError(f"--downsample must be > 0, got {downsample}")
     options = options or HeatmapOptions()
-    options = HeatmapOptions(**{**options.__dict__, "normalise": normalise,
-                                "patch_size": patch_size if patch_size is not None else options.patch_size})
+    options = dataclasses.replace(options, normalise=normalise,
+                                  patch_size=patch_size if patch_size is not None else options.patch_size)
     path = Path(slide_file)
     file = FeatureFile(path, path.stem)
     job = _Job(file, Path(wsi) if wsi is not None else None, Path(out))
@@ -323,7 +324,7 @@ def manifest_heatmaps(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
                                 path=os.fspath(manifest), bag=file.slide_id)
         jobs.append(_Job(file, image, out_dir / f"{file.slide_id}.png", label))
     todo = [job for job in jobs if not is_complete(job.out, options)]
-    for job in tqdm(todo, desc="checking slides", unit="slide", disable=not progress or len(todo) < 2, leave=False):
+    for job in todo:  # no progress bar: an error must stay the one line on stderr
         _check(job, run, options)
     for job in tqdm(todo, desc="heatmaps", unit="slide", disable=not progress):
         _render(run, job, options)
