@@ -157,6 +157,26 @@ def test_ensemble_prediction_is_the_mean_of_the_fold_models(study, tmp_path, cap
     assert not (tmp_path / "x.csv").exists()
 
 
+def test_predicted_class_uses_the_thresholds_chosen_on_validation(study, tmp_path):
+    """oof.csv: each fold's own Youden threshold; predict on the study: the mean threshold (run.json), with --fold
+    that fold's. The class is 'tumor' exactly when P(tumor) >= the threshold."""
+    _, manifest, features, _, out = study
+    run = json.loads((out / "run.json").read_text())
+    fold_threshold = run["fold_thresholds"]
+    assert run["threshold"] is not None
+    for row in read_csv(out / "oof.csv"):
+        t = fold_threshold[f"r{row['repeat']}_f{row['fold']}"]
+        expected = ("tumor" if float(row["prob_tumor"]) >= t else "normal") if t is not None else None
+        assert expected is None or row["predicted"] == expected
+    argv = ["predict", "--run", str(out), "--manifest", str(manifest), "--features", str(features)]
+    assert main([*argv, "--out", str(tmp_path / "all.csv")]) == 0
+    for row in read_csv(tmp_path / "all.csv"):
+        assert row["predicted"] == ("tumor" if float(row["prob_tumor"]) >= run["threshold"] else "normal")
+    t = fold_threshold["r1_f2"]
+    for row in read_csv(_predict_fold(argv, tmp_path, 1, 2)):
+        assert t is None or row["predicted"] == ("tumor" if float(row["prob_tumor"]) >= t else "normal")
+
+
 def _predict_fold(argv: list[str], tmp_path: Path, r: int, f: int) -> Path:
     path = tmp_path / f"r{r}_f{f}.csv"
     assert main([*argv, "--out", str(path), "--fold", f"{r},{f}"]) == 0

@@ -649,16 +649,18 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from abmil.slides.features import FeatureBagDataset
-    from abmil.slides.predict import load_models, predict_dataset, write_predictions
+    from abmil.slides.predict import load_models, predict_dataset, run_threshold, write_predictions
 
     runs = load_models(args.run, args.device, args.fold)
     classes = runs[0].classes
+    threshold = run_threshold(args.run, args.fold)
     dataset = FeatureBagDataset(args.manifest, args.features, classes=classes, require_labels=False)
     preds = predict_dataset(runs, dataset)
     level = runs[0].bag_level
-    h5 = write_predictions(preds, classes, args.out, id_column=f"{level}_id")
+    h5 = write_predictions(preds, classes, args.out, id_column=f"{level}_id", threshold=threshold)
     models = f", mean of {len(runs)} fold models" if len(runs) > 1 else ""
-    print(f"wrote {args.out} ({len(preds)} {level}s{models}), {h5}")
+    decided = "" if threshold is None else f"; '{classes[1]}' at P >= {threshold:.4f}, the run's threshold"
+    print(f"wrote {args.out} ({len(preds)} {level}s{models}{decided}), {h5}")
     return 0
 
 

@@ -187,16 +187,38 @@ def prediction_header(classes: Sequence[str], id_column: str = "slide_id") -> li
     return [id_column, "label", *[f"prob_{c}" for c in classes], "predicted"]
 
 
-def prediction_row(p: SlidePrediction, classes: Sequence[str]) -> list[str]:
-    """A CSV row of :func:`prediction_header`: probabilities with 6 decimals, the argmax class."""
+def decide(probabilities: np.ndarray, classes: Sequence[str], threshold: float | None = None) -> str:
+    """The predicted class: with two classes and a ``threshold``, the second (positive) one when its probability is
+    at least the threshold (a run's Youden threshold, :func:`run_threshold`); else the most probable one."""
+    if threshold is not None and len(classes) == 2:
+        return classes[1] if float(probabilities[1]) >= threshold else classes[0]
+    return classes[int(np.argmax(probabilities))]
+
+
+def run_threshold(run_dir: str | os.PathLike, fold: tuple[int, int] | None = None) -> float | None:
+    """The decision threshold a cross-validation study stored (two classes): one fold's (chosen on its validation
+    part) or, for the ensemble of all folds, their mean (run.json). None for a single run or multi-class."""
+    from .study import read_cv_run
+
+    info = read_cv_run(run_dir)
+    if info is None:
+        return None
+    if fold is None:
+        return info.get("threshold")
+    return info.get("fold_thresholds", {}).get(f"r{fold[0]}_f{fold[1]}")
+
+
+def prediction_row(p: SlidePrediction, classes: Sequence[str], threshold: float | None = None) -> list[str]:
+    """A CSV row of :func:`prediction_header`: probabilities with 6 decimals, the class :func:`decide` picks."""
     label = "" if p.label is None else classes[p.label]
-    return [p.slide_id, label, *[f"{v:.6f}" for v in p.probabilities], classes[int(np.argmax(p.probabilities))]]
+    return [p.slide_id, label, *[f"{v:.6f}" for v in p.probabilities], decide(p.probabilities, classes, threshold)]
 
 
 def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_path: str | os.PathLike,
-                      h5_path: str | os.PathLike | None = None, id_column: str = "slide_id") -> Path:
+                      h5_path: str | os.PathLike | None = None, id_column: str = "slide_id",
+                      threshold: float | None = None) -> Path:
     """Write the CSV and the attention HDF5 (default :func:`attention_path`); returns the HDF5 path.
-    ``id_column``: the first column's name (``case_id`` for cases)."""
+    ``id_column``: the first column's name (``case_id`` for cases); ``threshold``: see :func:`decide`."""
     import h5py
 
     preds = list(preds)
@@ -208,7 +230,7 @@ def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(prediction_header(classes, id_column))
     for p in preds:
-        writer.writerow(prediction_row(p, classes))
+        writer.writerow(prediction_row(p, classes, threshold))
     with atomic_open(h5_path, "w+b") as f, h5py.File(f, "w") as h5:  # h5py reads back as it writes
         h5.attrs["classes"] = classes
         for p in preds:
@@ -218,7 +240,7 @@ def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_
             if p.coords is not None:
                 g.create_dataset("coords", data=p.coords)
             g.attrs["probabilities"] = p.probabilities
-            g.attrs["predicted"] = classes[int(np.argmax(p.probabilities))]
+            g.attrs["predicted"] = decide(p.probabilities, classes, threshold)
             if p.slides is not None:
                 g.attrs["slides"] = [sid for sid, _ in p.slides]
                 g.attrs["slide_sizes"] = [n for _, n in p.slides]

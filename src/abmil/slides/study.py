@@ -284,7 +284,7 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
                 continue
             for bag_id, label, probs in rec["predictions"]:
                 p = SlidePrediction(bag_id, np.asarray(probs), np.zeros(0, np.float32), None, label)
-                row = prediction_row(p, classes)
+                row = prediction_row(p, classes, rec["threshold"])  # the fold's own validation threshold
                 cells = [row[0], *([bags.case_ids[position[bag_id]]] if extra else []), *row[1:], r, s.fold]
                 rows.append((position[bag_id], cells))
         for _, cells in sorted(rows, key=lambda t: t[0]):
