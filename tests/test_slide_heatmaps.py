@@ -23,7 +23,7 @@ from abmil.slides.heatmap import HeatmapOptions, render_slide
 from abmil.slides.predict import load_run
 from abmil.slides.wsi import Slide, patch_geometry, tissue_mask
 from slide_image_helpers import CROP, write_pyramidal_tiff
-from wsi_helpers import DIM, make_dataset
+from wsi_helpers import DIM, fail, make_dataset
 
 openslide = pytest.importorskip("openslide", reason="the slide tests need the 'slides' extra (openslide-python, "
                                                     "openslide-bin)")
@@ -290,15 +290,6 @@ def test_cli_manifest_all_outputs_and_resume(world, tmp_path, capsys):
     assert (out / "s1.png").stat().st_mtime_ns == stamp
     Image.open(out / "s2.png").verify()
 
-
-def fail(capsys, argv: list[str], *fragments: str) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("abmil: error: ") and err.count("\n") == 1, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-    return err
 
 
 def test_cli_bad_input_names_the_file_and_writes_nothing(world, tmp_path, capsys):

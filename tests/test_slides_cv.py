@@ -27,7 +27,7 @@ from abmil.train.checkpoint import load_extra, read_checkpoint
 from abmil.train.loss import bag_losses, balanced_class_weights
 from abmil.train.schedule import epoch_steps
 from abmil.train.splits import case_cv_splits
-from wsi_helpers import make_case_dataset
+from wsi_helpers import fail, make_case_dataset
 
 SMALL = ["--epochs", "2", "--hidden", "16", "--att-dim", "8", "--chunk-size", "32", "--lr", "1e-3"]
 
@@ -36,16 +36,6 @@ def read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
-
-def fail(capsys, argv: list[str], *fragments: str) -> str:
-    """The CLI exits 2 with one ``abmil: error:`` line holding every fragment."""
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("abmil: error: ") and err.count("\n") == 1, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-    return err
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from PIL import Image
 from abmil.cli import build_parser, default_of, main, wsi_config_from_args
 from abmil.explain.heatmap import heatmap_layout
 from abmil.slides.train import WSIConfig, train_feature_model
-from wsi_helpers import DIM, PATCH, grid, make_dataset, write_slide
+from wsi_helpers import DIM, PATCH, fail, grid, make_dataset, write_slide
 
 TRAIN = ["--epochs", "2", "--hidden", "16", "--att-dim", "8", "--chunk-size", "32", "--lr", "1e-3"]
 SPLITS = ["train", "train", "val", "train", "train", "val", "test", "test"]
@@ -31,16 +31,6 @@ def trained(tmp_path_factory):
                  *TRAIN]) == 0
     return root, manifest, features
 
-
-def fail(capsys, argv: list[str], *fragments: str) -> str:
-    """Run the CLI expecting exit 2 and a one-line error holding every fragment."""
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("abmil: error: ") and err.count("\n") == 1, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-    return err
 
 
 def copy_data(src: Path, dst: Path) -> tuple[Path, Path]:

@@ -94,3 +94,16 @@ def make_case_dataset(root: Path, n_cases: int = 12, *, classes: tuple[str, ...]
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest, features, rows
+
+
+def fail(capsys, argv: list[str], *fragments: str) -> str:
+    """Run the CLI in-process expecting exit 2 and a one-line ``abmil: error:`` holding every fragment."""
+    from abmil.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("abmil: error: ") and err.count("\n") == 1, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    return err
