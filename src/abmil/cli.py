@@ -16,8 +16,9 @@
     abmil evaluate --predictions preds.csv [--manifest CSV] [--labels-from auto|predictions|manifest]
                    [--threshold T | --run RUN] [--bootstrap 1000] [--seed 0] --out DIR
 
-Bad input (unknown names, a malformed data file, ...) prints one line ``abmil: error: ...`` on stderr and exits
-with status 2 before anything is written.
+Bad input (unknown names, a malformed data file or saved model, a non-finite hyperparameter, an --out that is a
+file, ...) prints one line ``abmil: error: ...`` on stderr naming the file, flag or bag, and exits with status 2
+before anything is written; so does an output that cannot be written (no permission, a full disk), naming the file.
 
 Every default is read from the library (:func:`default_of`: the config dataclass or the function a command calls,
 and the library's constants), so the command and the API cannot disagree.
@@ -684,7 +685,7 @@ def _record_settings(parser: argparse.ArgumentParser, argv: Sequence[str], args:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``abmil`` command; returns the exit status."""
     from abmil.cli_config import add_config_flag, apply_settings_file
-    from abmil.errors import DataError
+    from abmil.errors import DataError, OutputError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -707,8 +708,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if status == 0 and args.command == "train":
             _record_settings(parser, argv, args)
         return status
-    except (DataError, ValueError, FileNotFoundError) as e:
-        _error(str(e))
+    except (DataError, ValueError, FileNotFoundError, OutputError) as e:
+        _error(str(e))  # bad input, or an output that cannot be written: one line naming the file, flag or bag
         return 2
     except OSError as e:
         _error(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}")
