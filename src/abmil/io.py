@@ -12,9 +12,8 @@ from typing import Any
 
 from abmil.errors import OutputError
 
-
-# errno values of an OSError raised inside an atomic_open block (or by closing its file) that mean "this output cannot be written" (the
-# block's other OSErrors, e.g. a network read feeding the file, pass through unchanged).
+# errno values of an OSError raised inside an atomic_open block (or by closing its file) that mean "this output
+# cannot be written"; the block's other OSErrors (e.g. a network read feeding the file) pass through unchanged.
 _WRITE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM",
                                                               "EIO", "ENOTDIR", "EISDIR") if hasattr(errno, name))
 

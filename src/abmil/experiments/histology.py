@@ -55,7 +55,9 @@ from abmil.experiments.runner import (
     check_out_file,
     command_line,
     fingerprint,
+    is_number,
     load_model,
+    numbers,
     progress_bar,
     run_pending,
     save_model,
@@ -214,7 +216,13 @@ _STATE: dict[str, Any] = {}  # the run's data and settings for _train_unit, inhe
 
 
 def _has_metrics(record: dict[str, Any]) -> bool:
-    return isinstance(record.get("metrics"), dict)
+    """Does a unit file hold every field the results and --status read? (Else it is recomputed.)"""
+    metrics, history = record.get("metrics"), record.get("history")
+    return (isinstance(metrics, dict) and all(is_number(metrics.get(k)) or metrics.get(k) is None for k in BAG_METRICS)
+            and numbers(record.get("test_labels")) and numbers(record.get("test_probs"), len(record["test_labels"]))
+            and all(isinstance(record.get(k), list) for k in ("train", "val", "test"))
+            and isinstance(history, dict) and is_number(history.get("epochs_run"))
+            and is_number(record.get("train_seconds")) and is_number(record.get("seconds_per_epoch")))
 
 
 def _train_unit(unit: Unit) -> dict[str, Any]:

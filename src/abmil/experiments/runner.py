@@ -34,7 +34,9 @@ __all__ = [
     "check_out_file",
     "command_line",
     "fingerprint",
+    "is_number",
     "load_model",
+    "numbers",
     "progress_bar",
     "run_pending",
     "save_model",
@@ -189,6 +191,17 @@ class UnitCache:
 
     def _compared(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in settings.items() if k not in self.ignore}
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number (not a bool), for the checks of a cached record's fields."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def numbers(value: Any, length: int | None = None, *, optional: bool = False) -> bool:
+    """A list of JSON numbers (``None`` entries allowed with ``optional``), of ``length`` when given."""
+    return (isinstance(value, list) and (length is None or len(value) == length)
+            and all(is_number(v) or (optional and v is None) for v in value))
 
 
 # --------------------------------------------------------------------------------------------------------------------
