@@ -433,6 +433,9 @@ def _plan(dataset, data_dir, *, models, repeats, folds, seed, epochs, patience, 
     cache = _units_cache(out)
     records = {u.key: rec for u in units
                if (rec := cache.read(u.key, settings[u.key], valid=_has_metrics)) is not None}
+    for u in units:  # an unfinished unit's checkpoint is resumed: a broken one is named now, not mid-run
+        if u.key not in records:
+            read_checkpoint(out / "checkpoints" / u.key)
     return _Plan(data, models, repeats, folds, seed, epochs, patience, config, stopping, max_white_fraction, splits,
                  units, settings, records, out)
 
