@@ -12,7 +12,9 @@
                 [--folds K [--repeats R]] [--bag-level slide|case] [--patience N] [--monitor val_loss|val_error|val_auc]
                 [--class-weights balanced] [--sampler shuffle|balanced]
     abmil predict --run RUN --manifest CSV [--features DIR] --out preds.csv [--fold R,F]
-    abmil heatmap --run RUN --slide FILE.h5 [--thumbnail IMG --downsample K] --out heat.png
+    abmil heatmap --run RUN --slide FILE.h5 [--wsi SLIDE | --thumbnail IMG --downsample K] --out heat.png
+    abmil heatmap --run RUN --manifest CSV [--features DIR] [--slides DIR] --out DIR [--max-size PX]
+                  [--layout overlay|side-by-side] [--tissue] [--top-k K] [--geojson]
     abmil evaluate --predictions preds.csv [--manifest CSV] [--labels-from auto|predictions|manifest]
                    [--threshold T | --run RUN] [--bootstrap 1000] [--seed 0] --out DIR
 
@@ -297,10 +299,12 @@ def _wsi_commands(commands) -> None:
     """train / predict / heatmap: attention MIL on whole-slide feature bags (abmil.slides.train)."""
     import abmil.slides.study as study
     from abmil.experiments.histology import explain_histology
+    from abmil.explain.heatmap import LAYOUTS
     from abmil.nn.zoo import SLIDE_KEYS as POOLINGS
-    from abmil.slides.heatmap import slide_heatmap
+    from abmil.slides.heatmap import HeatmapOptions, slide_heatmap
     from abmil.slides.predict import load_run
 
+    heat_option = functools.partial(default_of, HeatmapOptions)
     slides = _slide_training()
     config = functools.partial(default_of, slides.WSIConfig)
     train = commands.add_parser(
@@ -392,31 +396,55 @@ def _wsi_commands(commands) -> None:
     predict.set_defaults(handler=_predict)
 
     heat = commands.add_parser(
-        "heatmap", help="paint a trained run's attention over one slide or H&E image (PNG)",
-        description="Paint each patch's attention at its coords with a colour bar: over a thumbnail of the slide "
-                    "or a white canvas (--slide: rank percentile within the slide), or over an H&E image cut into "
-                    "the patches of a histology run (--image: min-max scaled; epithelial nuclei circled on "
-                    "annotated Warwick images).")
+        "heatmap", help="paint a trained run's attention over slides or an H&E image (PNG, top-k tiles, GeoJSON)",
+        description="Paint each patch's attention at its coords with a colour bar: over the slide image read with "
+                    "OpenSlide (--wsi, or --manifest with --slides: .svs, .ndpi, .mrxs, tiled TIFF...; needs "
+                    "`pip install 'abmil[slides]'`), over a thumbnail, or on a white canvas (--slide: rank "
+                    "percentile within the slide); multi-class runs add each class's share of its logit. Or over "
+                    "an H&E image cut into the patches of a histology run (--image: min-max scaled; epithelial "
+                    "nuclei circled on annotated Warwick images). --manifest paints every slide into --out DIR, "
+                    "skipping slides already done.")
     heat.add_argument("--run", required=True, metavar="RUN",
-                      help="an `abmil train` --out folder (with --slide) or an `abmil reproduce histology` --out "
-                           "folder (with --image)")
+                      help="an `abmil train` --out folder (with --slide / --manifest) or an `abmil reproduce "
+                           "histology` --out folder (with --image)")
     source = heat.add_mutually_exclusive_group(required=True)
-    source.add_argument("--slide", metavar="FILE.h5", help="the slide's features with coords")
+    source.add_argument("--slide", metavar="FILE.h5", help="one slide's features with coords")
+    source.add_argument("--manifest", metavar="CSV", help="every slide of this manifest (as `abmil predict`)")
     source.add_argument("--image", metavar="IMG",
                         help="an H&E image: cut into the run's patches and painted, as `abmil explain histology`")
     heat.add_argument("--model", default=default_of(explain_histology, "model"),
                       help="with --image: the histology model key (default %(default)s)")
     _unit_args(heat, "with --image: ")
+    heat.add_argument("--features", default=None, metavar="DIR",
+                      help="with --manifest: folder of the feature files (default: the manifest's)")
+    heat.add_argument("--slides", default=None, metavar="DIR",
+                      help="with --manifest: folder of the slide images, <slide_id>.svs/.ndpi/.mrxs/.tif...")
+    heat.add_argument("--wsi", default=None, metavar="SLIDE",
+                      help="with --slide: the slide image itself (.svs, .ndpi, .mrxs, tiled TIFF...)")
     heat.add_argument("--thumbnail", default=None, metavar="IMG", help="background image of the slide")
     heat.add_argument("--downsample", type=float, default=None, metavar="K",
                       help="level-0 pixels per thumbnail pixel (needed with --thumbnail)")
     heat.add_argument("--patch-size", type=int, default=None, metavar="PX",
-                      help="patch side in level-0 pixels (default: from the file's attributes or coords grid)")
+                      help="patch side in level-0 pixels (default: from the file's attributes, CLAM's patch_size "
+                           "at patch_level or TRIDENT's patch_size_level0, or the coords grid)")
     heat.add_argument("--scale", choices=("rank", "minmax"), default=default_of(slide_heatmap, "normalise"),
                       help="colour scale: rank percentile (default, as CLAM) or min-max")
-    heat.add_argument("--out", required=True, metavar="PNG", help="output PNG")
+    heat.add_argument("--max-size", type=int, default=heat_option("max_size"), metavar="PX",
+                      help="longer side of the slide overview in pixels (default %(default)s); read from the "
+                           "pyramid level just above it")
+    heat.add_argument("--layout", choices=LAYOUTS, default=heat_option("layout"),
+                      help="colours over the slide, or the slide and the map side by side (default %(default)s)")
+    heat.add_argument("--tissue", action="store_true", help="draw the tissue outline (Otsu on saturation)")
+    heat.add_argument("--top-k", type=int, default=heat_option("top_k"), metavar="K",
+                      help="also save the K highest- and K lowest-attention patches from the slide image: a "
+                           "captioned grid OUT_topk.png and tiles with index.csv in OUT_tiles/")
+    heat.add_argument("--geojson", action="store_true",
+                      help="also write the patches as QuPath detections with their attention (OUT.geojson)")
+    heat.add_argument("--out", required=True, metavar="PNG|DIR",
+                      help="output PNG (--slide, --image) or folder (--manifest)")
     heat.add_argument("--device", default=default_of(slide_heatmap, "device"),
                       help="cpu, cuda or mps (default %(default)s)")
+    heat.add_argument("--no-progress", action="store_true", help="no progress bar (--manifest)")
     heat.set_defaults(handler=_heatmap)
 
     from abmil.report.evaluate import LABEL_SOURCES, evaluate_predictions
@@ -676,10 +704,27 @@ def _heatmap(args: argparse.Namespace) -> int:
         print(explain_histology(args.run, model=args.model, image=args.image, out=args.out,
                                 downsample=downsample, repeat=args.repeat, fold=args.fold))
         return 0
-    from abmil.slides.heatmap import slide_heatmap
+    from abmil.slides.heatmap import HeatmapOptions, manifest_heatmaps, slide_heatmap
 
-    print(slide_heatmap(args.run, args.slide, args.out, thumbnail=args.thumbnail, downsample=args.downsample,
-                        patch_size=args.patch_size, device=args.device, normalise=args.scale))
+    options = HeatmapOptions(max_size=args.max_size, layout=args.layout, tissue=args.tissue, top_k=args.top_k,
+                             geojson=args.geojson, normalise=args.scale, patch_size=args.patch_size)
+    try:
+        if args.manifest is not None:
+            for flag in ("wsi", "thumbnail", "downsample"):
+                if getattr(args, flag) is not None:
+                    raise ValueError(f"--{flag} is for one --slide; with --manifest give --slides DIR")
+            print(manifest_heatmaps(args.run, args.manifest, args.out, features_dir=args.features,
+                                    slides_dir=args.slides, options=options, device=args.device,
+                                    progress=not args.no_progress))
+            return 0
+        for flag in ("features", "slides"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag} is for --manifest; with --slide give --wsi SLIDE")
+        print(slide_heatmap(args.run, args.slide, args.out, thumbnail=args.thumbnail, downsample=args.downsample,
+                            patch_size=args.patch_size, device=args.device, normalise=args.scale, wsi=args.wsi,
+                            options=options))
+    except ImportError as e:  # OpenSlide missing: the message names the extra to install
+        raise ValueError(str(e)) from None
     return 0
 
 
