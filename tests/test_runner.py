@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from abmil.errors import DataError
 from abmil.experiments import runner
 from abmil.experiments.runner import (
     UnitCache,
@@ -217,7 +218,7 @@ def test_saved_model_round_trip_with_its_settings(tmp_path):
     assert got == meta and built == [meta] and not loaded.training
     x = torch.randn(5, 4)
     assert torch.equal(loaded(x), net(x))
-    with pytest.raises(RuntimeError):  # another architecture: refused, not half-loaded
+    with pytest.raises(DataError, match="m.safetensors.*do not fit"):  # another architecture: refused, not half-loaded
         load_model(tmp_path / "models" / "m.safetensors", lambda m: torch.nn.Linear(4, 1))
     assert _leftovers(tmp_path) == []
 

@@ -18,8 +18,9 @@
     abmil evaluate --predictions preds.csv [--manifest CSV] [--labels-from auto|predictions|manifest]
                    [--threshold T | --run RUN] [--bootstrap 1000] [--seed 0] --out DIR
 
-Bad input (unknown names, a malformed data file, ...) prints one line ``abmil: error: ...`` on stderr and exits
-with status 2 before anything is written.
+Bad input (unknown names, a malformed data file or saved model, a non-finite hyperparameter, an --out that is a
+file, ...) prints one line ``abmil: error: ...`` on stderr naming the file, flag or bag, and exits with status 2
+before anything is written; so does an output that cannot be written (no permission, a full disk), naming the file.
 
 Every default is read from the library (:func:`default_of`: the config dataclass or the function a command calls,
 and the library's constants), so the command and the API cannot disagree.
@@ -30,6 +31,7 @@ import argparse
 import dataclasses
 import functools
 import inspect
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -512,6 +514,29 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _check_number(flag: str, value: float | None, *, above: float | None = None,
+                  minimum: float | None = None) -> None:
+    """A float flag's value: finite (argparse's float() takes "nan" and "inf") and in range, else a ValueError
+    naming the flag; None (not given) passes."""
+    if value is None:
+        return
+    bound = f" > {above:g}" if above is not None else f" >= {minimum:g}" if minimum is not None else ""
+    if (not math.isfinite(value) or (above is not None and value <= above)
+            or (minimum is not None and value < minimum)):
+        raise ValueError(f"{flag} must be a finite number{bound}, got {value:g}")
+
+
+def _check_out(args: argparse.Namespace, *, folder: bool) -> None:
+    """--out before any work: a folder (reproduce, demo) must not be a file, a file (a PNG) must not be a folder."""
+    from abmil.experiments.runner import check_out_dir, check_out_file
+
+    if args.out is not None:
+        if folder:
+            check_out_dir(args.out)
+        else:
+            check_out_file(args.out)
+
+
 def _mnist_dir_args(parser: argparse.ArgumentParser) -> None:
     from abmil.data.mnist import DEFAULT_MNIST_DIR
 
@@ -531,6 +556,7 @@ def _reproduce_mnist_bags(args: argparse.Namespace) -> int:
     from abmil.experiments.benchmarks import format_row
     from abmil.experiments.mnist_bags import reproduce_mnist_bags
 
+    _check_out(args, folder=True)  # before --download fetches anything
     rows = reproduce_mnist_bags(_mnist_dir(args), bag_means=args.bag_means, train_bags=args.train_bags,
                                 models=args.models, repeats=args.repeats, seed=args.seed, test_bags=args.test_bags,
                                 epochs=args.epochs, out_dir=args.out, progress=not args.no_progress, jobs=args.jobs)
@@ -543,6 +569,7 @@ def _reproduce_mnist_bags(args: argparse.Namespace) -> int:
 def _explain_mnist_bags(args: argparse.Namespace) -> int:
     from abmil.experiments.mnist_bags import explain_mnist_bags
 
+    _check_out(args, folder=False)
     print(explain_mnist_bags(args.run, _mnist_dir(args), model=args.model, bag_mean=args.bag_mean,
                              train_bags=args.train_bags, bag=args.bag, out=args.out))
     return 0
@@ -551,6 +578,7 @@ def _explain_mnist_bags(args: argparse.Namespace) -> int:
 def _reproduce_benchmarks(args: argparse.Namespace) -> int:
     from abmil.experiments.benchmarks import format_row, reproduce_benchmarks
 
+    _check_out(args, folder=True)
     metrics = args.metrics or default_of(reproduce_benchmarks, "metrics")
     rows = reproduce_benchmarks(args.datasets, args.models, folds=args.folds, repeats=args.repeats, seed=args.seed,
                                 epochs=args.epochs, batch_size=args.batch_size, out_dir=args.out,
@@ -567,6 +595,9 @@ def _reproduce_histology(args: argparse.Namespace) -> int:
     from abmil.experiments.histology import histology_progress, reproduce_histology
 
     out = args.out or f"runs/histology-{args.dataset}"
+    _check_number("--lr", args.lr, above=0.0)
+    _check_number("--weight-decay", args.weight_decay, minimum=0.0)
+    _check_number("--max-white-fraction", args.max_white_fraction, above=0.0)
     run = {"models": args.models, "repeats": args.repeats, "folds": args.folds, "seed": args.seed,
            "epochs": args.epochs, "patience": args.patience, "lr": args.lr, "weight_decay": args.weight_decay,
            "augment": not args.no_augment, "stain_normalize": args.stain_normalize,
@@ -586,6 +617,8 @@ def _reproduce_histology(args: argparse.Namespace) -> int:
 def _explain_histology(args: argparse.Namespace) -> int:
     from abmil.experiments.histology import explain_histology
 
+    _check_number("--downsample", args.downsample, above=0.0)
+    _check_out(args, folder=False)
     print(explain_histology(args.run, model=args.model, image=args.image, out=args.out,
                             markers=not args.no_markers, downsample=args.downsample, repeat=args.repeat,
                             fold=args.fold))
@@ -593,6 +626,7 @@ def _explain_histology(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    _check_out(args, folder=True)
     if args.which == "histology":
         from abmil.experiments.histology_demo import demo_histology
 
@@ -731,7 +765,7 @@ def _record_settings(parser: argparse.ArgumentParser, argv: Sequence[str], args:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``abmil`` command; returns the exit status."""
     from abmil.cli_config import add_config_flag, apply_settings_file
-    from abmil.errors import DataError
+    from abmil.errors import DataError, OutputError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -754,8 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if status == 0 and args.command == "train":
             _record_settings(parser, argv, args)
         return status
-    except (DataError, ValueError, FileNotFoundError) as e:
-        _error(str(e))
+    except (DataError, ValueError, FileNotFoundError, OutputError) as e:
+        _error(str(e))  # bad input, or an output that cannot be written: one line naming the file, flag or bag
         return 2
     except OSError as e:
         _error(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -9,24 +10,60 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from abmil.errors import OutputError
+
+# errno values of an OSError raised inside an atomic_open block (or by closing its file) that mean "this output
+# cannot be written"; the block's other OSErrors (e.g. a network read feeding the file) pass through unchanged.
+_WRITE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM",
+                                                              "EIO", "ENOTDIR", "EISDIR") if hasattr(errno, name))
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[Any]:
-    """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds."""
+    """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    A failure to create, write or rename the file (a full disk, a read-only folder, a file standing where a folder
+    should be, ...) raises :class:`abmil.errors.OutputError` naming ``path``; no temporary file is left behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_dirs(path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make results unreadable to the user's group
-        with os.fdopen(fd, mode, **kwargs) as f:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError.of(path, e) from e
+    in_block = False  # the caller's block runs: its OSErrors are its own unless they say the file cannot be written
+    try:
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make results unreadable to the user's group
+            f = os.fdopen(fd, mode, **kwargs)
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            in_block = True
             yield f
+            in_block = False
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if (isinstance(e, OSError) and not isinstance(e, OutputError)
+                and (not in_block or e.errno in _WRITE_ERRNOS)):
+            raise OutputError.of(path, e) from e
         raise
+
+
+def make_dirs(folder: str | os.PathLike) -> Path:
+    """``folder`` and its parents, created as needed; :class:`abmil.errors.OutputError` naming it when that fails
+    (no permission, a file standing where a folder should be, ...)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError.of(folder, e) from e
+    return folder
 
 
 def _umask() -> int:

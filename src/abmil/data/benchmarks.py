@@ -414,6 +414,12 @@ def _mat_labels(values: np.ndarray, ids: list[str], source: str) -> np.ndarray:
     try:
         labels = values.astype(np.float64)
     except (TypeError, ValueError):
+        for k, v in enumerate(values):  # name the first entry that is not a number (a word among numbers, ...)
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                raise DataError(f"field 'labels' is not numeric: {str(v)!r} at instance {k + 1}", path=source,
+                                bag=ids[k]) from None
         raise DataError("field 'labels' is not numeric", path=source) from None
     allowed = (-1.0, 1.0) if np.any(labels == -1) else (0.0, 1.0)
     bad = np.flatnonzero(~np.isin(labels, allowed))

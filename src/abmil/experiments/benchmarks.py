@@ -39,6 +39,8 @@ from abmil.experiments.runner import (
     check_out_dir,
     command_line,
     fingerprint,
+    is_number,
+    numbers,
     progress_bar,
     run_pending,
 )
@@ -127,8 +129,12 @@ def _load(name: str, path: str | None) -> MILDataset:
 
 
 def _check_splittable(data: MILDataset, folds: int) -> None:
-    """Stratified k-fold needs at least ``folds`` bags in some class (sklearn's own condition)."""
-    _, counts = np.unique(data.labels, return_counts=True)
+    """Both classes present (one class would score 1.000 by always answering it), and at least ``folds`` bags in
+    some class (stratified k-fold's own condition)."""
+    classes, counts = np.unique(data.labels, return_counts=True)
+    if len(classes) < 2:
+        raise DataError(f"all {len(data)} bags have label {int(classes[0])}: training and a test accuracy need bags "
+                        "of both classes (0 and 1)", path=data.source)
     if np.all(counts < folds):
         raise DataError(f"{len(data)} bags ({', '.join(map(str, counts))} per class) cannot be split into "
                         f"{folds} stratified folds", path=data.source)
@@ -210,10 +216,29 @@ def _cell_settings(cell: _Cell, folds: int, repeats: int, seed: int, fingerprint
     }
 
 
-def _read_cell(cache: UnitCache, cell: _Cell, settings: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The cached cell if it was computed under ``settings`` and holds all its runs; else ``None``."""
-    n_runs = settings["folds"] * settings["repeats"]
-    return cache.read(cell.key, settings, valid=lambda r: isinstance(r.get("runs"), list) and len(r["runs"]) == n_runs)
+def _read_cell(cache: UnitCache, cell: _Cell, settings: Mapping[str, Any],
+               metrics: Sequence[str] = (_METRIC,)) -> dict[str, Any] | None:
+    """The cached cell if it was computed under ``settings`` and holds all its runs, each with every field the
+    results of ``metrics`` are made from; else ``None`` (a truncated or hand-edited cell file is recomputed, never
+    half-read). A run's test bags and probabilities are needed for metrics other than accuracy only: cells imported
+    from earlier runs hold accuracies alone."""
+    n_runs, n_bags = settings["folds"] * settings["repeats"], len(cell.data)
+    need_probs = any(m != _METRIC for m in metrics)
+
+    def run_ok(run: Any) -> bool:
+        if not (isinstance(run, dict) and all(is_number(run.get(k)) for k in ("repeat", "fold", "accuracy"))):
+            return False
+        if not need_probs and "test" not in run and "probs" not in run:
+            return True
+        return (numbers(run.get("test")) and all(isinstance(i, int) and 0 <= i < n_bags for i in run["test"])
+                and numbers(run.get("probs"), len(run["test"])))
+
+    def valid(record: dict[str, Any]) -> bool:
+        return (isinstance(record.get("runs"), list) and len(record["runs"]) == n_runs
+                and all(run_ok(r) for r in record["runs"]) and is_number(record.get("seconds"))
+                and isinstance(record.get("engine"), str) and isinstance(record.get("source"), str))
+
+    return cache.read(cell.key, settings, valid=valid)
 
 
 def _per_run(cell: _Cell, runs: Sequence[Mapping[str, Any]], metric: str) -> list[tuple[int, float]]:
@@ -345,7 +370,7 @@ def reproduce_benchmarks(
     fingerprints = {name: _fingerprint(next(c.data for c in cells if c.dataset == name)) for name in names}
     settings = {c.key: _cell_settings(c, folds, repeats, seed, fingerprints[c.dataset]) for c in cells}
     cache = UnitCache(out / "cells")
-    records = {c.key: rec for c in cells if (rec := _read_cell(cache, c, settings[c.key])) is not None}
+    records = {c.key: rec for c in cells if (rec := _read_cell(cache, c, settings[c.key], metrics)) is not None}
     resumed = set(records)
     engines = {c.key: resolve_engine(engine, c.new_model(), c.config, folds * repeats,
                                      validates=c.stopping is not None)

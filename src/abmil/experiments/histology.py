@@ -52,9 +52,12 @@ from abmil.experiments.runner import (
     check_float,
     check_int,
     check_out_dir,
+    check_out_file,
     command_line,
     fingerprint,
+    is_number,
     load_model,
+    numbers,
     progress_bar,
     run_pending,
     save_model,
@@ -213,7 +216,13 @@ _STATE: dict[str, Any] = {}  # the run's data and settings for _train_unit, inhe
 
 
 def _has_metrics(record: dict[str, Any]) -> bool:
-    return isinstance(record.get("metrics"), dict)
+    """Does a unit file hold every field the results and --status read? (Else it is recomputed.)"""
+    metrics, history = record.get("metrics"), record.get("history")
+    return (isinstance(metrics, dict) and all(is_number(metrics.get(k)) or metrics.get(k) is None for k in BAG_METRICS)
+            and numbers(record.get("test_labels")) and numbers(record.get("test_probs"), len(record["test_labels"]))
+            and all(isinstance(record.get(k), list) for k in ("train", "val", "test"))
+            and isinstance(history, dict) and is_number(history.get("epochs_run"))
+            and is_number(record.get("train_seconds")) and is_number(record.get("seconds_per_epoch")))
 
 
 def _train_unit(unit: Unit) -> dict[str, Any]:
@@ -424,6 +433,9 @@ def _plan(dataset, data_dir, *, models, repeats, folds, seed, epochs, patience, 
     cache = _units_cache(out)
     records = {u.key: rec for u in units
                if (rec := cache.read(u.key, settings[u.key], valid=_has_metrics)) is not None}
+    for u in units:  # an unfinished unit's checkpoint is resumed: a broken one is named now, not mid-run
+        if u.key not in records:
+            read_checkpoint(out / "checkpoints" / u.key)
     return _Plan(data, models, repeats, folds, seed, epochs, patience, config, stopping, max_white_fraction, splits,
                  units, settings, records, out)
 
@@ -595,22 +607,34 @@ def explain_histology(run_dir: str | Path, *, model: str = "attention", image: s
     """
     from abmil.explain.histology import heatmap_for_image
 
+    # every argument checked before the model is read (and long before anything is written)
+    if model not in HISTOLOGY_MODELS:
+        raise ValueError(f"unknown histology model {model!r}: expected one of {', '.join(HISTOLOGY_MODELS)}")
+    repeat, fold = check_int(repeat, "repeat", 0), check_int(fold, "fold", 0)
+    downsample = check_float(downsample, "downsample", above=0.0)
+    if out is not None:
+        out = check_out_file(out)
+    if image is not None and not Path(image).is_file():
+        raise DataError("image not found", path=str(image))
     net, meta = load_unit_model(run_dir, model, repeat=repeat, fold=fold)
     unit = Unit(model, repeat, fold, 0)
     if image is None:
         paths, labels = meta.get("test_paths"), meta.get("test_labels")
-        if not paths:
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
             raise ValueError(f"the saved {model!r} model does not list its test images: pass --image PATH")
+        if not isinstance(labels, list) or len(labels) != len(paths):
+            labels = [None] * len(paths)
         image = next((p for p, y in zip(paths, labels) if y == 1), paths[0])
     image = Path(image)
     name = model if (repeat, fold) == (0, 0) else unit.key
-    out = Path(out) if out is not None else Path(run_dir) / f"heatmap_{name}__{image.stem}.png"
+    out = out if out is not None else check_out_file(Path(run_dir) / f"heatmap_{name}__{image.stem}.png")
     heat = heatmap_for_image(net, image, out, patch_size=int(meta["settings"]["patch_size"]), markers=markers,
                              downsample=downsample, model_name=model,
                              max_white_fraction=meta["settings"].get("max_white_fraction", MAX_WHITE_FRACTION))
     which = f"fold {fold}" if repeat == 0 else f"repeat {repeat} fold {fold}"
     trained_on = _training_ids(run_dir, unit.key)
-    seen = f"a test image of {which}" if image.stem in meta.get("test", []) else (
+    tested = meta.get("test")
+    seen = f"a test image of {which}" if isinstance(tested, list) and image.stem in tested else (
         f"a TRAINING image of {which}" if image.stem in trained_on else "an image outside the run")
     lines = [f"{image} ({seen}): {len(heat.scores)} patches of {heat.patch_size}x{heat.patch_size}, "
              f"P(positive) = {heat.prob:.3f}" + (f", label {heat.bag.label}" if heat.bag.label in (0, 1) else "")]

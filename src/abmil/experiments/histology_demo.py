@@ -34,6 +34,7 @@ from abmil.data.histology_training import BagAugmenter, FloatBags
 from abmil.data.patches import BREAST_PATCH_SIZE, grid_patches, patches_to_tensor
 from abmil.explain.heatmap import paint_heatmap
 from abmil.explain.histology import heatmap_for_image
+from abmil.io import make_dirs
 from abmil.nn.zoo import histology_model
 from abmil.report.metrics import bag_metrics
 from abmil.train.fit import fit, predict, validation_split
@@ -81,8 +82,12 @@ def demo_histology(out_dir: str | Path | None = None, *, epochs: int = 15, seed:
     Writes ``heatmap.png`` (attention over the whole image, as one bag) and ``rule.png`` (the colour rule's
     haematoxylin density per tile, the thing the labels were made from), to be compared side by side.
     """
+    from abmil.experiments.runner import check_out_dir
+
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if out_dir is not None:
+        check_out_dir(out_dir)  # before training, not when the PNGs are due
     start = time.perf_counter()
     path = demo_image_path()
     bags = demo_bags(path)
@@ -102,7 +107,7 @@ def demo_histology(out_dir: str | Path | None = None, *, epochs: int = 15, seed:
     with contextlib.ExitStack() as stack:
         out = Path(out_dir) if out_dir is not None else Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="abmil-demo-histology-")))
-        out.mkdir(parents=True, exist_ok=True)
+        make_dirs(out)
         heat = heatmap_for_image(model, path, out / "heatmap.png", mode="grid", title=(
             "DEMO, not a result: attention of a model trained to find haematoxylin-dense tiles"))
         h, _ = dense_tiles(heat.bag.patches)

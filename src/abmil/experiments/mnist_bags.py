@@ -18,6 +18,7 @@ Output directory (every file written atomically; a killed run resumes from the f
 """
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -30,13 +31,17 @@ from sklearn.metrics import roc_auc_score
 
 from abmil.data.mnist import read_mnist
 from abmil.data.mnist_bags import PAPER_BAG_SIZES, PAPER_TEST_BAGS, PAPER_TRAIN_BAGS, MNISTBags, make_mnist_bags
+from abmil.errors import DataError
 from abmil.experiments.runner import (
     UnitCache,
     check_int,
     check_ints,
     check_out_dir,
+    check_out_file,
     command_line,
+    is_number,
     load_model,
+    numbers,
     progress_bar,
     run_pending,
     save_model,
@@ -118,6 +123,13 @@ def _points_cache(out_dir: Path) -> UnitCache:
     return UnitCache(out_dir / "points", settings_key="point")
 
 
+def _point_ok(record: dict[str, Any]) -> bool:
+    """Does a point file hold every field the results read? (Else it is recomputed.)"""
+    return (record.get("format") == POINT_FORMAT and is_number(record.get("auc"))
+            and "instance_auc" in record and (record["instance_auc"] is None or is_number(record["instance_auc"]))
+            and numbers(record.get("test_probs")))
+
+
 def _model_path(out_dir: str | Path, model: str, bag_mean: int, train_bags: int) -> Path:
     return Path(out_dir) / "models" / f"{model}__mean{bag_mean}__train{train_bags}.safetensors"
 
@@ -149,7 +161,17 @@ def load_point_model(run_dir: str | Path, model: str, bag_mean: int, train_bags:
     if not path.is_file():
         raise FileNotFoundError(f"no saved model {path} (points of repetition 0 save one)")
     net, meta = load_model(path, lambda meta: mnist_bags_model(model))
-    return net, Point(**meta["point"])
+    try:
+        point = Point(**meta["point"])
+    except KeyError:
+        raise DataError("the saved model's metadata lacks 'point' (not a model saved by reproduce mnist-bags?)",
+                        path=str(path)) from None
+    except TypeError as e:
+        raise DataError(f"the saved model's metadata 'point' is malformed ({e})", path=str(path)) from None
+    if (point.model, point.bag_mean, point.train_bags) != (model, bag_mean, train_bags):
+        raise DataError(f"the saved model's metadata describes {point.model}, mean bag size {point.bag_mean}, "
+                        f"{point.train_bags} training bags, not what its file name says", path=str(path))
+    return net, point
 
 
 def _summary_rows(points: Sequence[Point], records: dict[str, dict[str, Any]]) -> list[ResultRow]:
@@ -205,7 +227,7 @@ def reproduce_mnist_bags(mnist_dir: str | Path, *, bag_means: Sequence[int] = (1
     cache = _points_cache(out)
     records: dict[str, dict[str, Any]] = {}
     for p in points:
-        rec = cache.read(p.key, asdict(p), valid=lambda r: r.get("format") == POINT_FORMAT)
+        rec = cache.read(p.key, asdict(p), valid=_point_ok)
         if rec is not None:
             records[p.key] = rec
     todo = [p for p in points if p.key not in records]
@@ -243,14 +265,26 @@ def explain_mnist_bags(run_dir: str | Path, mnist_dir: str | Path, *, model: str
     bag of at most ``max_shown`` instances.
     """
     run_dir = Path(run_dir)
-    saved = sorted((run_dir / "models").glob(f"{model}__mean*__train*.safetensors"))
-    if not saved:
+    if model not in MNIST_BAGS_KEYS:
+        raise ValueError(f"unknown MNIST-bags model {model!r}: expected one of {', '.join(MNIST_BAGS_KEYS)}")
+    for name, value in (("bag_mean", bag_mean), ("train_bags", train_bags), ("bag", bag)):
+        if value is not None:
+            check_int(value, name, 0)
+    if out is not None:
+        out = check_out_file(out)
+    pattern = re.compile(rf"{re.escape(model)}__mean(\d+)__train(\d+)")
+    grid = sorted((int(m[1]), int(m[2])) for p in (run_dir / "models").glob(f"{model}__mean*__train*.safetensors")
+                  if (m := pattern.fullmatch(p.stem)))
+    if not grid:
         raise FileNotFoundError(f"{run_dir}/models holds no saved {model!r} model: run `abmil reproduce mnist-bags "
                                 f"--models {model} --out {run_dir}` first")
-    grid = [tuple(int(part[len(prefix):]) for part, prefix in zip(p.stem.split("__")[1:], ("mean", "train")))
-            for p in saved]
     bag_mean = min(m for m, _ in grid) if bag_mean is None else bag_mean
-    train_bags = max(n for m, n in grid if m == bag_mean) if train_bags is None else train_bags
+    if train_bags is None:
+        sizes = [n for m, n in grid if m == bag_mean]
+        if not sizes:
+            raise FileNotFoundError(f"{run_dir}/models holds no saved {model!r} model of mean bag size {bag_mean} "
+                                    f"(saved: {', '.join(sorted({str(m) for m, _ in grid}))})")
+        train_bags = max(sizes)
     net, point = load_point_model(run_dir, model, bag_mean, train_bags)
     images = {split: read_mnist(mnist_dir, split) for split in ("train", "test")}
     _, test = point_bags(point, images)
@@ -267,7 +301,7 @@ def explain_mnist_bags(run_dir: str | Path, mnist_dir: str | Path, *, model: str
     raw = images["test"][0][test.indices[bag]]
     name = "attention weight" if attention else "instance probability"
     default = run_dir / f"explain_{model}__mean{bag_mean}__train{train_bags}__bag{bag}.png"
-    out = Path(out) if out is not None else default
+    out = out if out is not None else check_out_file(default)
     plot_bag_attention(raw, scores[bag].numpy(), test.instance_labels[bag] == 1, out, score_name=name,
                        title=f"{model}, mean bag size {bag_mean}, {train_bags} training bags: test bag {bag} "
                              f"(label {int(test.labels[bag])}, predicted P(positive) = {float(probs[bag]):.3f})")

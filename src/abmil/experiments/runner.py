@@ -22,7 +22,8 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
-from abmil.io import write_json_atomic, write_safetensors_atomic
+from abmil.errors import DataError
+from abmil.io import make_dirs, write_json_atomic, write_safetensors_atomic
 
 __all__ = [
     "UnitCache",
@@ -30,9 +31,12 @@ __all__ = [
     "check_int",
     "check_ints",
     "check_out_dir",
+    "check_out_file",
     "command_line",
     "fingerprint",
+    "is_number",
     "load_model",
+    "numbers",
     "progress_bar",
     "run_pending",
     "save_model",
@@ -50,10 +54,14 @@ def check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
-def check_float(value: Any, name: str) -> float:
-    """``value`` as a float if it is a finite real number."""
+def check_float(value: Any, name: str, *, minimum: float | None = None, above: float | None = None) -> float:
+    """``value`` as a float if it is a finite real number (and ``>= minimum`` / ``> above`` when given)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g}, got {value!r}")
+    if above is not None and value <= above:
+        raise ValueError(f"{name} must be > {above:g}, got {value!r}")
     return float(value)
 
 
@@ -67,11 +75,34 @@ def check_ints(values: Iterable[Any], name: str, minimum: int) -> list[int]:
     return sorted(dict.fromkeys(int(v) for v in values))
 
 
+def _blocking_ancestor(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` if it is not a folder (then nothing can be created below it)."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
 def check_out_dir(path: str | Path) -> Path:
-    """The output folder as a Path; refused before any work when a file stands in its place."""
+    """The output folder as a Path; refused before any work when a file stands in its place or above it."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {out} exists and is not a directory")
+    blocker = _blocking_ancestor(out)
+    if blocker is not None:
+        raise ValueError(f"output path {out}: {blocker} is a file, not a directory")
+    return out
+
+
+def check_out_file(path: str | Path, flag: str = "--out") -> Path:
+    """An output file's path (a PNG, a CSV) as a Path; refused before any work when it is a folder or a file stands
+    where one of its folders should be."""
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"{flag} {out} is a directory; give a file name")
+    blocker = _blocking_ancestor(out)
+    if blocker is not None:
+        raise ValueError(f"{flag} {out}: {blocker} is a file, not a directory")
     return out
 
 
@@ -136,8 +167,9 @@ class UnitCache:
         return self.folder / f"{key}.json"
 
     def create(self) -> None:
-        """Make the folder now, so that an unwritable output fails before the first unit trains, not after it."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Make the folder now, so that an unwritable output fails before the first unit trains, not after it
+        (:class:`abmil.errors.OutputError` naming it)."""
+        make_dirs(self.folder)
 
     def read(self, key: str, settings: Mapping[str, Any],
              valid: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
@@ -159,6 +191,17 @@ class UnitCache:
 
     def _compared(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in settings.items() if k not in self.ignore}
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number (not a bool), for the checks of a cached record's fields."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def numbers(value: Any, length: int | None = None, *, optional: bool = False) -> bool:
+    """A list of JSON numbers (``None`` entries allowed with ``optional``), of ``length`` when given."""
+    return (isinstance(value, list) and (length is None or len(value) == length)
+            and all(is_number(v) or (optional and v is None) for v in value))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -249,12 +292,54 @@ def save_model(path: str | Path, model: torch.nn.Module, metadata: Mapping[str, 
 def load_model(path: str | Path,
                build: Callable[[dict[str, Any]], torch.nn.Module]) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A saved model in eval mode and its metadata: ``build(metadata)`` makes the architecture, then the weights
-    are loaded into it (strictly: a file of another architecture fails)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    are loaded into it (strictly: a file of another architecture fails).
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    net = build(metadata)
-    net.load_state_dict(load_file(str(path)))
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        DataError: naming the file: not a safetensors file (truncated, another format), metadata that is not JSON or
+            lacks what ``build`` reads, weights missing, extra, of another shape than the model's, or non-finite.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved model {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no mapping)
+    except Exception as e:  # safetensors raises its own error types on truncated or foreign files
+        raise DataError(f"not a readable safetensors model ({' '.join(str(e).split())})", path=str(path)) from None
+    metadata = {}
+    for key, value in raw_meta.items():
+        try:
+            metadata[key] = json.loads(value)
+        except ValueError:
+            raise DataError(f"metadata entry {key!r} is not JSON", path=str(path)) from None
+    try:
+        net = build(metadata)
+    except KeyError as e:
+        raise DataError(f"the saved model's metadata lacks {e} (not a model saved by this experiment?)",
+                        path=str(path)) from None
+    except (TypeError, ValueError, AttributeError, IndexError) as e:
+        raise DataError(f"the saved model's metadata is malformed ({e})", path=str(path)) from None
+    _check_weights(net.state_dict(), tensors, str(path))
+    net.load_state_dict(tensors)
     return net.eval(), metadata
+
+
+def _check_weights(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], path: str) -> None:
+    """DataError naming ``path`` and the first tensor at fault unless ``found`` holds exactly ``expected``'s tensors,
+    of the same shapes, all finite."""
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    if missing or extra:
+        what = f"lacks {missing[0]!r}" if missing else f"holds {extra[0]!r}, which the model has not"
+        raise DataError(f"weights do not fit the model its metadata describes: the file {what} "
+                        f"({len(missing)} missing, {len(extra)} unexpected tensors)", path=path)
+    for k, v in expected.items():
+        if tuple(found[k].shape) != tuple(v.shape):
+            raise DataError(f"weights do not fit the model its metadata describes: {k!r} has shape "
+                            f"{tuple(found[k].shape)}, the model's is {tuple(v.shape)}", path=path)
+        if found[k].is_floating_point() and not torch.isfinite(found[k]).all():
+            raise DataError(f"weight {k!r} holds NaN or Inf", path=path)

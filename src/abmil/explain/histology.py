@@ -10,6 +10,7 @@ them (the colon task's positive instances).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,9 @@ def heatmap_for_image(
         alpha: opacity of the colours.
         max_white_fraction: grid cuts only: the background rule the model was trained with (:func:`image_bag`).
     """
+    if isinstance(downsample, bool) or not isinstance(downsample, (int, float)) or not math.isfinite(downsample) \
+            or downsample <= 0:
+        raise ValueError(f"downsample must be a finite number > 0, got {downsample!r}")
     if patch_size is None:
         patch_size = int(getattr(getattr(model, "encoder", None), "patch_size", BREAST_PATCH_SIZE))
     bag = image_bag(image_path, patch_size, mode, max_white_fraction=max_white_fraction)

@@ -89,7 +89,12 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: tor
 
 
 def read_checkpoint(run_dir: str | os.PathLike) -> dict | None:
-    """The run's ``checkpoint.json``, or None when it has none yet."""
+    """The run's ``checkpoint.json``, or None when it has none yet.
+
+    Raises:
+        DataError: naming the file: not JSON, not an abmil checkpoint, or lacking (or mangling) an entry that
+            :func:`save_checkpoint` writes (epoch, the tensor files' names, the optimizer's settings).
+    """
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         return None
@@ -100,7 +105,35 @@ def read_checkpoint(run_dir: str | os.PathLike) -> dict | None:
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise DataError(f"not an abmil checkpoint (format {info.get('format') if isinstance(info, dict) else None!r})",
                         path=str(path))
+    _check_info(info, str(path))
     return info
+
+
+def _check_info(info: dict, path: str) -> None:
+    """The entries of a checkpoint that its readers here rely on, each present and of its type."""
+    def fail(what: str) -> DataError:
+        return DataError(f"incomplete checkpoint: {what} (delete the folder to start the run over)", path=path)
+
+    epoch = info.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise fail(f"'epoch' must be a count of finished epochs, got {epoch!r}" if "epoch" in info
+                   else "no 'epoch' entry")
+    files = {"weights": info.get("weights"), "optimizer": info.get("optimizer")}
+    extra = info.get("extra", {})
+    if not isinstance(extra, dict):
+        raise fail(f"'extra' must map names to files, got {extra!r}")
+    files.update({f"extra.{k}": v for k, v in extra.items()})
+    for key, name in files.items():
+        if key in ("weights", "optimizer") and key not in info:
+            raise fail(f"no {key!r} entry")
+        if not isinstance(name, str) or not name or Path(name).name != name:
+            raise fail(f"{key!r} must name a file in the run folder, got {name!r}")
+    meta = info.get("optimizer_meta")
+    if not isinstance(meta, dict) or not isinstance(meta.get("param_groups"), list) \
+            or not all(isinstance(g, dict) for g in meta["param_groups"]) \
+            or not isinstance(meta.get("scalar_state", {}), dict):
+        raise fail("no 'optimizer_meta' with the optimizer's 'param_groups'" if "optimizer_meta" not in info
+                   else "'optimizer_meta' is malformed")
 
 
 def load_weights(run_dir: str | os.PathLike, info: dict) -> dict[str, torch.Tensor]:
@@ -110,14 +143,36 @@ def load_weights(run_dir: str | os.PathLike, info: dict) -> dict[str, torch.Tens
 
 def load_optimizer_state(run_dir: str | os.PathLike, info: dict) -> dict:
     """The optimizer state dict a checkpoint names."""
-    return optimizer_from_safetensors(_read_tensors(Path(run_dir) / info["optimizer"]), info["optimizer_meta"])
+    path = Path(run_dir) / info["optimizer"]
+    tensors = _read_tensors(path)
+    try:
+        return optimizer_from_safetensors(tensors, info["optimizer_meta"])
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise DataError(f"optimizer state does not match its checkpoint's description ({e})", path=str(path)) from None
+
+
+def load_into(module: nn.Module, run_dir: str | os.PathLike, info: dict, name: str = "weights") -> None:
+    """Load the state dict a checkpoint names (``"weights"`` or an ``extra`` name) into ``module``; DataError naming
+    the file when its tensors do not fit ``module`` (another architecture or size)."""
+    file = info["weights"] if name == "weights" else info["extra"][name]
+    path = Path(run_dir) / file
+    state = _read_tensors(path)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise DataError(f"weights do not fit the model ({first})", path=str(path)) from None
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, run_dir: str | os.PathLike, info: dict) -> None:
     """Load the optimizer state a checkpoint names into ``optimizer``, each state tensor in the memory layout of its
     parameter. Files store plain contiguous tensors; fused optimizers walk a parameter and its state as flat memory
     together, so a channels_last conv weight with a contiguous moment buffer would get scrambled updates."""
-    optimizer.load_state_dict(load_optimizer_state(run_dir, info))
+    try:
+        optimizer.load_state_dict(load_optimizer_state(run_dir, info))
+    except (ValueError, KeyError, RuntimeError) as e:  # torch's refusals of another model's optimizer state
+        raise DataError(f"optimizer state does not fit the model ({e})",
+                        path=str(Path(run_dir) / info["optimizer"])) from None
     for group in optimizer.param_groups:
         for param in group["params"]:
             state = optimizer.state.get(param, {})
@@ -128,4 +183,7 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, run_dir: str | os.PathLi
 
 def load_extra(run_dir: str | os.PathLike, info: dict, name: str) -> dict[str, torch.Tensor]:
     """The state dict saved as ``extra[name]`` by :func:`save_checkpoint`."""
-    return _read_tensors(Path(run_dir) / info["extra"][name])
+    extra = info.get("extra", {})
+    if name not in extra:
+        raise DataError(f"incomplete checkpoint: no {name!r} state in 'extra'", path=str(Path(run_dir) / CHECKPOINT))
+    return _read_tensors(Path(run_dir) / extra[name])

@@ -1,6 +1,8 @@
 """Training settings: one dataclass, stored as given, validated at the boundary."""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
 
 
@@ -36,10 +38,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("lr must be > 0, epochs and batch_size >= 1")
-        if self.weight_decay < 0 or self.lr_decay < 0:
-            raise ValueError("weight_decay and lr_decay must be >= 0")
+        for name in ("lr", "weight_decay", "momentum", "eps", "lr_decay"):
+            value = getattr(self, name)
+            # not (value >= 0) also catches NaN, which every comparison calls False
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                    or not value >= 0 or (name == "lr" and value == 0):
+                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value!r}")
+        if len(self.betas) != 2 or not all(isinstance(b, numbers.Real) and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
     def lr_at(self, step: int) -> float:
         return self.lr / (1.0 + self.lr_decay * step)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -31,8 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from ..data.bags import pack
+from ..errors import DataError
 from ..nn.dropout import set_dropout_key
-from .checkpoint import load_extra, load_weights, read_checkpoint, restore_optimizer, save_checkpoint
+from .checkpoint import CHECKPOINT, load_extra, load_into, read_checkpoint, restore_optimizer, save_checkpoint
 from .config import TrainConfig
 from .distributed import World, all_reduce_sum, barrier
 from .loss import bag_losses
@@ -319,7 +321,11 @@ def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, checkpoint: Chec
     info = read_checkpoint(checkpoint.directory)
     if info is None or not checkpoint.accepts(info):
         return None
-    model.load_state_dict(load_weights(checkpoint.directory, info))
+    for key, kind in (("history", (dict, list)), ("step", int)):  # history: a list in older checkpoints
+        if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool):
+            raise DataError(f"incomplete checkpoint: no {key!r} entry of the training loop (delete the folder to "
+                            "start the run over)", path=str(Path(checkpoint.directory) / CHECKPOINT))
+    load_into(model, checkpoint.directory, info)
     restore_optimizer(optimizer, checkpoint.directory, info)
     return info
 
