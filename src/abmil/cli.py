@@ -702,7 +702,7 @@ def _heatmap(args: argparse.Namespace) -> int:
     if args.image is not None:
         from abmil.experiments.histology import explain_histology
 
-        downsample = args.downsample or default_of(explain_histology, "downsample")
+        downsample = args.downsample if args.downsample is not None else default_of(explain_histology, "downsample")
         print(explain_histology(args.run, model=args.model, image=args.image, out=args.out,
                                 downsample=downsample, repeat=args.repeat, fold=args.fold))
         return 0

@@ -78,7 +78,11 @@ def read_manifest(path: str | os.PathLike, *, require_labels: bool = True) -> li
         seen[slide_id] = line
         if not cells["label"] and require_labels:
             raise DataError(f"line {line}: field 'label' is empty", path=path, bag=slide_id)
-        rows.append(ManifestRow(slide_id, cells["label"], cells.get("split") or None,
+        split = (cells.get("split") or "").lower() or None  # "Train", "TEST": spreadsheets capitalise
+        if split is not None and split not in SPLIT_VALUES:
+            raise DataError(f"line {line}: field 'split': unknown value {split!r} (expected one of "
+                            f"{', '.join(SPLIT_VALUES)}, or empty to leave the slide out)", path=path, bag=slide_id)
+        rows.append(ManifestRow(slide_id, cells["label"], split,
                                 cells.get("path") or None, cells.get("case_id") or None))
     if not rows:
         raise DataError("manifest is empty: no slides listed", path=path)
@@ -134,6 +138,12 @@ def encode_labels(rows: Sequence[ManifestRow], classes: Sequence[str] | None = N
         return labels, names
 
     ints = [_as_int(r.label) for r in rows]
+    numbered = [r for r, i in zip(rows, ints) if i is not None and r.label]
+    named = [r for r, i in zip(rows, ints) if i is None and r.label]
+    if numbered and named:  # e.g. a "1" among "tumor"/"normal": a typo that would become a class of its own
+        raise DataError(f"field 'label': labels mix class indices and class names ({numbered[0].label!r} for "
+                        f"{numbered[0].slide_id}, {named[0].label!r} for {named[0].slide_id}): use one or the other",
+                        path=manifest, bag=numbered[0].slide_id)
     if all(i is not None for i in ints):
         for r, i in zip(rows, ints):
             if i < 0:
@@ -146,6 +156,8 @@ def encode_labels(rows: Sequence[ManifestRow], classes: Sequence[str] | None = N
 
 VAL_SPLITS = ("val", "valid", "validation")
 TRAIN_SPLIT = "train"
+#: The values a manifest's split column may hold (empty: the slide is left out of training and validation).
+SPLIT_VALUES = (TRAIN_SPLIT, *VAL_SPLITS, "test")
 
 
 def train_val_split(labels: Sequence[int], splits: Sequence[str | None], val_split: float | None,

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..io import atomic_open, write_text_atomic
+from ..io import atomic_open
 from ..nn.models import EmbeddingMIL
-from ..train.checkpoint import load_extra, load_weights, read_checkpoint
+from ..train.checkpoint import load_into, read_checkpoint
 from .feature_files import FeatureFile
 from .features import CaseBagDataset, FeatureBagDataset
 from .train import WSIConfig, build_model
@@ -63,12 +63,19 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> TrainedRun:
         hint = " (a cross-validation run: use load_models)" if is_cv_run(run_dir) else ""
         raise DataError(f"no checkpoint.json: not a finished epoch of `abmil train` here{hint}",
                         path=os.fspath(run_dir))
-    config = WSIConfig.from_dict(info["config"])
-    model = build_model(int(info["in_dim"]), len(info["classes"]), config)
-    best = info.get("extra", {}).get("best")
-    model.load_state_dict(load_extra(run_dir, info, "best") if best else load_weights(run_dir, info))
+    where = os.fspath(Path(run_dir) / "checkpoint.json")
+    missing = [k for k in ("config", "in_dim", "classes") if k not in info]
+    if missing:
+        raise DataError(f"not a slide run's checkpoint: no {', '.join(repr(k) for k in missing)}", path=where)
+    try:
+        config = WSIConfig.from_dict(info["config"])
+        in_dim, classes = int(info["in_dim"]), [str(c) for c in info["classes"]]
+    except (TypeError, ValueError) as e:
+        raise DataError(f"unreadable slide-run settings ({e})", path=where) from None
+    model = build_model(in_dim, len(classes), config)
+    load_into(model, run_dir, info, "best" if info.get("extra", {}).get("best") else "weights")
     dev = torch.device(device)
-    return TrainedRun(model.to(dev).eval(), list(info["classes"]), int(info["in_dim"]), info, dev)
+    return TrainedRun(model.to(dev).eval(), classes, in_dim, info, dev)
 
 
 def load_models(run_dir: str | os.PathLike, device: str = "cpu",
@@ -231,18 +238,27 @@ def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_
     writer.writerow(prediction_header(classes, id_column))
     for p in preds:
         writer.writerow(prediction_row(p, classes, threshold))
-    with atomic_open(h5_path, "w+b") as f, h5py.File(f, "w") as h5:  # h5py reads back as it writes
-        h5.attrs["classes"] = classes
-        for p in preds:
-            g = h5.create_group(p.slide_id)
-            g.create_dataset("attention", data=p.attention)
-            g.create_dataset("attention_logits", data=p.attention_logits)
-            if p.coords is not None:
-                g.create_dataset("coords", data=p.coords)
-            g.attrs["probabilities"] = p.probabilities
-            g.attrs["predicted"] = decide(p.probabilities, classes, threshold)
-            if p.slides is not None:
-                g.attrs["slides"] = [sid for sid, _ in p.slides]
-                g.attrs["slide_sizes"] = [n for _, n in p.slides]
-    write_text_atomic(csv_path, buf.getvalue())
+    # Both files or neither: each goes to a temporary file, and they are renamed only once both are complete (the
+    # HDF5 first). Should the CSV's rename then fail, a new HDF5 is taken back out.
+    h5_is_new = not h5_path.exists()
+    try:
+        with atomic_open(csv_path, "w", encoding="utf-8", newline="") as out_csv, atomic_open(h5_path, "w+b") as f, \
+                h5py.File(f, "w") as h5:  # h5py reads back as it writes
+            out_csv.write(buf.getvalue())
+            h5.attrs["classes"] = classes
+            for p in preds:
+                g = h5.create_group(p.slide_id)
+                g.create_dataset("attention", data=p.attention)
+                g.create_dataset("attention_logits", data=p.attention_logits)
+                if p.coords is not None:
+                    g.create_dataset("coords", data=p.coords)
+                g.attrs["probabilities"] = p.probabilities
+                g.attrs["predicted"] = decide(p.probabilities, classes, threshold)
+                if p.slides is not None:
+                    g.attrs["slides"] = [sid for sid, _ in p.slides]
+                    g.attrs["slide_sizes"] = [n for _, n in p.slides]
+    except BaseException:
+        if h5_is_new and h5_path.exists() and not Path(csv_path).exists():
+            h5_path.unlink()
+        raise
     return h5_path

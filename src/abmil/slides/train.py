@@ -291,6 +291,11 @@ def _train(dataset: FeatureBagDataset | CaseBagDataset, run_dir: Path, config: W
                                              dataset.case_ids)
     else:
         train_idx, val_idx = [int(i) for i in split[0]], [int(i) for i in split[1]]
+    trained = sorted({int(dataset.labels[i]) for i in train_idx})
+    if len(trained) < 2:
+        names = ", ".join(classes[c] for c in trained) or "none"
+        raise DataError(f"the training slides hold one class only ({names}): a classifier needs at least two",
+                        path=getattr(dataset, "manifest", None))
     stopping = config.early_stopping(select_best)
     if stopping is not None and not val_idx:
         raise ValueError("early stopping (--patience) needs validation slides: give --val-split or val rows in the "
