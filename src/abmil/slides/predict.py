@@ -1,6 +1,8 @@
 """Predictions of a trained whole-slide run: class probabilities per slide, attention per patch.
 
     preds.csv              slide_id, label, prob_<class> for each class, predicted
+                           (survival: slide_id, time, event, risk[, surv_<t>...]; regression: slide_id, target,
+                           predicted: :mod:`abmil.slides.outcomes`)
                            (a run trained on cases, ``bag_level="case"``: case_id, label, ..., one row per case)
     preds.attention.h5     one group per slide (or case): ``attention`` (n,) softmax weights,
                            ``attention_logits`` (n,), ``coords`` (n, 2) when the slide has them;
@@ -34,6 +36,7 @@ from ..nn.models import EmbeddingMIL
 from ..train.checkpoint import load_extra, load_weights, read_checkpoint
 from .feature_files import FeatureFile
 from .features import CaseBagDataset, FeatureBagDataset
+from .outcomes import Head, common_head
 from .train import WSIConfig, build_model
 
 
@@ -52,6 +55,15 @@ class TrainedRun:
     def bag_level(self) -> str:
         return self.info.get("config", {}).get("bag_level", "slide")
 
+    @property
+    def head(self) -> Head:
+        """What the model predicts: classes, survival or a number (:class:`~abmil.slides.outcomes.Head`)."""
+        return Head.from_info(self.info)
+
+    @property
+    def task(self) -> str:
+        return self.head.task
+
 
 def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> TrainedRun:
     """The model of ``run_dir``'s last checkpoint (safetensors weights, JSON settings): the weights early stopping
@@ -64,7 +76,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> TrainedRun:
         raise DataError(f"no checkpoint.json: not a finished epoch of `abmil train` here{hint}",
                         path=os.fspath(run_dir))
     config = WSIConfig.from_dict(info["config"])
-    model = build_model(int(info["in_dim"]), len(info["classes"]), config)
+    model = build_model(int(info["in_dim"]), len(info["classes"]), config, Head.from_info(info))
     best = info.get("extra", {}).get("best")
     model.load_state_dict(load_extra(run_dir, info, "best") if best else load_weights(run_dir, info))
     dev = torch.device(device)
@@ -87,12 +99,14 @@ def load_models(run_dir: str | os.PathLike, device: str = "cpu",
 class SlidePrediction(NamedTuple):
     slide_id: str
     probabilities: np.ndarray
-    """(n_classes,)"""
+    """(n_classes,) class probabilities; for other heads what :meth:`~abmil.slides.outcomes.Head.outputs` gives:
+    survival ``S_k`` at each bin's end (nll) or the log hazard ratio (cox), the prediction (regression)."""
     attention_logits: np.ndarray
     """(n_instances,) float32; weights = softmax."""
     coords: np.ndarray | None
     """(n_instances, 2) or None."""
     label: int | None = None
+    """The truth where known: the class index; survival (time, event); regression the target."""
     slides: tuple[tuple[str, int], ...] | None = None
     """A case's slides: (slide id, patches) in the order of its instances; None for a slide."""
 
@@ -100,6 +114,13 @@ class SlidePrediction(NamedTuple):
     def attention(self) -> np.ndarray:
         """(n_instances,) attention weights, summing to 1."""
         return torch.softmax(torch.from_numpy(self.attention_logits).double(), 0).float().numpy()
+
+
+def ensemble_head(runs: TrainedRun | Sequence[TrainedRun]) -> Head:
+    """The head of one run, or of an ensemble of fold models (:func:`~abmil.slides.outcomes.common_head`): what
+    their averaged predictions mean, and the CSV's columns."""
+    runs = [runs] if isinstance(runs, TrainedRun) else list(runs)
+    return common_head([r.head for r in runs])
 
 
 def check_dim(run: TrainedRun, file: FeatureFile) -> int:
@@ -121,6 +142,7 @@ def predict_bag(run: TrainedRun | Sequence[TrainedRun], files: Sequence[FeatureF
     """One bag, the instances of ``files`` end to end (one slide, or a case's slides), streamed through each model:
     its probabilities, and attention, averaged over the models (one model: its own attention logits)."""
     runs = [run] if isinstance(run, TrainedRun) else list(run)
+    head = ensemble_head(runs)
     sizes = [check_dim(r, f) for r in runs[:1] for f in files]
     coords: list[np.ndarray] = []
     probs, weights, logits = [], [], None
@@ -137,7 +159,8 @@ def predict_bag(run: TrainedRun | Sequence[TrainedRun], files: Sequence[FeatureF
                     yield features.float()
 
         out = r.model.pool_chunks(chunks(), device=r.device)
-        probs.append(out.probabilities()[0].cpu().numpy())
+        probs.append(out.probabilities()[0].cpu().numpy() if r.head.is_classification
+                     else r.head.align(r.head.outputs(out.logits)[0], head))
         logits = out.attention_logits.float().cpu()
         if len(runs) > 1:
             weights.append(torch.softmax(logits.double(), 0).numpy())
@@ -169,9 +192,14 @@ def predict_dataset(run: TrainedRun | Sequence[TrainedRun], dataset: FeatureBagD
     for r in runs[1:]:
         if r.classes != runs[0].classes or r.bag_level != runs[0].bag_level:
             raise ValueError("an ensemble's models must share their classes and bag level")
+    ensemble_head(runs)
     for f in dataset.files:
         check_dim(runs[0], f)
     bags = dataset_bags(dataset, runs[0].bag_level)
+    if not runs[0].head.is_classification:  # the truth of each bag: (time, event) or the target
+        outcomes = (dataset.outcomes if runs[0].bag_level == "slide"
+                    else CaseBagDataset(dataset).outcomes)
+        bags = [(bag_id, files, outcome) for (bag_id, files, _), outcome in zip(bags, outcomes)]
     if positions is not None:
         bags = [bags[i] for i in positions]
     return [predict_bag(runs, files, bag_id, label) for bag_id, files, label in bags]
@@ -183,20 +211,25 @@ def attention_path(csv_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".attention.h5")
 
 
-def prediction_header(classes: Sequence[str], id_column: str = "slide_id") -> list[str]:
-    return [id_column, "label", *[f"prob_{c}" for c in classes], "predicted"]
+def prediction_header(classes: Sequence[str], id_column: str = "slide_id", head: Head | None = None) -> list[str]:
+    """The CSV's columns: ``id, label, prob_<class>..., predicted``; survival ``id, time, event, risk[, surv_<t>...]``;
+    regression ``id, target, predicted`` (:meth:`~abmil.slides.outcomes.Head.header`)."""
+    return (head or Head()).header(classes, id_column)
 
 
-def prediction_row(p: SlidePrediction, classes: Sequence[str]) -> list[str]:
-    """A CSV row of :func:`prediction_header`: probabilities with 6 decimals, the argmax class."""
-    label = "" if p.label is None else classes[p.label]
-    return [p.slide_id, label, *[f"{v:.6f}" for v in p.probabilities], classes[int(np.argmax(p.probabilities))]]
+def prediction_row(p: SlidePrediction, classes: Sequence[str], head: Head | None = None) -> list[str]:
+    """A CSV row of :func:`prediction_header`: probabilities with 6 decimals, the argmax class (or a survival or
+    regression head's columns)."""
+    return (head or Head()).row(p.slide_id, p.label, p.probabilities, classes)
 
 
 def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_path: str | os.PathLike,
-                      h5_path: str | os.PathLike | None = None, id_column: str = "slide_id") -> Path:
+                      h5_path: str | os.PathLike | None = None, id_column: str = "slide_id",
+                      head: Head | None = None) -> Path:
     """Write the CSV and the attention HDF5 (default :func:`attention_path`); returns the HDF5 path.
-    ``id_column``: the first column's name (``case_id`` for cases)."""
+    ``id_column``: the first column's name (``case_id`` for cases). ``head``: a survival or regression run's (the
+    HDF5's ``probabilities`` attribute then holds its outputs, and ``predicted`` its risk or prediction)."""
+    head = head or Head()
     import h5py
 
     preds = list(preds)
@@ -206,11 +239,12 @@ def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_
     h5_path = Path(h5_path) if h5_path is not None else attention_path(csv_path)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(prediction_header(classes, id_column))
+    writer.writerow(prediction_header(classes, id_column, head))
     for p in preds:
-        writer.writerow(prediction_row(p, classes))
+        writer.writerow(prediction_row(p, classes, head))
     with atomic_open(h5_path, "w+b") as f, h5py.File(f, "w") as h5:  # h5py reads back as it writes
         h5.attrs["classes"] = classes
+        h5.attrs["task"] = head.task
         for p in preds:
             g = h5.create_group(p.slide_id)
             g.create_dataset("attention", data=p.attention)
@@ -218,7 +252,9 @@ def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_
             if p.coords is not None:
                 g.create_dataset("coords", data=p.coords)
             g.attrs["probabilities"] = p.probabilities
-            g.attrs["predicted"] = classes[int(np.argmax(p.probabilities))]
+            g.attrs["predicted"] = (classes[int(np.argmax(p.probabilities))] if head.is_classification
+                                    else head.risk(p.probabilities) if head.task == "survival"
+                                    else float(p.probabilities[0]))
             if p.slides is not None:
                 g.attrs["slides"] = [sid for sid, _ in p.slides]
                 g.attrs["slide_sizes"] = [n for _, n in p.slides]
