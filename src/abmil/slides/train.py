@@ -121,14 +121,6 @@ class WSIConfig:
 
     def __post_init__(self) -> None:
         self.train_config()  # validates optimizer, lr, epochs, weight_decay
-        object.__setattr__(self, "loss", Objective(self.task, self.loss).loss)  # validates task and loss
-        if self.monitor not in TASK_MONITORS[self.task]:
-            raise ValueError(f"--monitor {self.monitor} is not for the {self.task} task: use one of "
-                             f"{', '.join(TASK_MONITORS[self.task])}")
-        if self.task != "classification" and (self.class_weights is not None or self.sampler != "shuffle"):
-            raise ValueError("--class-weights and --sampler balanced are for classification")
-        if isinstance(self.n_bins, bool) or self.n_bins < 1:
-            raise ValueError(f"n_bins must be >= 1, got {self.n_bins}")
         for name, allowed in (("monitor", tuple(MONITORS)), ("class_weights", (None, *CLASS_WEIGHTS)),
                               ("sampler", SAMPLERS), ("bag_level", BAG_LEVELS)):
             if getattr(self, name) not in allowed:
@@ -144,6 +136,14 @@ class WSIConfig:
             raise ValueError("hidden, att_dim and chunk_size must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        object.__setattr__(self, "loss", Objective(self.task, self.loss).loss)  # validates task and loss
+        if self.monitor not in TASK_MONITORS[self.task]:
+            raise ValueError(f"--monitor {self.monitor} is not for the {self.task} task: use one of "
+                             f"{', '.join(TASK_MONITORS[self.task])}")
+        if self.task != "classification" and (self.class_weights is not None or self.sampler != "shuffle"):
+            raise ValueError("--class-weights and --sampler balanced are for classification")
+        if isinstance(self.n_bins, bool) or self.n_bins < 1:
+            raise ValueError(f"n_bins must be >= 1, got {self.n_bins}")
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
