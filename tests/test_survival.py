@@ -244,3 +244,11 @@ def test_survival_settings_are_checked():
         WSIConfig(task="regression", class_weights="balanced")
     head = Head.fit("survival", "nll", [(1.0, 1), (2.0, 1), (3.0, 0), (4.0, 1)], 2)
     assert head.time_bins == (0.0, 2.0, 4.0) and head.bin_of(1.9) == 0 and head.bin_of(10.0) == 1
+
+
+def test_cox_needs_several_slides_per_step(tmp_path, capsys):
+    manifest, features, _ = make_outcome_cohort(tmp_path, "survival", 6)
+    capsys.readouterr()
+    assert main(["train", "--task", "survival", "--loss", "cox", "--manifest", str(manifest), "--features",
+                 str(features), "--out", str(tmp_path / "out"), "--epochs", "1"]) == 2
+    assert "--batch-size 2 or more" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -354,6 +354,9 @@ def _train(dataset: FeatureBagDataset | CaseBagDataset, run_dir: Path, config: W
     else:
         train_idx, val_idx = [int(i) for i in split[0]], [int(i) for i in split[1]]
     head = Head.fit(task, config.loss, [outcomes[i] for i in train_idx], config.n_bins, manifest=dataset.manifest)
+    if config.loss == "cox" and config.batch_instances is None and (config.batch_size or 1) * world.size < 2:
+        raise ValueError("--loss cox compares the slides of each step: give --batch-size 2 or more (e.g. 16-64; "
+                         "under torchrun the risk set is the global batch of all processes)")
     stopping = config.early_stopping(select_best)
     if stopping is not None and not val_idx:
         raise ValueError("early stopping (--patience) needs validation slides: give --val-split or val rows in the "

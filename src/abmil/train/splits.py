@@ -141,7 +141,8 @@ def case_cv_splits(labels: Sequence[int] | np.ndarray, groups: Sequence | np.nda
 
     classes = np.unique(case_label)
     if classes.size < 2:
-        raise ValueError(f"cross-validation needs cases of at least two {stratum}s, all cases are of {stratum} "
+        plural = "classes" if stratum == "class" else f"{stratum}s"
+        raise ValueError(f"cross-validation needs cases of at least two {plural}, all cases are of {stratum} "
                          f"{name(int(classes[0]))}")
     for c in classes:
         n_c = int((case_label == c).sum())
