@@ -11,12 +11,14 @@
                 [--lr] [--seed] [--batch-size B | --batch-instances N] [--device cpu] [--bf16] [--resume]
                 [--folds K [--repeats R]] [--bag-level slide|case] [--patience N] [--monitor val_loss|val_error|val_auc]
                 [--class-weights balanced] [--sampler shuffle|balanced]
+                [--task classification|survival|regression] [--loss nll|cox|mse|huber] [--n-bins K]
     abmil predict --run RUN --manifest CSV [--features DIR] --out preds.csv [--fold R,F]
     abmil heatmap --run RUN --slide FILE.h5 [--wsi SLIDE | --thumbnail IMG --downsample K] --out heat.png
     abmil heatmap --run RUN --manifest CSV [--features DIR] [--slides DIR] --out DIR [--max-size PX]
                   [--layout overlay|side-by-side] [--tissue] [--top-k K] [--geojson]
     abmil evaluate --predictions preds.csv [--manifest CSV] [--labels-from auto|predictions|manifest]
-                   [--threshold T | --run RUN] [--bootstrap 1000] [--seed 0] --out DIR
+                   [--threshold T | --run RUN] [--bootstrap 1000] [--seed 0] [--times T1,T2] [--risk-groups 2|3]
+                   --out DIR
 
 Bad input (unknown names, a malformed data file or saved model, a non-finite hyperparameter, an --out that is a
 file, ...) prints one line ``abmil: error: ...`` on stderr naming the file, flag or bag, and exits with status 2
@@ -316,7 +318,8 @@ def _wsi_commands(commands) -> None:
                     "run as one process with --batch-size K*b (or --batch-instances K*N).")
     train.add_argument("--manifest", required=True, metavar="CSV",
                        help="slide_id,label[,split][,path][,case_id] per slide (case_id: the patient; empty: the "
-                            "slide is its own case)")
+                            "slide is its own case); --task survival: time,event instead of label; regression: "
+                            "target")
     train.add_argument("--features", default=None, metavar="DIR",
                        help="folder of <slide_id>.h5/.pt files (default: the manifest's folder)")
     train.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoints)")
@@ -378,6 +381,18 @@ def _wsi_commands(commands) -> None:
     train.add_argument("--sampler", default=config("sampler"), metavar="|".join(slides.SAMPLERS),
                        help="each epoch's slide order: shuffle (every slide once) or balanced (drawn with "
                             "replacement, each class equally likely; seeded) (default %(default)s)")
+    from abmil.train.loss import TASK_LOSSES, TASKS
+
+    train.add_argument("--task", choices=TASKS, default=config("task"),
+                       help="what the head predicts: classes (label), survival (time, event: 1 event, 0 censored) or "
+                            "a number (target) (default %(default)s)")
+    train.add_argument("--loss", default=config("loss"),
+                       metavar="|".join(f"{k}" for t in TASKS[1:] for k in TASK_LOSSES[t]),
+                       help="survival: nll (discrete-time hazards, default) or cox (partial likelihood over each "
+                            "step's slides: use --batch-size > 1); regression: mse (default) or huber")
+    train.add_argument("--n-bins", type=int, default=config("n_bins"), metavar="K",
+                       help="survival nll: time bins, at the quantiles of the training part's event times "
+                            "(default %(default)s)")
     train.set_defaults(handler=_train)
 
     predict = commands.add_parser(
@@ -452,6 +467,9 @@ def _wsi_commands(commands) -> None:
     evaluate = commands.add_parser(
         "evaluate", help="metrics with bootstrap confidence intervals, calibration, ROC/PR curves of predictions",
         description="Evaluate `abmil predict`'s CSV against the slides' labels (its label column or a manifest's, "
+                    "or survival time/event or regression target columns: Harrell's and Uno's C, time-dependent AUC, "
+                    "integrated Brier score, Kaplan-Meier curves and log-rank p with scikit-survival; MAE, RMSE, R2, "
+                    "Pearson, Spearman) "
                     "joined on slide_id). An optional case_id column groups a patient's slides: metrics are "
                     "reported per slide and per case (a case's probabilities averaged), and the bootstrap "
                     "resamples cases. Writes OUT/metrics.json, metrics.csv, metrics.md, roc.png, pr.png, "
@@ -476,6 +494,13 @@ def _wsi_commands(commands) -> None:
                                             "(default %(default)s)")
     evaluate.add_argument("--seed", type=int, default=default_of(evaluate_predictions, "seed"),
                           help="seed of the bootstrap (default %(default)s)")
+    evaluate.add_argument("--times", type=_float_list, default=None, metavar="T1,T2,...",
+                          help="survival: the times of the time-dependent AUC and of Uno's C truncation (default: "
+                               "the quartiles of the event times)")
+    evaluate.add_argument("--risk-groups", type=int, choices=(2, 3),
+                          default=default_of(evaluate_predictions, "risk_groups"),
+                          help="survival: Kaplan-Meier curves and log-rank test of the median split (2) or tertiles "
+                               "(3) of the risk (default %(default)s)")
     evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -505,6 +530,13 @@ def _fold_arg(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected R,F (repeat and fold, e.g. 0,3), got {text!r}") from None
     return r, f
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(t) for t in _csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _int_list(text: str) -> list[int]:
@@ -651,7 +683,7 @@ def _train(args: argparse.Namespace) -> int:
     from abmil.train.distributed import world_from_env
 
     config = wsi_config_from_args(args)
-    dataset = FeatureBagDataset(args.manifest, args.features)
+    dataset = FeatureBagDataset(args.manifest, args.features, task=config.task)
 
     def show(record: dict) -> None:
         print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
@@ -683,15 +715,17 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from abmil.slides.features import FeatureBagDataset
-    from abmil.slides.predict import load_models, predict_dataset, run_threshold, write_predictions
+    from abmil.slides.predict import ensemble_head, load_models, predict_dataset, run_threshold, write_predictions
 
     runs = load_models(args.run, args.device, args.fold)
     classes = runs[0].classes
     threshold = run_threshold(args.run, args.fold)
-    dataset = FeatureBagDataset(args.manifest, args.features, classes=classes, require_labels=False)
+    dataset = FeatureBagDataset(args.manifest, args.features, classes=classes, require_labels=False,
+                                task=runs[0].task)
     preds = predict_dataset(runs, dataset)
     level = runs[0].bag_level
-    h5 = write_predictions(preds, classes, args.out, id_column=f"{level}_id", threshold=threshold)
+    h5 = write_predictions(preds, classes, args.out, id_column=f"{level}_id", head=ensemble_head(runs),
+                           threshold=threshold)
     models = f", mean of {len(runs)} fold models" if len(runs) > 1 else ""
     decided = "" if threshold is None else f"; '{classes[1]}' at P >= {threshold:.4f}, the run's threshold"
     print(f"wrote {args.out} ({len(preds)} {level}s{models}{decided}), {h5}")
@@ -735,14 +769,18 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate_predictions(args.predictions, out_dir=args.out, manifest=args.manifest,
                                   labels_from=args.labels_from, threshold=args.threshold, run=args.run,
-                                  n_bootstrap=args.bootstrap, seed=args.seed)
+                                  n_bootstrap=args.bootstrap, seed=args.seed, times=args.times,
+                                  risk_groups=args.risk_groups)
     meta = result["meta"]
-    print(f"{meta['n_slides']} slides, {meta['n_cases']} cases; {meta['decision']}")
+    print(f"{meta['n_slides']} slides, {meta['n_cases']} cases; "
+          + (meta["decision"] if "decision" in meta else f"{meta['task']}"))
     for r in result["metrics"]:
         name = f"{r['metric']} ({r['class']})" if r["class"] else r["metric"]
         value = "n/a" if r["value"] is None else f"{r['value']:.3f}"
         ci = "" if r["ci_low"] is None else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        print(f"{r['level']:>5} {name:>24}: {value}{ci}")
+        print(f"{r['level']:>5} {name:>24}: {value}{ci}" if r["metric"] != "logrank_p" else
+              f"{r['level']:>5} {name:>24}: {r['value']:.3g}" if r["value"] is not None else
+              f"{r['level']:>5} {name:>24}: n/a")
     print(f"wrote {args.out}/metrics.json, metrics.csv, metrics.md, {', '.join(meta['figures'])}")
     return 0
 

@@ -123,7 +123,7 @@ SLIDE_KEYS = ATTENTION_KEYS
 
 
 def slide_model(name: str, in_dim: int, n_classes: int = 2, *, hidden: int = 512, att_dim: int = 256,
-                dropout: float = 0.25, chunk_size: int = DEFAULT_CHUNK_SIZE) -> EmbeddingMIL:
+                dropout: float = 0.25, chunk_size: int = DEFAULT_CHUNK_SIZE, n_out: int | None = None) -> EmbeddingMIL:
     """Whole-slide attention MIL on patch features, CLAM-sized (Lu et al. 2021), binary or multi-class.
 
         x (n, in_dim) → Linear(in_dim, hidden) + ReLU + dropout       (f, an MLPEncoder)
@@ -133,16 +133,19 @@ def slide_model(name: str, in_dim: int, n_classes: int = 2, *, hidden: int = 512
     ``n_out`` is 1 for two classes (sigmoid, the paper's clamped Bernoulli likelihood) and ``n_classes`` otherwise
     (softmax, cross-entropy). A slide forwarded alone is pooled in bounded memory (``chunk_size``,
     :func:`abmil.nn.chunked.attention_pool_bag`); several small slides can be packed with a ``bag_index``.
+    ``n_out``: the outputs of another head instead (survival: a hazard per time bin, or one log hazard ratio;
+    regression: one value; :class:`abmil.slides.outcomes.Head`).
     """
     if name not in SLIDE_KEYS:
         raise ValueError(f"unknown slide model {name!r}: expected one of {', '.join(SLIDE_KEYS)}")
-    if n_classes < 2:
+    if n_out is None and n_classes < 2:
         raise ValueError(f"n_classes must be >= 2, got {n_classes}")
     if in_dim < 1 or hidden < 1 or att_dim < 1:
         raise ValueError("in_dim, hidden and att_dim must be >= 1")
     encoder = MLPEncoder(in_dim, (hidden,), dropout=dropout)
     return EmbeddingMIL(encoder, make_pool(MODELS[name][2], hidden, att_dim=att_dim),
-                        n_out=1 if n_classes == 2 else n_classes, chunk_size=chunk_size)
+                        n_out=n_out if n_out is not None else (1 if n_classes == 2 else n_classes),
+                        chunk_size=chunk_size)
 
 
 #: The families: how a model key becomes a network for one kind of data.

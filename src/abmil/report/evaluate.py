@@ -63,6 +63,18 @@ SUM_TOLERANCE = 1e-3
 
 
 # ----------------------------------------------------------------------------- reading
+def predictions_task(path: str | os.PathLike) -> str:
+    """What a predictions CSV holds, from its header: ``survival`` (a ``risk`` column), ``regression``
+    (``predicted`` and no ``prob_<class>`` column) or ``classification``."""
+    columns, _ = _read_table(os.fspath(path), "predictions file")
+    if "risk" in columns:
+        return "survival"
+    if "predicted" in columns and not any(c.startswith(PROB_PREFIX) for c in columns):
+        return "regression"
+    return "classification"
+
+
+
 @dataclass
 class Predictions:
     """The slides to evaluate, in the predictions file's order.
@@ -384,10 +396,16 @@ def _levels(pred: Predictions) -> list[_Level]:
 
 
 def bootstrap(levels: Sequence[_Level], classes: Sequence[str], threshold: float | None, n_bootstrap: int,
-              seed: int) -> dict[str, dict[tuple[str, str], np.ndarray]]:
+              seed: int, metrics=None) -> dict[str, dict[tuple[str, str], np.ndarray]]:
     """``{level: {(metric, class): (n_bootstrap,) values, NaN where undefined}}``: each resample draws
-    ``n_cases`` cases with replacement (the same draws for every level and metric) and takes all their rows."""
+    ``n_cases`` cases with replacement (the same draws for every level and metric) and takes all their rows.
+    ``metrics(labels, probs)`` -> ``{(metric, class): value}``: what is computed on each resample (default
+    :func:`compute_metrics` with ``classes`` and ``threshold``; survival and regression pass theirs,
+    :mod:`abmil.report.outcome_evaluate`)."""
     import sklearn
+
+    if metrics is None:
+        metrics = lambda labels, probs: compute_metrics(labels, probs, classes, threshold)  # noqa: E731
 
     n_cases = len(levels[0].rows_of_case)
     rng = np.random.default_rng(seed)
@@ -398,7 +416,7 @@ def bootstrap(levels: Sequence[_Level], classes: Sequence[str], threshold: float
             drawn = rng.integers(0, n_cases, n_cases)
             for lv in levels:
                 rows = np.concatenate([lv.rows_of_case[i] for i in drawn])
-                for key, v in compute_metrics(lv.labels[rows], lv.probs[rows], classes, threshold).items():
+                for key, v in metrics(lv.labels[rows], lv.probs[rows]).items():
                     out[lv.name].setdefault(key, np.full(n_bootstrap, math.nan))[b] = v
     return out
 
@@ -504,7 +522,8 @@ def _plain(v: float) -> float | None:
 def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | os.PathLike,
                          manifest: str | os.PathLike | None = None, labels_from: str = "auto",
                          threshold: float | None = None, run: str | os.PathLike | None = None,
-                         n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+                         n_bootstrap: int = 1000, seed: int = 0, times: Sequence[float] | None = None,
+                         risk_groups: int = 2) -> dict[str, Any]:
     """Evaluate ``abmil predict``'s CSV (see the module docstring) and write ``out_dir``: ``metrics.json``
     (``{"meta": ..., "metrics": [rows]}``), ``metrics.csv``, ``metrics.md``, ``roc.png``, ``pr.png``,
     ``reliability.png``. Returns the JSON's content. Rows: ``level, metric, class, value, ci_low, ci_high,
@@ -512,6 +531,10 @@ def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | o
 
     ``threshold`` or ``run`` (a folder with a stored ``"threshold"``, :func:`read_run_threshold`): the binary
     decision threshold (default 0.5); multi-class predictions take the argmax. Nothing is written on any error.
+
+    Survival predictions (a ``risk`` column) and regression predictions (``target``/``predicted`` without
+    ``prob_`` columns) are evaluated by :func:`abmil.report.outcome_evaluate.evaluate_outcomes` (``times``: the
+    times of the time-dependent metrics; ``risk_groups``: 2 or 3 Kaplan-Meier groups).
     """
     from .evaluation_plots import plot_calibration, plot_pr, plot_roc
 
@@ -519,6 +542,16 @@ def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | o
         raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise DataError("output exists and is not a folder", path=os.fspath(out_dir))
+    task = predictions_task(predictions_csv)
+    if task != "classification":
+        from .outcome_evaluate import evaluate_outcomes
+
+        if threshold is not None:
+            raise ValueError(f"a decision threshold is for classification; these are {task} predictions")
+        return evaluate_outcomes(predictions_csv, task, out_dir=out_dir, manifest=manifest, labels_from=labels_from,
+                                 run=run, n_bootstrap=n_bootstrap, seed=seed, times=times, risk_groups=risk_groups)
+    if times is not None:
+        raise ValueError("--times is for survival predictions (a risk column)")
     pred = read_predictions(predictions_csv, manifest=manifest, labels_from=labels_from)
     thr, thr_source = _threshold(pred, threshold, run)
     levels = _levels(pred)

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
-__all__ = ["BAG_METRICS", "bag_metrics", "class_metrics", "youden_threshold"]
+__all__ = ["BAG_METRICS", "bag_metrics", "class_metrics", "harrell_c_index", "regression_metrics",
+           "youden_threshold"]
 
 BAG_METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "auc")
 
@@ -65,3 +66,43 @@ def youden_threshold(labels: Sequence[int] | np.ndarray, probs: Sequence[float] 
     fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
     # The first point is roc_curve's "nothing positive" (threshold +inf): not a usable threshold.
     return float(min(thresholds[1:][int(np.argmax((tpr - fpr)[1:]))], 1.0))
+
+
+def harrell_c_index(time: Sequence[float] | np.ndarray, event: Sequence[int] | np.ndarray,
+                    risk: Sequence[float] | np.ndarray, tied_tol: float = 1e-8) -> float:
+    """Harrell's concordance index of ``risk`` (higher: earlier event) as scikit-survival's
+    ``concordance_index_censored`` counts it (tested equal): a pair (i, j) is comparable when i has an event and
+    ``t_j > t_i``, or ``t_j == t_i`` and j is censored; concordant when ``risk_i > risk_j``, a tie (within
+    ``tied_tol``) counts one half. NaN without comparable pairs. Numpy only (training needs no scikit-survival);
+    memory O(n^2)."""
+    t = np.asarray(time, dtype=np.float64).ravel()
+    e = np.asarray(event).astype(bool).ravel()
+    r = np.asarray(risk, dtype=np.float64).ravel()
+    comparable = e[:, None] & ((t[None, :] > t[:, None]) | ((t[None, :] == t[:, None]) & ~e[None, :]))
+    n = comparable.sum()
+    if n == 0:
+        return math.nan
+    diff = r[:, None] - r[None, :]
+    ties = np.abs(diff) <= tied_tol
+    concordant = (comparable & ~ties & (diff > 0)).sum()
+    return float((concordant + 0.5 * (comparable & ties).sum()) / n)
+
+
+def regression_metrics(target: Sequence[float] | np.ndarray, pred: Sequence[float] | np.ndarray
+                       ) -> dict[str, float]:
+    """MAE, RMSE, R² (scikit-learn's), Pearson's r and Spearman's rho (SciPy's; NaN for a constant input)."""
+    import warnings
+
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    y = np.asarray(target, dtype=np.float64).ravel()
+    p = np.asarray(pred, dtype=np.float64).ravel()
+    out = {"mae": float(mean_absolute_error(y, p)), "rmse": float(math.sqrt(mean_squared_error(y, p))),
+           "r2": float(r2_score(y, p)) if y.size > 1 else math.nan}
+    with warnings.catch_warnings():  # constant input: scipy warns and returns NaN
+        warnings.simplefilter("ignore")
+        constant = y.size < 2 or np.ptp(y) == 0 or np.ptp(p) == 0
+        out["pearson"] = math.nan if constant else float(pearsonr(y, p)[0])
+        out["spearman"] = math.nan if constant else float(spearmanr(y, p)[0])
+    return out

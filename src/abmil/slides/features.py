@@ -89,6 +89,8 @@ class FeatureBagDataset(Dataset):
             Each DataLoader worker process keeps its own cache; treat cached tensors as read-only.
         check_finite: reject features holding NaN or ±Inf when they are read.
         require_labels: ``False`` lets ``label`` cells be empty (slides to predict); their label is None.
+        task: ``classification`` (``label``), ``survival`` (``time``, ``event``) or ``regression`` (``target``):
+            the manifest's outcome columns (:func:`~abmil.slides.manifest.read_manifest`); :attr:`outcomes`.
 
     Every slide's file must exist when the dataset is built; its contents are checked when it
     is read (or all at once, from metadata only, by :meth:`validate`).
@@ -97,10 +99,11 @@ class FeatureBagDataset(Dataset):
     def __init__(self, manifest: str | os.PathLike, features_dir: str | os.PathLike | None = None, *,
                  split: str | None = None, classes: Sequence[str] | None = None,
                  dtype: torch.dtype | None = torch.float32, cache_bytes: int = 0,
-                 check_finite: bool = True, require_labels: bool = True):
+                 check_finite: bool = True, require_labels: bool = True, task: str = "classification"):
         self.manifest = os.fspath(manifest)
         self.features_dir = Path(features_dir) if features_dir is not None else Path(self.manifest).parent
-        rows = read_manifest(self.manifest, require_labels=require_labels)
+        self.task = task
+        rows = read_manifest(self.manifest, require_labels=require_labels, task=task)
         if split is not None:
             if all(r.split is None for r in rows):
                 raise DataError(f"manifest has no 'split' column to select split {split!r} from",
@@ -112,6 +115,9 @@ class FeatureBagDataset(Dataset):
         labels = iter(encoded)
         self.labels: list[int | None] = [next(labels) if r.label else None for r in rows]
         """Class index of each slide (None for an unlabelled slide, only with ``require_labels=False``)."""
+        self.outcomes: list = [_outcome(r, task) for r in rows]
+        """Survival: ``(time, event)`` of each slide; regression: its target (None where empty); classification:
+        None (the class is in :attr:`labels`)."""
         self.slide_ids: list[str] = [r.slide_id for r in rows]
         self.splits: list[str | None] = [r.split for r in rows]
         self.case_ids: list[str] = [r.case for r in rows]
@@ -238,6 +244,16 @@ class FeatureBagDataset(Dataset):
 BAG_LEVELS = ("slide", "case")
 
 
+def _outcome(row, task: str):
+    if task == "survival":
+        return None if row.time is None else (row.time, row.event)
+    if task == "regression":
+        return row.target
+    return None
+
+
+
+
 class CaseBagDataset:
     """The cases of a :class:`FeatureBagDataset` as bags: a case's slides concatenated, in manifest order, into one
     bag (attention then spans the whole case). Offers what training and scoring read of a dataset (``labels``,
@@ -258,7 +274,9 @@ class CaseBagDataset:
         self.labels: list[int | None] = [next((slides.labels[i] for i in m if slides.labels[i] is not None), None)
                                          for m in self.members]
         self.splits: list[str | None] = [slides.splits[m[0]] for m in self.members]
-        self.classes, self.manifest = slides.classes, slides.manifest
+        self.outcomes: list = [next((slides.outcomes[i] for i in m if slides.outcomes[i] is not None), None)
+                               for m in self.members]
+        self.classes, self.manifest, self.task = slides.classes, slides.manifest, slides.task
 
     @property
     def dim(self) -> int | None:

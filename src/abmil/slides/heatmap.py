@@ -6,7 +6,8 @@ For each slide, from its feature file (``coords``) and, optionally, the slide im
     OUT/<slide>.png            the attention over an overview of the slide (``--max-size`` pixels on its longer
                                side, read from the pyramid level just above that size), or beside it
                                (``--layout side-by-side``); multi-class models add one map per class: each patch's
-                               share ``a_k · (W_c h_k)`` of the class logit ``Σ_k a_k W_c h_k + b_c``
+                               share ``a_k · (W_c h_k)`` of the class logit ``Σ_k a_k W_c h_k + b_c``; survival and
+                               regression models each patch's signed share of the risk or prediction
     OUT/<slide>_topk.png       the K highest- and K lowest-attention patches, read from the slide at the patches'
     OUT/<slide>_tiles/         own level and size, as a captioned grid and as tiles ``top001_x<X>_y<Y>.png``
                                with ``index.csv`` (``--top-k K``)
@@ -182,12 +183,30 @@ def class_contributions(run, file: FeatureFile, attention: np.ndarray) -> np.nda
     return np.asarray(attention, dtype=np.float64)[:, None] * np.concatenate(parts)
 
 
+def head_contributions(run, file: FeatureFile, attention: np.ndarray) -> tuple[str, np.ndarray]:
+    """A survival or regression model's signed patch contributions, (n,), from :func:`class_contributions`:
+    Cox: ``a_k · w h_k``, the patch's share of the log hazard ratio (the risk is their sum plus the bias);
+    regression: ``sd · a_k · w h_k``, its share of the prediction in target units (the prediction is their sum plus
+    ``mean + sd · bias``); discrete-time survival: the mean over the bins of ``a_k · W_b h_k``, its share of the mean
+    hazard logit (higher: more hazard)."""
+    head = run.head
+    shares = class_contributions(run, file, attention)
+    if head.task == "regression":
+        return "share of prediction", head.target_scale[1] * shares[:, 0]
+    if head.loss == "cox":
+        return "share of risk", shares[:, 0]
+    return "share of mean hazard logit", shares.mean(1)
+
+
 def _maps(run, file: FeatureFile, pred) -> list[tuple[str, np.ndarray]]:
-    """The attention, and for one multi-class model each class's share of the logits (the fold models of an
-    ensemble each attend differently: their mean attention alone)."""
+    """The attention, and for one multi-class model each class's share of the logits, for one survival or regression
+    model each patch's signed contribution (:func:`head_contributions`) (the fold models of an ensemble each attend
+    differently: their mean attention alone)."""
     maps = [("attention", pred.attention.astype(np.float64))]
     models = _models(run)
-    if len(models) == 1 and models[0].model.n_out > 1:  # multi-class: one logit per class
+    if len(models) == 1 and not models[0].head.is_classification:
+        maps.append(head_contributions(models[0], file, pred.attention))
+    elif len(models) == 1 and models[0].model.n_out > 1:  # multi-class: one logit per class
         run = models[0]
         shares = class_contributions(run, file, pred.attention)
         maps += [(f"{name}: share of logit", shares[:, c]) for c, name in enumerate(run.classes)]
@@ -212,16 +231,16 @@ def render_slide(run, features: str | os.PathLike | FeatureFile, out: str | os.P
 
 def _render(run, job: _Job, options: HeatmapOptions, *, thumbnail: np.ndarray | None = None,
             downsample: float | None = None) -> str:
-    from .predict import predict_file
+    from .predict import ensemble_head, predict_file
     from .wsi import Slide, outline, tissue_mask
 
     pred = predict_file(_models(run), job.file, job.label)
     classes = _models(run)[0].classes
+    head = ensemble_head(_models(run))
     coords = np.asarray(pred.coords)
     attrs = job.file.attrs().get("coords", {})
-    k = int(np.argmax(pred.probabilities))
-    title = f"{job.file.slide_id}: {classes[k]} ({pred.probabilities[k]:.2f})"
-    if job.label is not None:
+    title = f"{job.file.slide_id}: {head.summary(pred.probabilities, classes)}"
+    if job.label is not None and head.is_classification:
         title += f", label {classes[job.label]}"
     maps = _maps(run, job.file, pred)
     files = outputs(job.out)
@@ -323,7 +342,8 @@ def manifest_heatmaps(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
     if options.top_k and slides_dir is None:
         raise ValueError("--top-k reads the patches from the slide images: give --slides DIR")
     run = load_models(run_dir, device)
-    dataset = FeatureBagDataset(manifest, features_dir, classes=run[0].classes, require_labels=False)
+    dataset = FeatureBagDataset(manifest, features_dir, classes=run[0].classes, require_labels=False,
+                                task=run[0].task)
     out_dir = Path(out_dir)
     jobs = []
     for file, label in zip(dataset.files, dataset.labels):

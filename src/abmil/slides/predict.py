@@ -1,6 +1,8 @@
 """Predictions of a trained whole-slide run: class probabilities per slide, attention per patch.
 
     preds.csv              slide_id, label, prob_<class> for each class, predicted
+                           (survival: slide_id, time, event, risk[, surv_<t>...]; regression: slide_id, target,
+                           predicted: :mod:`abmil.slides.outcomes`)
                            (a run trained on cases, ``bag_level="case"``: case_id, label, ..., one row per case)
     preds.attention.h5     one group per slide (or case): ``attention`` (n,) softmax weights,
                            ``attention_logits`` (n,), ``coords`` (n, 2) when the slide has them;
@@ -34,6 +36,7 @@ from ..nn.models import EmbeddingMIL
 from ..train.checkpoint import load_into, read_checkpoint
 from .feature_files import FeatureFile
 from .features import CaseBagDataset, FeatureBagDataset
+from .outcomes import Head, common_head, decide
 from .train import WSIConfig, build_model
 
 
@@ -51,6 +54,15 @@ class TrainedRun:
     @property
     def bag_level(self) -> str:
         return self.info.get("config", {}).get("bag_level", "slide")
+
+    @property
+    def head(self) -> Head:
+        """What the model predicts: classes, survival or a number (:class:`~abmil.slides.outcomes.Head`)."""
+        return Head.from_info(self.info)
+
+    @property
+    def task(self) -> str:
+        return self.head.task
 
 
 def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> TrainedRun:
@@ -72,7 +84,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> TrainedRun:
         in_dim, classes = int(info["in_dim"]), [str(c) for c in info["classes"]]
     except (TypeError, ValueError) as e:
         raise DataError(f"unreadable slide-run settings ({e})", path=where) from None
-    model = build_model(in_dim, len(classes), config)
+    model = build_model(in_dim, len(classes), config, Head.from_info(info))
     load_into(model, run_dir, info, "best" if info.get("extra", {}).get("best") else "weights")
     dev = torch.device(device)
     return TrainedRun(model.to(dev).eval(), classes, in_dim, info, dev)
@@ -94,12 +106,14 @@ def load_models(run_dir: str | os.PathLike, device: str = "cpu",
 class SlidePrediction(NamedTuple):
     slide_id: str
     probabilities: np.ndarray
-    """(n_classes,)"""
+    """(n_classes,) class probabilities; for other heads what :meth:`~abmil.slides.outcomes.Head.outputs` gives:
+    survival ``S_k`` at each bin's end (nll) or the log hazard ratio (cox), the prediction (regression)."""
     attention_logits: np.ndarray
     """(n_instances,) float32; weights = softmax."""
     coords: np.ndarray | None
     """(n_instances, 2) or None."""
     label: int | None = None
+    """The truth where known: the class index; survival (time, event); regression the target."""
     slides: tuple[tuple[str, int], ...] | None = None
     """A case's slides: (slide id, patches) in the order of its instances; None for a slide."""
 
@@ -107,6 +121,13 @@ class SlidePrediction(NamedTuple):
     def attention(self) -> np.ndarray:
         """(n_instances,) attention weights, summing to 1."""
         return torch.softmax(torch.from_numpy(self.attention_logits).double(), 0).float().numpy()
+
+
+def ensemble_head(runs: TrainedRun | Sequence[TrainedRun]) -> Head:
+    """The head of one run, or of an ensemble of fold models (:func:`~abmil.slides.outcomes.common_head`): what
+    their averaged predictions mean, and the CSV's columns."""
+    runs = [runs] if isinstance(runs, TrainedRun) else list(runs)
+    return common_head([r.head for r in runs])
 
 
 def check_dim(run: TrainedRun, file: FeatureFile) -> int:
@@ -128,6 +149,7 @@ def predict_bag(run: TrainedRun | Sequence[TrainedRun], files: Sequence[FeatureF
     """One bag, the instances of ``files`` end to end (one slide, or a case's slides), streamed through each model:
     its probabilities, and attention, averaged over the models (one model: its own attention logits)."""
     runs = [run] if isinstance(run, TrainedRun) else list(run)
+    head = ensemble_head(runs)
     sizes = [check_dim(r, f) for r in runs[:1] for f in files]
     coords: list[np.ndarray] = []
     probs, weights, logits = [], [], None
@@ -144,7 +166,8 @@ def predict_bag(run: TrainedRun | Sequence[TrainedRun], files: Sequence[FeatureF
                     yield features.float()
 
         out = r.model.pool_chunks(chunks(), device=r.device)
-        probs.append(out.probabilities()[0].cpu().numpy())
+        probs.append(out.probabilities()[0].cpu().numpy() if r.head.is_classification
+                     else r.head.align(r.head.outputs(out.logits)[0], head))
         logits = out.attention_logits.float().cpu()
         if len(runs) > 1:
             weights.append(torch.softmax(logits.double(), 0).numpy())
@@ -176,9 +199,14 @@ def predict_dataset(run: TrainedRun | Sequence[TrainedRun], dataset: FeatureBagD
     for r in runs[1:]:
         if r.classes != runs[0].classes or r.bag_level != runs[0].bag_level:
             raise ValueError("an ensemble's models must share their classes and bag level")
+    ensemble_head(runs)
     for f in dataset.files:
         check_dim(runs[0], f)
     bags = dataset_bags(dataset, runs[0].bag_level)
+    if not runs[0].head.is_classification:  # the truth of each bag: (time, event) or the target
+        outcomes = (dataset.outcomes if runs[0].bag_level == "slide"
+                    else CaseBagDataset(dataset).outcomes)
+        bags = [(bag_id, files, outcome) for (bag_id, files, _), outcome in zip(bags, outcomes)]
     if positions is not None:
         bags = [bags[i] for i in positions]
     return [predict_bag(runs, files, bag_id, label) for bag_id, files, label in bags]
@@ -190,21 +218,16 @@ def attention_path(csv_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".attention.h5")
 
 
-def prediction_header(classes: Sequence[str], id_column: str = "slide_id") -> list[str]:
-    return [id_column, "label", *[f"prob_{c}" for c in classes], "predicted"]
-
-
-def decide(probabilities: np.ndarray, classes: Sequence[str], threshold: float | None = None) -> str:
-    """The predicted class: with two classes and a ``threshold``, the second (positive) one when its probability is
-    at least the threshold (a run's Youden threshold, :func:`run_threshold`); else the most probable one."""
-    if threshold is not None and len(classes) == 2:
-        return classes[1] if float(probabilities[1]) >= threshold else classes[0]
-    return classes[int(np.argmax(probabilities))]
+def prediction_header(classes: Sequence[str], id_column: str = "slide_id", head: Head | None = None) -> list[str]:
+    """The CSV's columns: ``id, label, prob_<class>..., predicted``; survival ``id, time, event, risk[, surv_<t>...]``;
+    regression ``id, target, predicted`` (:meth:`~abmil.slides.outcomes.Head.header`)."""
+    return (head or Head()).header(classes, id_column)
 
 
 def run_threshold(run_dir: str | os.PathLike, fold: tuple[int, int] | None = None) -> float | None:
     """The decision threshold a cross-validation study stored (two classes): one fold's (chosen on its validation
-    part) or, for the ensemble of all folds, their mean (run.json). None for a single run or multi-class."""
+    part) or, for the ensemble of all folds, their mean (run.json). None for a single run, multi-class or another
+    task."""
     from .study import read_cv_run
 
     info = read_cv_run(run_dir)
@@ -215,17 +238,21 @@ def run_threshold(run_dir: str | os.PathLike, fold: tuple[int, int] | None = Non
     return info.get("fold_thresholds", {}).get(f"r{fold[0]}_f{fold[1]}")
 
 
-def prediction_row(p: SlidePrediction, classes: Sequence[str], threshold: float | None = None) -> list[str]:
-    """A CSV row of :func:`prediction_header`: probabilities with 6 decimals, the class :func:`decide` picks."""
-    label = "" if p.label is None else classes[p.label]
-    return [p.slide_id, label, *[f"{v:.6f}" for v in p.probabilities], decide(p.probabilities, classes, threshold)]
+def prediction_row(p: SlidePrediction, classes: Sequence[str], head: Head | None = None,
+                   threshold: float | None = None) -> list[str]:
+    """A CSV row of :func:`prediction_header`: probabilities with 6 decimals and the class :func:`decide` picks (or
+    a survival or regression head's columns)."""
+    return (head or Head()).row(p.slide_id, p.label, p.probabilities, classes, threshold)
 
 
 def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_path: str | os.PathLike,
                       h5_path: str | os.PathLike | None = None, id_column: str = "slide_id",
-                      threshold: float | None = None) -> Path:
+                      head: Head | None = None, threshold: float | None = None) -> Path:
     """Write the CSV and the attention HDF5 (default :func:`attention_path`); returns the HDF5 path.
-    ``id_column``: the first column's name (``case_id`` for cases); ``threshold``: see :func:`decide`."""
+    ``id_column``: the first column's name (``case_id`` for cases). ``head``: a survival or regression run's (the
+    HDF5's ``probabilities`` attribute then holds its outputs, and ``predicted`` its risk or prediction);
+    ``threshold``: a two-class run's decision threshold (:func:`decide`)."""
+    head = head or Head()
     import h5py
 
     preds = list(preds)
@@ -235,9 +262,9 @@ def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_
     h5_path = Path(h5_path) if h5_path is not None else attention_path(csv_path)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(prediction_header(classes, id_column))
+    writer.writerow(prediction_header(classes, id_column, head))
     for p in preds:
-        writer.writerow(prediction_row(p, classes, threshold))
+        writer.writerow(prediction_row(p, classes, head, threshold))
     # Both files or neither: each goes to a temporary file, and they are renamed only once both are complete (the
     # HDF5 first). Should the CSV's rename then fail, a new HDF5 is taken back out.
     h5_is_new = not h5_path.exists()
@@ -246,6 +273,7 @@ def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_
                 h5py.File(f, "w") as h5:  # h5py reads back as it writes
             out_csv.write(buf.getvalue())
             h5.attrs["classes"] = classes
+            h5.attrs["task"] = head.task
             for p in preds:
                 g = h5.create_group(p.slide_id)
                 g.create_dataset("attention", data=p.attention)
@@ -253,7 +281,9 @@ def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_
                 if p.coords is not None:
                     g.create_dataset("coords", data=p.coords)
                 g.attrs["probabilities"] = p.probabilities
-                g.attrs["predicted"] = decide(p.probabilities, classes, threshold)
+                g.attrs["predicted"] = (decide(p.probabilities, classes, threshold) if head.is_classification
+                                        else head.risk(p.probabilities) if head.task == "survival"
+                                        else float(p.probabilities[0]))
                 if p.slides is not None:
                     g.attrs["slides"] = [sid for sid, _ in p.slides]
                     g.attrs["slide_sizes"] = [n for _, n in p.slides]

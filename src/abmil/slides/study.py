@@ -43,6 +43,7 @@ from ..io import write_json_atomic, write_text_atomic
 from ..train.loop import Callback
 from ..train.splits import CaseSplit, case_cv_splits
 from .features import FeatureBagDataset, bags_at_level
+from .outcomes import Head, common_head, strata, stratum_names
 from .train import WSIConfig, class_names
 
 __all__ = ["CV_FORMAT", "DEFAULT_VAL_FRACTION", "cross_validate", "fold_dirs", "is_cv_run", "read_cv_run"]
@@ -118,7 +119,36 @@ def _check_out(out: Path, settings: dict) -> None:
                              f"this command has {value!r}: choose another --out (or rerun the same command)")
 
 
-def _fold_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
+#: The metrics of each fold and of the summary, per task.
+TASK_METRICS = {"classification": ("auc", "accuracy", "balanced_accuracy"), "survival": ("c_index",),
+                "regression": ("r2", "mae", "pearson")}
+
+
+def _plain_label(label):
+    """A prediction's truth as JSON: a class index, [time, event], a target, or None."""
+    if label is None:
+        return None
+    if isinstance(label, tuple):
+        return [float(label[0]), int(label[1])]
+    return int(label) if isinstance(label, (int, np.integer)) else float(label)
+
+
+def _fold_metrics(preds: list, head: Head) -> dict:
+    """A fold's metrics (:data:`TASK_METRICS`) of its predictions: classification by :func:`_class_metrics`;
+    survival Harrell's c-index of the risks; regression R², MAE and Pearson's r."""
+    from ..report.metrics import harrell_c_index, regression_metrics
+
+    if head.is_classification:
+        return _class_metrics(np.array([p.label for p in preds]),
+                              np.array([p.probabilities for p in preds], dtype=np.float64))
+    if head.task == "survival":
+        return {"c_index": _none_if_nan(harrell_c_index([p.label[0] for p in preds], [p.label[1] for p in preds],
+                                                        [head.risk(p.probabilities) for p in preds]))}
+    m = regression_metrics([p.label for p in preds], [p.probabilities[0] for p in preds])
+    return {k: _none_if_nan(m[k]) for k in TASK_METRICS["regression"]}
+
+
+def _class_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
     """AUC (binary, or one-vs-rest macro when every class occurs; None where undefined), accuracy, balanced accuracy
     of class probabilities (n, n_classes) against labels (n,), argmax predictions."""
     from sklearn.metrics import balanced_accuracy_score
@@ -164,12 +194,18 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
                         "held-out test slides in another manifest, for `abmil predict`)", path=dataset.manifest)
     out = Path(out)
     config = replace(config, val_split=config.val_split or DEFAULT_VAL_FRACTION)
+    task = config.task
+    if getattr(dataset, "task", "classification") != task:
+        raise ValueError(f"the dataset was read for the {dataset.task} task, the study is for {task}")
     bags = bags_at_level(dataset, config.bag_level)
-    classes = class_names(bags)
+    classes = class_names(bags) if task == "classification" else []
     in_dim = bags.validate()
-    labels = np.asarray(bags.labels)
+    labels = np.asarray(strata(task, bags.labels, bags.outcomes, folds))
+    if task == "survival" and not any(e for _, e in bags.outcomes):
+        raise DataError("field 'event': every slide is censored (event 0)", path=dataset.manifest)
     splits = case_cv_splits(labels, bags.case_ids, folds=folds, repeats=repeats, seed=config.seed,
-                            val_fraction=config.val_split, class_names=classes)
+                            val_fraction=config.val_split, class_names=classes or None,
+                            stratum=stratum_names(task))
     if config.monitor == "val_auc":
         for s in splits:
             missing = [classes[c] for c in range(len(classes)) if not np.any(labels[s.val] == c)]
@@ -179,7 +215,9 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
                                  "larger --val-fraction or --monitor val_loss")
     ids = list(bags.slide_ids)
     settings = {"folds": folds, "repeats": repeats, "bag_level": config.bag_level, "classes": classes,
-                "in_dim": in_dim, "n_bags": len(ids), "data": _fingerprint(ids, labels.tolist(), bags.case_ids),
+                "in_dim": in_dim, "n_bags": len(ids),
+                "data": _fingerprint(ids, [str(bags.outcomes[i]) if task != "classification" else bags.labels[i]
+                                           for i in range(len(ids))], bags.case_ids),
                 "config": config.to_dict()}
     _check_out(out, settings)
 
@@ -228,24 +266,24 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
         run = load_run(fold_dir, device)
         val = predict_dataset(run, dataset, s.val)
         test = predict_dataset(run, dataset, s.test)
+        head = run.head
         threshold = None
         if len(classes) == 2:
             from ..report.metrics import youden_threshold
 
             threshold = _none_if_nan(youden_threshold([p.label for p in val], [p.probabilities[1] for p in val]))
-        probs = lambda preds: np.array([p.probabilities for p in preds], dtype=np.float64)  # noqa: E731
         history = info["history"]
         record = {"settings": unit_settings(s), "key": s.key, "repeat": s.repeat, "fold": s.fold, "seed": s.seed,
                   "best_epoch": history.get("best_epoch", -1) + 1, "epochs_run": history.get("epochs_run"),
                   "stopped_early": history.get("stopped_early"), "threshold": threshold,
-                  "val": _fold_metrics(np.array([p.label for p in val]), probs(val)),
-                  "test": _fold_metrics(np.array([p.label for p in test]), probs(test)),
-                  "predictions": [[p.slide_id, int(p.label), [float(v) for v in p.probabilities]] for p in test]}
+                  "val": _fold_metrics(val, head), "test": _fold_metrics(test, head), "head": head.to_dict(),
+                  "predictions": [[p.slide_id, _plain_label(p.label), [float(v) for v in p.probabilities]]
+                                  for p in test]}
         UnitCache(fold_dir).write("fold", record)
         return record
 
     def publish() -> None:
-        _write_results(out, dataset, bags, splits, records, classes, config.bag_level)
+        _write_results(out, dataset, bags, splits, records, classes, config.bag_level, task)
 
     def done(unit: CaseSplit, record: dict) -> None:
         if on_fold is not None:
@@ -254,7 +292,7 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
     if pending:
         (out / "folds").mkdir(parents=True, exist_ok=True)
     run_pending(pending, work, records=records, publish=publish, on_done=done)
-    summary = _write_results(out, dataset, bags, splits, records, classes, config.bag_level)
+    summary = _write_results(out, dataset, bags, splits, records, classes, config.bag_level, task)
     thresholds = [records[k]["threshold"] for k in keys if records[k]["threshold"] is not None]
     write_json_atomic(out / RUN_JSON, {**run_info, "status": "finished",
                                        "threshold": float(np.mean(thresholds)) if thresholds else None,
@@ -264,8 +302,10 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
 
 
 def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[CaseSplit], records: dict[str, dict],
-                   classes: list[str], bag_level: str) -> dict:
-    """oof.csv and summary.{json,csv,md} of the finished folds (all of them at the end)."""
+                   classes: list[str], bag_level: str, task: str = "classification") -> dict:
+    """oof.csv and summary.{json,csv,md} of the finished folds (all of them at the end). A survival nll study's
+    ``surv_<t>`` columns are at the mean of the finished folds' bin ends (each fold's survival function interpolated
+    there: :func:`~abmil.slides.outcomes.common_head`); its ``risk`` is each fold model's own."""
     from .predict import SlidePrediction, prediction_header, prediction_row
 
     first = "slide_id" if bag_level == "slide" else "case_id"
@@ -273,7 +313,9 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
     position = {b: i for i, b in enumerate(bags.slide_ids)}
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    header = prediction_header(classes, first)
+    heads = {k: Head.from_info(r) for k, r in records.items()}
+    head = common_head(list(heads.values())) if heads else Head(task)
+    header = prediction_header(classes, first, head)
     writer.writerow([header[0], *extra, *header[1:], "repeat", "fold"])
     repeats = sorted({s.repeat for s in splits})
     for r in repeats:
@@ -282,16 +324,21 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
             rec = records.get(s.key)
             if s.repeat != r or rec is None:
                 continue
+            fold_head = heads[s.key]
             for bag_id, label, probs in rec["predictions"]:
-                p = SlidePrediction(bag_id, np.asarray(probs), np.zeros(0, np.float32), None, label)
-                row = prediction_row(p, classes, rec["threshold"])  # the fold's own validation threshold
+                values = fold_head.align(np.asarray(probs), head)
+                label = tuple(label) if isinstance(label, list) else label
+                p = SlidePrediction(bag_id, values, np.zeros(0, np.float32), None, label)
+                row = prediction_row(p, classes, head, rec.get("threshold"))  # the fold's own validation threshold
+                if head.loss == "nll":  # the fold's own risk, not that of its interpolated survival function
+                    row[3] = f"{fold_head.risk(np.asarray(probs)):.8g}"
                 cells = [row[0], *([bags.case_ids[position[bag_id]]] if extra else []), *row[1:], r, s.fold]
                 rows.append((position[bag_id], cells))
         for _, cells in sorted(rows, key=lambda t: t[0]):
             writer.writerow(cells)
     write_text_atomic(out / "oof.csv", buf.getvalue())
 
-    metrics = ("auc", "accuracy", "balanced_accuracy")
+    metrics = TASK_METRICS[task]
     per_fold = [{"key": s.key, "repeat": s.repeat, "fold": s.fold, "n_test": len(s.test),
                  **{m: records[s.key]["test"][m] for m in metrics}, "threshold": records[s.key]["threshold"],
                  "best_epoch": records[s.key]["best_epoch"], "epochs_run": records[s.key]["epochs_run"]}
@@ -318,12 +365,21 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
     lines = [f"# Cross-validation ({bag_level} level, {len(per_fold)} of {len(splits)} folds)", "",
              "| metric | mean | SD | folds |", "|---|---|---|---|"]
     lines += [f"| {m} | {_fmt(mean[m]['mean'])} | {_fmt(mean[m]['sd'])} | {mean[m]['n_folds']} |" for m in metrics]
-    lines += ["", "| fold | n test | AUC | accuracy | balanced accuracy | threshold | best epoch |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {f['key']} | {f['n_test']} | {_fmt(f['auc'])} | {_fmt(f['accuracy'])} | "
-              f"{_fmt(f['balanced_accuracy'])} | {_fmt(f['threshold'])} | {f['best_epoch']} |" for f in per_fold]
-    lines += ["", "SD: sample standard deviation over folds (ddof 1). AUC: binary of the last class, else one-vs-rest "
-              "macro. Threshold: Youden's J on the fold's validation part (two classes)."]
+    if task == "classification":
+        lines += ["", "| fold | n test | AUC | accuracy | balanced accuracy | threshold | best epoch |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {f['key']} | {f['n_test']} | {_fmt(f['auc'])} | {_fmt(f['accuracy'])} | "
+                  f"{_fmt(f['balanced_accuracy'])} | {_fmt(f['threshold'])} | {f['best_epoch']} |" for f in per_fold]
+        lines += ["", "SD: sample standard deviation over folds (ddof 1). AUC: binary of the last class, else "
+                  "one-vs-rest macro. Threshold: Youden's J on the fold's validation part (two classes)."]
+    else:
+        lines += ["", f"| fold | n test | {' | '.join(metrics)} | best epoch |", "|---|---|" + "---|" * len(metrics)
+                  + "---|"]
+        lines += [f"| {f['key']} | {f['n_test']} | " + " | ".join(_fmt(f[m]) for m in metrics)
+                  + f" | {f['best_epoch']} |" for f in per_fold]
+        lines += ["", "SD: sample standard deviation over folds (ddof 1). "
+                  + ("c_index: Harrell's, of each fold's test risks." if task == "survival"
+                     else "r2, mae, pearson of each fold's test predictions.")]
     write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
     return summary
 

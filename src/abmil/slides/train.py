@@ -42,16 +42,21 @@ from ..train.checkpoint import read_checkpoint
 from ..train.config import TrainConfig
 from ..train.distributed import World, gather_lists, init_distributed, max_divergence, shutdown
 from ..train.loop import Callback, Checkpointing, EarlyStopping, FitHistory, bf16_autocast, train_loop
-from ..train.loss import bag_losses, balanced_class_weights
+from ..train.loss import Objective, bag_losses, balanced_class_weights
 from ..train.schedule import epoch_steps
 from .features import BAG_LEVELS, CaseBagDataset, FeatureBagDataset, bags_at_level
 from .manifest import train_val_split
+from .outcomes import DEFAULT_BINS, Head, strata
 
 #: ``--monitor`` choices → the validation metrics early stopping compares, in order, lower is better (ties of the
 #: first broken by the next): the loss; the error (1 - accuracy), then the loss; the AUC as its negative, then the
 #: loss.
 MONITORS: dict[str, tuple[str, ...]] = {"val_loss": ("val_loss",), "val_error": ("val_error", "val_loss"),
-                                        "val_auc": ("val_neg_auc", "val_loss")}
+                                        "val_auc": ("val_neg_auc", "val_loss"),
+                                        "val_cindex": ("val_neg_cindex", "val_loss")}
+#: The monitors each task can use.
+TASK_MONITORS = {"classification": ("val_loss", "val_error", "val_auc"), "survival": ("val_loss", "val_cindex"),
+                 "regression": ("val_loss",)}
 CLASS_WEIGHTS = ("balanced",)
 SAMPLERS = ("shuffle", "balanced")
 
@@ -84,6 +89,11 @@ class WSIConfig:
         sampler: ``"shuffle"`` (each epoch every training slide once, shuffled) or ``"balanced"`` (each epoch n
             slides drawn with replacement, every class equally likely; seeded by (seed, epoch)).
         bag_level: ``"slide"`` (a bag is a slide) or ``"case"`` (a case's slides pooled into one bag).
+        task: ``"classification"``, ``"survival"`` (manifest columns ``time``, ``event``) or ``"regression"``
+            (``target``): the head and its loss (:mod:`abmil.slides.outcomes`, :mod:`abmil.train.loss`).
+        loss: the task's loss (survival ``nll`` (default) or ``cox``; regression ``mse`` (default) or ``huber``);
+            None: the task's default.
+        n_bins: survival ``nll``: time bins (quantiles of the training part's event times).
     """
 
     pooling: str = "gated"
@@ -105,6 +115,9 @@ class WSIConfig:
     class_weights: str | None = None
     sampler: str = "shuffle"
     bag_level: str = "slide"
+    task: str = "classification"
+    loss: str | None = None
+    n_bins: int = DEFAULT_BINS
 
     def __post_init__(self) -> None:
         self.train_config()  # validates optimizer, lr, epochs, weight_decay
@@ -123,6 +136,14 @@ class WSIConfig:
             raise ValueError("hidden, att_dim and chunk_size must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        object.__setattr__(self, "loss", Objective(self.task, self.loss).loss)  # validates task and loss
+        if self.monitor not in TASK_MONITORS[self.task]:
+            raise ValueError(f"--monitor {self.monitor} is not for the {self.task} task: use one of "
+                             f"{', '.join(TASK_MONITORS[self.task])}")
+        if self.task != "classification" and (self.class_weights is not None or self.sampler != "shuffle"):
+            raise ValueError("--class-weights and --sampler balanced are for classification")
+        if isinstance(self.n_bins, bool) or self.n_bins < 1:
+            raise ValueError(f"n_bins must be >= 1, got {self.n_bins}")
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
@@ -145,11 +166,12 @@ class WSIConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def build_model(in_dim: int, n_classes: int, config: WSIConfig) -> EmbeddingMIL:
-    """The run's model, initialised from ``config.seed``."""
+def build_model(in_dim: int, n_classes: int, config: WSIConfig, head: Head | None = None) -> EmbeddingMIL:
+    """The run's model, initialised from ``config.seed``; ``head``: a survival or regression run's."""
     torch.manual_seed(config.seed)
+    n_out = None if head is None or head.is_classification else head.n_out()
     return slide_model(config.pooling, in_dim, n_classes, hidden=config.hidden, att_dim=config.att_dim,
-                       dropout=config.dropout, chunk_size=config.chunk_size)
+                       dropout=config.dropout, chunk_size=config.chunk_size, n_out=n_out)
 
 
 def slide_loss(out, label: int) -> Tensor:
@@ -192,6 +214,39 @@ def val_metrics(rows: list[tuple[int, float, list[float], int]]) -> dict:
     return {"loss": float(losses.mean()), **metrics, "error": 1.0 - metrics["accuracy"]}
 
 
+@torch.no_grad()
+def score_outputs(model: EmbeddingMIL, dataset, indices: list[int], device: torch.device, bf16: bool = False
+                  ) -> list[tuple[int, list[float]]]:
+    """``(bag position, logits (n_out,))`` of each bag of ``indices`` (survival and regression validation)."""
+    model.eval()
+    rows = []
+    for i in indices:
+        bag = dataset.load(i)
+        with bf16_autocast(device, bf16):
+            out = model(bag.features.to(device))
+        rows.append((i, out.logits[0].float().cpu().tolist()))
+    return rows
+
+
+def head_val_metrics(rows: list[tuple[int, list[float]]], head: Head, outcomes: Sequence) -> dict:
+    """Validation metrics of a survival or regression head over all of ``rows`` together: the mean loss (Cox: the
+    partial likelihood of the whole validation part, per bag), and Harrell's c-index (survival) or R² (regression)."""
+    from ..nn.models import MILOutput
+    from ..report.metrics import harrell_c_index, regression_metrics
+
+    rows = sorted(rows)
+    logits = torch.tensor([r[1] for r in rows], dtype=torch.float64)
+    targets = [head.loop_target(outcomes[i]) for i, _ in rows]
+    y = torch.tensor(targets, dtype=torch.float64)
+    loss = float(bag_losses(MILOutput(logits), y, objective=head.objective()).mean())
+    values = head.outputs(logits)
+    if head.task == "survival":
+        risk = [head.risk(v) for v in values]
+        c = harrell_c_index([outcomes[i][0] for i, _ in rows], [outcomes[i][1] for i, _ in rows], risk)
+        return {"loss": loss, "cindex": c}
+    return {"loss": loss, "r2": regression_metrics([outcomes[i] for i, _ in rows], values[:, 0])["r2"]}
+
+
 def _check_resumable(info: dict, config: WSIConfig, classes: list[str], in_dim: int, train_slides: list[str],
                      world: World) -> None:
     """A checkpoint continues only the same run: same settings (except epochs), data shape, world."""
@@ -231,8 +286,9 @@ def pack_limit(config: WSIConfig, device: torch.device) -> int:
 class SlideBags:
     """The training slides of a dataset as the loop's bag source: read from disk at each visit."""
 
-    def __init__(self, dataset: FeatureBagDataset, positions: list[int]):
+    def __init__(self, dataset: FeatureBagDataset, positions: list[int], head: Head | None = None):
         self.dataset, self.positions = dataset, positions
+        self.head = None if head is None or head.is_classification else head
         self._sizes = dataset.bag_sizes()  # metadata, cached by validate()
 
     def __len__(self) -> int:
@@ -243,6 +299,8 @@ class SlideBags:
 
     def load(self, i: int, epoch: int) -> tuple[Tensor, int]:
         bag = self.dataset.load(self.positions[i])
+        if self.head is not None:
+            return bag.features, self.head.loop_target(self.dataset.outcomes[self.positions[i]])
         return bag.features, bag.label
 
 
@@ -284,18 +342,27 @@ def train_feature_model(dataset: FeatureBagDataset | CaseBagDataset, run_dir: st
 def _train(dataset: FeatureBagDataset | CaseBagDataset, run_dir: Path, config: WSIConfig, world: World,
            dev: torch.device, resume: bool, on_epoch: Callable[[dict], None] | None, callbacks: Sequence[Callback],
            split: tuple[Sequence[int], Sequence[int]] | None, select_best: bool) -> dict:
-    classes = class_names(dataset)
+    task = getattr(dataset, "task", "classification")
+    if task != config.task:
+        raise ValueError(f"the dataset was read for the {task} task, the run is for {config.task}")
+    classes = class_names(dataset) if task == "classification" else []
     in_dim = dataset.validate()
+    outcomes = getattr(dataset, "outcomes", [None] * len(dataset.slide_ids))
     if split is None:
-        train_idx, val_idx = train_val_split(dataset.labels, dataset.splits, config.val_split, config.seed,
-                                             dataset.case_ids)
+        train_idx, val_idx = train_val_split(strata(task, dataset.labels, outcomes).tolist(), dataset.splits,
+                                             config.val_split, config.seed, dataset.case_ids)
     else:
         train_idx, val_idx = [int(i) for i in split[0]], [int(i) for i in split[1]]
-    trained = sorted({int(dataset.labels[i]) for i in train_idx})
-    if len(trained) < 2:
-        names = ", ".join(classes[c] for c in trained) or "none"
-        raise DataError(f"the training slides hold one class only ({names}): a classifier needs at least two",
-                        path=getattr(dataset, "manifest", None))
+    if task == "classification":
+        trained = sorted({int(dataset.labels[i]) for i in train_idx})
+        if len(trained) < 2:
+            names = ", ".join(classes[c] for c in trained) or "none"
+            raise DataError(f"the training slides hold one class only ({names}): a classifier needs at least two",
+                            path=getattr(dataset, "manifest", None))
+    head = Head.fit(task, config.loss, [outcomes[i] for i in train_idx], config.n_bins, manifest=dataset.manifest)
+    if config.loss == "cox" and config.batch_instances is None and (config.batch_size or 1) * world.size < 2:
+        raise ValueError("--loss cox compares the slides of each step: give --batch-size 2 or more (e.g. 16-64; "
+                         "under torchrun the risk set is the global batch of all processes)")
     stopping = config.early_stopping(select_best)
     if stopping is not None and not val_idx:
         raise ValueError("early stopping (--patience) needs validation slides: give --val-split or val rows in the "
@@ -320,12 +387,23 @@ def _train(dataset: FeatureBagDataset | CaseBagDataset, run_dir: Path, config: W
         _check_resumable(found, config, classes, in_dim, train_slides, world)
         return True
 
-    model = build_model(in_dim, len(classes), config).to(dev)
+    model = build_model(in_dim, len(classes), config, head)
+    baseline = head.baseline_logits([outcomes[i] for i in train_idx])
+    if baseline is not None:  # the survival head starts from the training part's pooled hazards
+        with torch.no_grad():
+            model.classifier.bias.copy_(torch.as_tensor(baseline, dtype=model.classifier.bias.dtype))
+    model = model.to(dev)
     net = _data_parallel(model, dev) if world.distributed else model
 
     def validate(m: torch.nn.Module) -> dict:
         record = {"rank_weight_max_diff": max_divergence(m, world)} if world.distributed else {}
-        if val_idx:  # each rank scores its share of the validation slides
+        if val_idx and not head.is_classification:
+            rows = gather_lists(score_outputs(m, dataset, val_idx[world.rank::world.size], dev, config.bf16), world)
+            record.update({f"val_{k}": v for k, v in head_val_metrics(rows, head, outcomes).items()})
+            if "val_cindex" in record:
+                c = record["val_cindex"]
+                record["val_neg_cindex"] = -c if c == c else float("nan")
+        elif val_idx:  # each rank scores its share of the validation slides
             rows = gather_lists(score_slides(m, dataset, val_idx[world.rank::world.size], dev, config.bf16), world)
             record.update({f"val_{k}": v for k, v in val_metrics(rows).items()})
             if stopping is not None and config.monitor == "val_auc":
@@ -339,8 +417,9 @@ def _train(dataset: FeatureBagDataset | CaseBagDataset, run_dir: Path, config: W
 
     info = {"in_dim": in_dim, "classes": classes, "config": config.to_dict(),
             "world_size": world.size, "train_slides": train_slides,
-            "val_slides": [dataset.slide_ids[i] for i in val_idx], "class_weights": class_weights}
-    train_loop(model, SlideBags(dataset, train_idx), config.train_config(),
+            "val_slides": [dataset.slide_ids[i] for i in val_idx], "class_weights": class_weights,
+            "head": head.to_dict()}
+    train_loop(model, SlideBags(dataset, train_idx, head), config.train_config(),
                lambda epoch, step: epoch_steps(len(train_idx), config.seed, epoch, rank=world.rank,
                                                world_size=world.size, batch_size=config.batch_size,
                                                batch_instances=config.batch_instances, bag_sizes=train_sizes,
@@ -348,5 +427,6 @@ def _train(dataset: FeatureBagDataset | CaseBagDataset, run_dir: Path, config: W
                seed=config.seed, validate=validate, stopping=stopping,
                checkpoint=Checkpointing(run_dir, "slide", None, info, accept),
                callbacks=[*callbacks, Report()], net=net, world=world, device=dev, bf16=config.bf16,
-               pack_limit=pack_limit(config, dev), class_weights=class_weights)
+               pack_limit=pack_limit(config, dev), class_weights=class_weights,
+               objective=None if head.is_classification else head.objective())
     return read_checkpoint(run_dir)

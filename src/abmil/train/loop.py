@@ -34,10 +34,11 @@ from torch import Tensor, nn
 from ..data.bags import pack
 from ..errors import DataError
 from ..nn.dropout import set_dropout_key
+from ..nn.models import MILOutput
 from .checkpoint import CHECKPOINT, load_extra, load_into, read_checkpoint, restore_optimizer, save_checkpoint
 from .config import TrainConfig
-from .distributed import World, all_reduce_sum, barrier
-from .loss import bag_losses
+from .distributed import World, all_reduce_sum, barrier, gather_lists
+from .loss import Objective, bag_losses
 from .optim import make_optimizer
 from .subnormal import flush_subnormal_, subnormals_as_zero
 
@@ -272,11 +273,17 @@ def pack_groups(sizes: Sequence[int], limit: int | None) -> list[list[int]]:
     return groups
 
 
-def _pass(net: nn.Module, model: nn.Module, bags: list[tuple[Tensor, Any]], keys: list[int] | int, seed: int,
-          weight: float, device: torch.device, bf16: bool, class_weights: Tensor | None = None) -> float:
-    """Forward and backward of ``bags`` packed end to end (one bag: as it is, giant-bag mode included), each bag's
-    loss times ``weight``; returns the sum of the bags' losses."""
-    labels = torch.tensor([y for _, y in bags], device=device)
+def _targets(bags: list[tuple[Tensor, Any]], device: torch.device) -> Tensor:
+    """The labels of ``bags``: class indices or floats, or for survival (time bin, event, time) rows, float64."""
+    ys = [y for _, y in bags]
+    if isinstance(ys[0], (tuple, list)):
+        return torch.tensor(ys, dtype=torch.float64, device=device)
+    return torch.tensor(ys, device=device)
+
+
+def _forward(net: nn.Module, model: nn.Module, bags: list[tuple[Tensor, Any]], keys: list[int] | int, seed: int,
+             device: torch.device, bf16: bool):
+    """The output of ``bags`` packed end to end (one bag: as it is, giant-bag mode included), dropout keyed."""
     if len(bags) == 1:
         x, bag_index = bags[0][0].to(device, non_blocking=True), None
         set_dropout_key(model, seed, keys if isinstance(keys, int) else keys[0])
@@ -289,28 +296,77 @@ def _pass(net: nn.Module, model: nn.Module, bags: list[tuple[Tensor, Any]], keys
         else:
             set_dropout_key(model, seed, keys, rows=sizes)
     with bf16_autocast(device, bf16):
-        out = net(x, bag_index, len(bags)) if bag_index is not None else net(x)
-    losses = bag_losses(out, labels, class_weights)
+        return net(x, bag_index, len(bags)) if bag_index is not None else net(x)
+
+
+def _pass(net: nn.Module, model: nn.Module, bags: list[tuple[Tensor, Any]], keys: list[int] | int, seed: int,
+          weight: float, device: torch.device, bf16: bool, class_weights: Tensor | None = None,
+          objective: Objective | None = None, logit_grads: Tensor | None = None) -> float:
+    """Forward and backward of ``bags`` packed end to end, each bag's loss times ``weight``; returns the sum of the
+    bags' losses. ``logit_grads`` (n_bags, n_out): a coupled objective's gradient of the step's summed loss with
+    respect to these bags' logits (:func:`_coupled_step`): the backward pass then follows it, and the returned sum
+    is 0 (the step's losses are counted there)."""
+    out = _forward(net, model, bags, keys, seed, device, bf16)
+    if logit_grads is not None:
+        (out.logits.float() * logit_grads.to(device, torch.float32)).sum().mul(weight).backward()
+        return 0.0
+    losses = bag_losses(out, _targets(bags, device), class_weights, objective)
     (losses.sum() * weight).backward()
     return float(losses.detach().sum())
 
 
+def _coupled_step(model: nn.Module, source: BagSource, step: Step, groups: list[list[int]], epoch: int, seed: int,
+                  device: torch.device, bf16: bool, world: World, objective: Objective
+                  ) -> tuple[list[Tensor], float]:
+    """A loss over the whole step (Cox): this rank's bags forwarded without gradients (the same dropout keys and
+    passes as the training passes, so the same outputs), every rank's outputs and targets gathered, the step's
+    per-bag losses and their gradients with respect to each logit computed on the gathered set. Returns the gradients
+    of each pass's bags (to back-propagate through the passes) and this rank's share of the summed loss."""
+    mine = []
+    with torch.no_grad():
+        for group in groups:
+            keys = step.keys if isinstance(step.keys, int) else [step.keys[k] for k in group]
+            bags = [source.load(step.bags[k], epoch) for k in group]
+            out = _forward(model, model, bags, keys, seed, device, bf16)
+            mine += [(world.rank, row.double().cpu(), y) for row, (_, y) in zip(out.logits.float(), bags)]
+    gathered = gather_lists(mine, world) if world.distributed else mine
+    if not gathered:
+        return [], 0.0
+    logits = torch.stack([row for _, row, _ in gathered]).requires_grad_(True)
+    losses = bag_losses(MILOutput(logits), _targets([(None, y) for _, _, y in gathered], torch.device("cpu")),
+                        objective=objective)
+    losses.sum().backward()
+    own = [k for k, (rank, _, _) in enumerate(gathered) if rank == world.rank]
+    grads, total, start = [], float(losses.detach()[own].sum()) if own else 0.0, 0
+    for group in groups:
+        grads.append(logits.grad[own[start:start + len(group)]])
+        start += len(group)
+    return grads, total
+
+
 def _run_step(net: nn.Module, model: nn.Module, source: BagSource, step: Step, epoch: int, seed: int,
               pack_limit: int | None, device: torch.device, bf16: bool, world: World,
-              class_weights: Tensor | None = None) -> float:
+              class_weights: Tensor | None = None, objective: Objective | None = None) -> float:
     """This process's passes of ``step``, gradients accumulating (DDP all-reduces once, on the last pass)."""
+    coupled = objective is not None and objective.coupled
     if not step.bags:  # this rank still takes part in the all-reduce, with a zero-weighted dummy bag
+        if coupled:
+            _coupled_step(model, source, step, [], epoch, seed, device, bf16, world, objective)
         x, y = source.load(0, epoch)
-        return _pass(net, model, [(torch.zeros_like(x[:1]), y)], 0, seed, 0.0, device, bf16) * 0.0
+        return _pass(net, model, [(torch.zeros_like(x[:1]), y)], 0, seed, 0.0, device, bf16,
+                     objective=objective) * 0.0
     shared = isinstance(step.keys, int)
     groups = pack_groups([source.size(i) for i in step.bags], None if shared else pack_limit)
-    total = 0.0
+    grads, total = ([None] * len(groups), 0.0)
+    if coupled:
+        grads, total = _coupled_step(model, source, step, groups, epoch, seed, device, bf16, world, objective)
     for j, group in enumerate(groups):
         last = j == len(groups) - 1
         with nullcontext() if last or not world.distributed else net.no_sync():
             keys = step.keys if shared else [step.keys[k] for k in group]
             bags = [source.load(step.bags[k], epoch) for k in group]
-            total += _pass(net, model, bags, keys, seed, step.weight, device, bf16, class_weights)
+            total += _pass(net, model, bags, keys, seed, step.weight, device, bf16, class_weights, objective,
+                           grads[j])
     return total
 
 
@@ -337,7 +393,7 @@ def train_loop(model: nn.Module, source: BagSource, config: TrainConfig,
                checkpoint: Checkpointing | None = None, callbacks: Sequence[Callback] = (),
                net: nn.Module | None = None, world: World = SINGLE_PROCESS, device: torch.device | str | None = None,
                bf16: bool = False, pack_limit: int | None = None,
-               class_weights: Sequence[float] | None = None) -> FitHistory:
+               class_weights: Sequence[float] | None = None, objective: Objective | None = None) -> FitHistory:
     """Train ``model`` in place for ``config.epochs`` epochs (or until early stopping).
 
     Args:
@@ -354,6 +410,8 @@ def train_loop(model: nn.Module, source: BagSource, config: TrainConfig,
         pack_limit: most instances per pass where bags have their own dropout keys (None: the whole step).
         class_weights: (n_classes,) factors on each bag's loss by its label (:func:`~abmil.train.loss.bag_losses`);
             the epoch's ``train_loss`` is then the weighted loss.
+        objective: a survival or regression head's loss (:class:`~abmil.train.loss.Objective`; None:
+            classification). A coupled one (Cox) is computed over the bags of each step, across ranks.
 
     Returns:
         the run's :class:`FitHistory`; the model is left in eval mode.
@@ -385,7 +443,8 @@ def train_loop(model: nn.Module, source: BagSource, config: TrainConfig,
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(step)
             optimizer.zero_grad(set_to_none=True)
-            loss_sum += _run_step(net, model, source, s, epoch, seed, pack_limit, device, bf16, world, weights)
+            loss_sum += _run_step(net, model, source, s, epoch, seed, pack_limit, device, bf16, world, weights,
+                                  objective)
             n_bags += len(s.bags)
             optimizer.step()
             step += 1

@@ -1,10 +1,25 @@
 """The training objective, for every model and task: per-bag losses and their mean.
 
-Two classes: the paper's loss, the negative Bernoulli log-likelihood of the bag probability clamped to
-[1e-5, 1 - 1e-5] as in Ilse et al.'s reference code (for probability-pooling models the pooled probability itself).
-More classes: softmax cross-entropy on the logits.
+Classification (the default task). Two classes: the paper's loss, the negative Bernoulli log-likelihood of the bag
+probability clamped to [1e-5, 1 - 1e-5] as in Ilse et al.'s reference code (for probability-pooling models the pooled
+probability itself). More classes: softmax cross-entropy on the logits.
+
+Survival (:class:`Objective` ``task="survival"``), targets ``(n_bags, 3)`` = (time bin, event, time):
+
+- ``nll``: discrete-time hazards (Zadeh & Schmid 2021; PORPOISE's ``nll_surv``): ``n_bins`` logits, hazard
+  ``h_k = sigmoid(logit_k)``, survival ``S_k = prod_{j<=k} (1 - h_j)``; an event in bin ``y`` costs
+  ``-log S_{y-1} - log h_y``, a bag censored in bin ``y`` costs ``-log S_y`` (it survived bin ``y``)
+  (:func:`discrete_survival_nll`). Per bag: separable.
+- ``cox``: the negative Cox partial log-likelihood over the bags of one optimizer step (the risk set of an event
+  bag is every bag of the step with a time >= its time, Breslow's handling of ties; censored bags add 0)
+  (:func:`cox_partial_nll`). Not separable: the loop computes the step's risks first, then each pass's gradient
+  from them (:attr:`Objective.coupled`); a step of one bag, or without an event, contributes 0.
+
+Regression (``task="regression"``), targets ``(n_bags,)`` (standardised by the caller): ``mse`` or ``huber``.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +44,101 @@ def _binary_nll(prob: Tensor, y: Tensor) -> Tensor:
     return bernoulli_nll(prob, y.to(prob.dtype))
 
 
-def bag_losses(out: MILOutput, y: Tensor, class_weights: Tensor | None = None) -> Tensor:
+TASKS = ("classification", "survival", "regression")
+#: The losses of each task; the first is its default.
+TASK_LOSSES: dict[str, tuple[str, ...]] = {"classification": ("bernoulli",), "survival": ("nll", "cox"),
+                                           "regression": ("mse", "huber")}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a head is trained for: ``task`` (one of :data:`TASKS`) and its ``loss`` (:data:`TASK_LOSSES`; None: the
+    task's default). ``alpha``: PORPOISE's extra weight on the uncensored term of ``nll`` (0: the plain likelihood).
+    ``huber_delta``: Huber's threshold (in standardised target units)."""
+
+    task: str = "classification"
+    loss: str | None = None
+    alpha: float = 0.0
+    huber_delta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.loss is None:
+            object.__setattr__(self, "loss", TASK_LOSSES[self.task][0])
+        if self.loss not in TASK_LOSSES[self.task]:
+            raise ValueError(f"the {self.task} task's loss must be one of {', '.join(TASK_LOSSES[self.task])}, "
+                             f"got {self.loss!r}")
+        if not 0.0 <= self.alpha <= 1.0 or self.huber_delta <= 0:
+            raise ValueError("alpha must be in [0, 1] and huber_delta > 0")
+
+    @property
+    def coupled(self) -> bool:
+        """Whether a bag's loss depends on the other bags of its step (Cox): the loop then computes the step's
+        outputs first and each pass's gradient from them."""
+        return self.loss == "cox"
+
+
+CLASSIFICATION = Objective()
+
+
+def discrete_survival_nll(logits: Tensor, bins: Tensor, events: Tensor, alpha: float = 0.0) -> Tensor:
+    """Per-bag negative log-likelihood of discrete-time hazards, (n_bags,): ``logits`` (n_bags, n_bins), ``bins``
+    (n_bags,) the bin of each bag's time, ``events`` (n_bags,) 1 = event, 0 = censored. With ``alpha``, PORPOISE's
+    ``(1 - alpha) * nll + alpha * uncensored term``. Computed with log-sigmoids (no clamp)."""
+    logits = logits.float() if logits.dtype in _HALF else logits
+    bins = bins.long().clamp(0, logits.shape[1] - 1).unsqueeze(1)
+    events = events.to(logits.dtype)
+    log_h = F.logsigmoid(logits)              # log h_k
+    log_s = torch.cumsum(F.logsigmoid(-logits), 1)  # log S_k = sum_{j<=k} log(1 - h_j)
+    log_s_before = (log_s - F.logsigmoid(-logits)).gather(1, bins)[:, 0]  # log S_{y-1} (0 for y = 0)
+    uncensored = -events * (log_s_before + log_h.gather(1, bins)[:, 0])
+    censored = -(1.0 - events) * log_s.gather(1, bins)[:, 0]
+    return (1.0 - alpha) * (censored + uncensored) + alpha * uncensored
+
+
+def cox_partial_nll(risk: Tensor, times: Tensor, events: Tensor) -> Tensor:
+    """Per-bag terms of the negative Cox partial log-likelihood of one set of bags, (n_bags,): an event bag i gives
+    ``log sum_{j: t_j >= t_i} exp(r_j) - r_i`` (Breslow's ties), a censored bag 0; their sum is the set's negative
+    partial log-likelihood. ``risk`` (n_bags,) log hazard ratios."""
+    risk = risk.float() if risk.dtype in _HALF else risk
+    times = times.to(risk.device)
+    at_risk = times[None, :] >= times[:, None]           # [i, j]: j is in i's risk set
+    masked = risk[None, :].expand(risk.numel(), -1).masked_fill(~at_risk, float("-inf"))
+    return events.to(risk.dtype) * (torch.logsumexp(masked, 1) - risk)
+
+
+def regression_losses(pred: Tensor, target: Tensor, loss: str = "mse", delta: float = 1.0) -> Tensor:
+    """Per-bag squared error or Huber loss (PyTorch's ``huber_loss``), (n_bags,)."""
+    pred = pred.float() if pred.dtype in _HALF else pred
+    target = target.to(pred.dtype)
+    if loss == "mse":
+        return (pred - target) ** 2
+    return F.huber_loss(pred, target, reduction="none", delta=delta)
+
+
+def task_losses(out: MILOutput, y: Tensor, objective: Objective) -> Tensor:
+    """Per-bag losses of a survival or regression head (see the module docstring for ``y``)."""
+    logits = out.logits
+    if objective.task == "regression":
+        return regression_losses(logits[:, 0], y.reshape(-1), objective.loss, objective.huber_delta)
+    y = y.reshape(-1, 3)
+    if objective.loss == "nll":
+        return discrete_survival_nll(logits, y[:, 0], y[:, 1], objective.alpha)
+    return cox_partial_nll(logits[:, 0], y[:, 2], y[:, 1])
+
+
+def bag_losses(out: MILOutput, y: Tensor, class_weights: Tensor | None = None,
+               objective: Objective | None = None) -> Tensor:
     """The loss of each bag, (n_bags,): ``y`` 0/1 (two classes) or class indices. Deep-supervision heads
     (Wang et al.'s MI-Net with DS) add up. ``class_weights`` (n_classes,): each bag's loss times its class's weight
     (e.g. :func:`balanced_class_weights`; the mean of a step is then the sum of weighted losses over the bags of the
-    step, not over their weights, so that a step of one bag keeps its weight)."""
+    step, not over their weights, so that a step of one bag keeps its weight). ``objective``: a survival or
+    regression head (:class:`Objective`; ``y`` its targets); None: classification."""
+    if objective is not None and objective.task != "classification":
+        if class_weights is not None:
+            raise ValueError("class weights are for classification")
+        return task_losses(out, y, objective)
     losses = _bag_losses(out, y)
     if class_weights is None:
         return losses

@@ -115,11 +115,12 @@ class CaseSplit:
 
 def case_cv_splits(labels: Sequence[int] | np.ndarray, groups: Sequence | np.ndarray | None = None, *,
                    folds: int, repeats: int = 1, seed: int = 0, val_fraction: float | None = 0.2,
-                   class_names: Sequence[str] | None = None) -> list[CaseSplit]:
+                   class_names: Sequence[str] | None = None, stratum: str = "class") -> list[CaseSplit]:
     """Repeated stratified group K-fold: for each repeat, ``StratifiedGroupKFold(folds, shuffle=True,
     random_state=seed * 1000 + repeat)`` over the cases; each training part less a validation part
     (:func:`stratified_group_holdout` with ``min_per_class``, seeded by :func:`fold_seed`); ``val_fraction`` None:
-    no validation part.
+    no validation part. ``labels`` are the strata: classes, or (survival, regression) the event or a target quantile
+    group (:func:`abmil.slides.outcomes.strata`); ``stratum`` is how messages name them.
 
     Raises:
         ValueError: folds < 2 or repeats < 1; a class with fewer cases than folds (a test fold would miss it); a test
@@ -140,13 +141,15 @@ def case_cv_splits(labels: Sequence[int] | np.ndarray, groups: Sequence | np.nda
 
     classes = np.unique(case_label)
     if classes.size < 2:
-        raise ValueError(f"cross-validation needs cases of at least two classes, all cases are of class "
+        plural = "classes" if stratum == "class" else f"{stratum}s"
+        raise ValueError(f"cross-validation needs cases of at least two {plural}, all cases are of {stratum} "
                          f"{name(int(classes[0]))}")
     for c in classes:
         n_c = int((case_label == c).sum())
         if n_c < folds:
-            raise ValueError(f"class {name(int(c))} has {n_c} case(s), fewer than the {folds} folds: every test fold "
-                             f"needs a case of each class (use --folds {max(n_c, 2)} or fewer, or more cases)")
+            raise ValueError(f"{stratum} {name(int(c))} has {n_c} case(s), fewer than the {folds} folds: every test "
+                             f"fold needs a case of each {stratum} (use --folds {max(n_c, 2)} or fewer, or more "
+                             "cases)")
     out = []
     for r in range(repeats):
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed * 1000 + r)
@@ -156,7 +159,7 @@ def case_cv_splits(labels: Sequence[int] | np.ndarray, groups: Sequence | np.nda
             for part, idx in (("test fold", te), ("training part", tr)):
                 missing = [name(int(c)) for c in classes if not np.any(labels[idx] == c)]
                 if missing:
-                    raise ValueError(f"{where}: the {part} holds no case of class {', '.join(missing)}; "
+                    raise ValueError(f"{where}: the {part} holds no case of {stratum} {', '.join(missing)}; "
                                      "use fewer folds")
             tr = np.sort(tr).astype(np.int64)
             if val_fraction is None:
