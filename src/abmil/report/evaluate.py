@@ -38,7 +38,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -519,6 +519,23 @@ def _plain(v: float) -> float | None:
     return None if v is None or math.isnan(v) else float(v)
 
 
+def metric_rows(levels: Sequence, point: Callable[[Any], dict], boot: dict) -> list[dict]:
+    """One output row per level and metric: ``point(level)`` gives ``{(metric, class): value}``, ``boot`` (of
+    :func:`bootstrap`) the resampled values behind its 95 % percentile interval; resamples where the metric is
+    undefined (NaN) are left out and counted."""
+    lo_q, hi_q = 100 * (1 - CI_LEVEL) / 2, 100 * (1 + CI_LEVEL) / 2
+    rows = []
+    for lv in levels:
+        for (metric, cls), value in point(lv).items():
+            values = boot.get(lv.name, {}).get((metric, cls), np.empty(0))
+            ok = values[~np.isnan(values)]
+            lo, hi = (np.percentile(ok, [lo_q, hi_q]) if ok.size else (math.nan, math.nan))
+            rows.append({"level": lv.name, "metric": metric, "class": cls, "value": _plain(value),
+                         "ci_low": _plain(lo), "ci_high": _plain(hi), "n_bootstrap": int(ok.size),
+                         "n_skipped": int(values.size - ok.size)})
+    return rows
+
+
 def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | os.PathLike,
                          manifest: str | os.PathLike | None = None, labels_from: str = "auto",
                          threshold: float | None = None, run: str | os.PathLike | None = None,
@@ -556,16 +573,7 @@ def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | o
     thr, thr_source = _threshold(pred, threshold, run)
     levels = _levels(pred)
     boot = bootstrap(levels, pred.classes, thr, n_bootstrap, seed) if n_bootstrap else {}
-    lo_q, hi_q = 100 * (1 - CI_LEVEL) / 2, 100 * (1 + CI_LEVEL) / 2
-    rows = []
-    for lv in levels:
-        for (metric, cls), value in compute_metrics(lv.labels, lv.probs, pred.classes, thr).items():
-            values = boot.get(lv.name, {}).get((metric, cls), np.empty(0))
-            ok = values[~np.isnan(values)]
-            lo, hi = (np.percentile(ok, [lo_q, hi_q]) if ok.size else (math.nan, math.nan))
-            rows.append({"level": lv.name, "metric": metric, "class": cls, "value": _plain(value),
-                         "ci_low": _plain(lo), "ci_high": _plain(hi), "n_bootstrap": int(ok.size),
-                         "n_skipped": int(values.size - ok.size)})
+    rows = metric_rows(levels, lambda lv: compute_metrics(lv.labels, lv.probs, pred.classes, thr), boot)
 
     binary = len(pred.classes) == 2
     plot_level = levels[-1]  # the case level where there is one: the unit the intervals are about

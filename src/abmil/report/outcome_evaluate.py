@@ -42,10 +42,10 @@ from .evaluate import (
     _case_column,
     _csv,
     _Level,
-    _plain,
     _read_table,
     _write_folder,
     bootstrap,
+    metric_rows,
 )
 
 __all__ = ["IBS_POINTS", "evaluate_outcomes", "regression_metrics", "survival_metrics"]
@@ -265,16 +265,7 @@ def evaluate_outcomes(predictions_csv: str | os.PathLike, task: str, *, out_dir:
             return regression_metrics(y, o)
 
     boot = bootstrap(levels, [], None, n_bootstrap, seed, metrics=metrics) if n_bootstrap else {}
-    lo_q, hi_q = 100 * (1 - CI_LEVEL) / 2, 100 * (1 + CI_LEVEL) / 2
-    rows = []
-    for lv in levels:
-        for (metric, cls), value in metrics(lv.labels, lv.probs).items():
-            values = boot.get(lv.name, {}).get((metric, cls), np.empty(0))
-            ok = values[~np.isnan(values)]
-            lo, hi = (np.percentile(ok, [lo_q, hi_q]) if ok.size else (math.nan, math.nan))
-            rows.append({"level": lv.name, "metric": metric, "class": cls, "value": _plain(value),
-                         "ci_low": _plain(lo), "ci_high": _plain(hi), "n_bootstrap": int(ok.size),
-                         "n_skipped": int(values.size - ok.size)})
+    rows = metric_rows(levels, lambda lv: metrics(lv.labels, lv.probs), boot)
     plot_level = levels[-1]
     figure = "km.png" if task == "survival" else "scatter.png"
     meta = {"task": task, "predictions": path, "manifest": None if manifest is None else os.fspath(manifest),
