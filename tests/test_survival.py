@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from abmil.cli import main
+from abmil.data.synthetic import write_outcome_cohort as make_outcome_cohort
 from abmil.nn.models import MILOutput
 from abmil.report.metrics import harrell_c_index
 from abmil.slides.features import FeatureBagDataset
@@ -22,7 +23,7 @@ from abmil.slides.outcomes import Head
 from abmil.slides.train import WSIConfig, train_feature_model
 from abmil.train.loss import Objective, bag_losses, cox_partial_nll, discrete_survival_nll
 from test_ddp import free_port
-from wsi_helpers import load_weights, make_outcome_cohort
+from wsi_helpers import load_weights
 
 HEADS = [("survival", "nll"), ("survival", "cox"), ("regression", "mse"), ("regression", "huber")]
 SMALL = ["--hidden", "16", "--att-dim", "8", "--dropout", "0"]

@@ -107,35 +107,3 @@ def fail(capsys, argv: list[str], *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in err, (fragment, err)
     return err
-
-
-def make_outcome_cohort(root: Path, task: str, n_slides: int = 60, *, seed: int = 0, sizes: tuple[int, int] = (20, 40),
-                        dim: int = DIM, censor_scale: float = 1.0) -> tuple[Path, Path, dict[str, np.ndarray]]:
-    """A synthetic survival or regression cohort with a planted truth: each slide has a grade ``g ~ U(0, 3)`` carried
-    by its *key* instances only (``max(2, n // 8)`` of them, feature 1 shifted by ``2 + 2 g``; the rest noise).
-    Survival: hazard ``0.05 exp(1.5 g)``, exponential event times, independent exponential censoring (about 40% censored
-    at ``censor_scale`` 1); columns ``time, event``. Regression: ``target = 10 + 5 g + N(0, 0.5)``. Returns (manifest,
-    features_dir, {slide_id: key instance rows})."""
-    rng = np.random.default_rng(seed)
-    features = root / "features"
-    features.mkdir(parents=True, exist_ok=True)
-    header = "slide_id,time,event" if task == "survival" else "slide_id,target"
-    lines, keys = [header], {}
-    for i in range(n_slides):
-        n = int(rng.integers(*sizes))
-        g = rng.uniform(0.0, 3.0)
-        x = rng.standard_normal((n, dim)).astype(np.float32)
-        hot = rng.choice(n, size=max(2, n // 8), replace=False)
-        x[hot, 1] += 2.0 + 2.0 * g
-        sid = f"c{i:03d}"
-        keys[sid] = np.sort(hot)
-        write_slide(features / f"{sid}.h5", x, grid(n))
-        if task == "survival":
-            t = rng.exponential(1.0 / (0.05 * np.exp(1.5 * g)))
-            c = rng.exponential(censor_scale * 3.3)
-            lines.append(f"{sid},{min(t, c):.4f},{int(t <= c)}")
-        else:
-            lines.append(f"{sid},{10.0 + 5.0 * g + rng.normal(0, 0.5):.4f}")
-    manifest = root / "manifest.csv"
-    manifest.write_text("\n".join(lines) + "\n")
-    return manifest, features, keys

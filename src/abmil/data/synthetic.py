@@ -1,5 +1,6 @@
 """Synthetic slide cohorts written as a study's real inputs (CLAM-style HDF5 files and a manifest), for tests and
-demonstrations where the truth is known.
+demonstrations where the truth is known: :func:`write_patient_cohort` (patient-level leakage) and
+:func:`write_outcome_cohort` (survival or regression outcomes carried by a few key patches).
 
 :func:`write_patient_cohort` makes the case that shows why splits must keep a patient's slides together: every slide
 of a patient shares that patient's *signature* (a random feature vector plus noise) and the label is drawn per patient,
@@ -46,3 +47,41 @@ def write_patient_cohort(out: str | os.PathLike, *, n_patients: int = 40, slides
     with open(slides, "w", newline="") as f:
         csv.writer(f).writerows([("slide_id", "label"), *(r[:2] for r in rows)])
     return cases, slides
+
+
+def write_outcome_cohort(root: str | os.PathLike, task: str, n_slides: int = 60, *, seed: int = 0,
+                         sizes: tuple[int, int] = (20, 40), dim: int = 16,
+                         censor_scale: float = 1.0) -> tuple[Path, Path, dict[str, np.ndarray]]:
+    """A synthetic survival or regression cohort with a planted truth: each slide has a grade ``g ~ U(0, 3)`` carried
+    by its *key* instances only (``max(2, n // 8)`` of them, feature 1 shifted by ``2 + 2 g``; the rest noise).
+    Survival: hazard ``0.05 exp(1.5 g)``, exponential event times, independent exponential censoring (about 40% censored
+    at ``censor_scale`` 1); columns ``time, event``. Regression: ``target = 10 + 5 g + N(0, 0.5)``. Returns (manifest,
+    features_dir, {slide_id: key instance rows})."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    features = root / "features"
+    features.mkdir(parents=True, exist_ok=True)
+    header = "slide_id,time,event" if task == "survival" else "slide_id,target"
+    lines, keys = [header], {}
+    for i in range(n_slides):
+        n = int(rng.integers(*sizes))
+        g = rng.uniform(0.0, 3.0)
+        x = rng.standard_normal((n, dim)).astype(np.float32)
+        hot = rng.choice(n, size=max(2, n // 8), replace=False)
+        x[hot, 1] += 2.0 + 2.0 * g
+        sid = f"c{i:03d}"
+        keys[sid] = np.sort(hot)
+        k = np.arange(n)  # coords: a row-major grid of 256-px patches, 8 to a row
+        coords = np.stack([(k % 8) * 256, (k // 8) * 256], 1).astype(np.int64)
+        with h5py.File(features / f"{sid}.h5", "w") as f:
+            f.create_dataset("features", data=x)
+            f.create_dataset("coords", data=coords)
+        if task == "survival":
+            t = rng.exponential(1.0 / (0.05 * np.exp(1.5 * g)))
+            c = rng.exponential(censor_scale * 3.3)
+            lines.append(f"{sid},{min(t, c):.4f},{int(t <= c)}")
+        else:
+            lines.append(f"{sid},{10.0 + 5.0 * g + rng.normal(0, 0.5):.4f}")
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest, features, keys
