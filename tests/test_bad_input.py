@@ -12,9 +12,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import resource
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,24 +28,9 @@ from abmil.experiments.runner import save_model
 from abmil.io import atomic_open, write_safetensors_atomic
 from abmil.nn.zoo import histology_model, mnist_bags_model
 from abmil.train.checkpoint import FORMAT
+from cli_helpers import abmil_process, assert_refused, tree
 
 MODEL = Path("models") / "attention.safetensors"
-
-
-def _abmil(*args: str, limit_file_size: int | None = None) -> subprocess.CompletedProcess:
-    """The real entry point in a fresh interpreter (PYTHONPATH and the rest of the environment inherited);
-    ``limit_file_size``: RLIMIT_FSIZE in bytes, so that a bigger write fails as on a full disk (EFBIG)."""
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
-
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "abmil", *args], capture_output=True, text=True, env=env,
-                          timeout=120, preexec_fn=None if limit_file_size is None else limit)
-
-
-def _tree(root: Path) -> set[str]:
-    """Every file and folder under ``root``, relative to it."""
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
 def _written(out: Path) -> list[str]:
@@ -151,13 +133,7 @@ CASES = [
 
 @pytest.mark.parametrize("args, culprit", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_exits_2_with_one_line_naming_it(ws: Path, args: list[str], culprit: str):
-    before = _tree(ws)
-    proc = _abmil(*(a.format(ws=ws) for a in args))
-    err = proc.stderr
-    assert proc.returncode == 2, err
-    assert err.startswith("abmil: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert culprit.format(ws=ws) in err, err
-    assert _tree(ws) == before, sorted(_tree(ws) ^ before)  # nothing new anywhere, --out included
+    assert_refused(ws, args, culprit)  # nothing new anywhere, --out included
 
 
 # ----------------------------------------------------------------------------------- outputs that cannot be written
@@ -179,12 +155,12 @@ def _unwritable(tmp_path: Path) -> Path:
 
 def test_unwritable_output_folder_is_named(ws: Path, tmp_path: Path):
     folder = _unwritable(tmp_path)
-    before = _tree(ws)
+    before = tree(ws)
     png = folder / "heat.png"
-    proc = _abmil(*(a.format(ws=ws) for a in _HISTO), "--run", str(ws / "run"), "--out", str(png))
+    proc = abmil_process(*(a.format(ws=ws) for a in _HISTO), "--run", str(ws / "run"), "--out", str(png))
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"abmil: error: cannot write {png}: ") and proc.stderr.count("\n") == 1, proc.stderr
-    assert not png.exists() and _tree(ws) == before
+    assert not png.exists() and tree(ws) == before
 
 
 def test_full_disk_is_named_and_leaves_nothing(ws: Path, tmp_path: Path):
@@ -193,7 +169,7 @@ def test_full_disk_is_named_and_leaves_nothing(ws: Path, tmp_path: Path):
     out = tmp_path / "out"
     out.mkdir()
     png = out / "heat.png"
-    proc = _abmil(*(a.format(ws=ws) for a in _HISTO), "--run", str(ws / "run"), "--out", str(png),
+    proc = abmil_process(*(a.format(ws=ws) for a in _HISTO), "--run", str(ws / "run"), "--out", str(png),
                   limit_file_size=2000)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"abmil: error: cannot write {png}: File too large"), proc.stderr
@@ -232,7 +208,7 @@ def test_incomplete_cached_cell_is_recomputed(tmp_path: Path):
     for run in record["runs"]:
         del run["probs"]
     cell.write_text(json.dumps(record))
-    proc = _abmil(*args)
+    proc = abmil_process(*args)
     assert proc.returncode == 0, proc.stderr
     again = json.loads(cell.read_text())
     assert "seconds" in again and all("probs" in r for r in again["runs"])

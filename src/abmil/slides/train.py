@@ -192,17 +192,21 @@ def class_names(dataset: FeatureBagDataset) -> list[str]:
 
 
 @torch.no_grad()
-def score_slides(model: EmbeddingMIL, dataset: FeatureBagDataset, indices: list[int], device: torch.device,
-                 bf16: bool = False) -> list[tuple[int, float, list[float], int]]:
-    """``(slide position, loss, class probabilities (n_classes,), label)`` for each slide of ``indices``."""
+def _forward(model: EmbeddingMIL, dataset, indices: list[int], device: torch.device, bf16: bool):
+    """``(bag position, MILOutput, label)`` of each bag of ``indices``, one bag at a time, in eval mode."""
     model.eval()
-    rows = []
     for i in indices:
         bag = dataset.load(i)
         with bf16_autocast(device, bf16):
             out = model(bag.features.to(device))
-        rows.append((i, float(slide_loss(out, bag.label)), out.probabilities()[0].cpu().tolist(), bag.label))
-    return rows
+        yield i, out, bag.label  # outside autocast: the caller's loss and probabilities run as before
+
+
+def score_slides(model: EmbeddingMIL, dataset: FeatureBagDataset, indices: list[int], device: torch.device,
+                 bf16: bool = False) -> list[tuple[int, float, list[float], int]]:
+    """``(slide position, loss, class probabilities (n_classes,), label)`` for each slide of ``indices``."""
+    return [(i, float(slide_loss(out, y)), out.probabilities()[0].cpu().tolist(), y)
+            for i, out, y in _forward(model, dataset, indices, device, bf16)]
 
 
 def val_metrics(rows: list[tuple[int, float, list[float], int]]) -> dict:
@@ -214,18 +218,10 @@ def val_metrics(rows: list[tuple[int, float, list[float], int]]) -> dict:
     return {"loss": float(losses.mean()), **metrics, "error": 1.0 - metrics["accuracy"]}
 
 
-@torch.no_grad()
 def score_outputs(model: EmbeddingMIL, dataset, indices: list[int], device: torch.device, bf16: bool = False
                   ) -> list[tuple[int, list[float]]]:
     """``(bag position, logits (n_out,))`` of each bag of ``indices`` (survival and regression validation)."""
-    model.eval()
-    rows = []
-    for i in indices:
-        bag = dataset.load(i)
-        with bf16_autocast(device, bf16):
-            out = model(bag.features.to(device))
-        rows.append((i, out.logits[0].float().cpu().tolist()))
-    return rows
+    return [(i, out.logits[0].float().cpu().tolist()) for i, out, _ in _forward(model, dataset, indices, device, bf16)]
 
 
 def head_val_metrics(rows: list[tuple[int, list[float]]], head: Head, outcomes: Sequence) -> dict:
