@@ -19,7 +19,7 @@ from abmil.data.synthetic import write_outcome_cohort as make_outcome_cohort
 from abmil.nn.models import MILOutput
 from abmil.report.metrics import harrell_c_index
 from abmil.slides.features import FeatureBagDataset
-from abmil.slides.outcomes import Head
+from abmil.tasks import get_task
 from abmil.slides.train import WSIConfig, train_feature_model
 from abmil.train.loss import Objective, bag_losses, cox_partial_nll, discrete_survival_nll
 from test_ddp import free_port
@@ -81,12 +81,12 @@ def test_cox_matches_scikit_survival_coxph_likelihood():
 def test_regression_losses_and_dispatch():
     out = MILOutput(torch.tensor([[1.0], [3.0], [-2.0]]))
     y = torch.tensor([0.5, 0.0, -2.0])
-    np.testing.assert_allclose(bag_losses(out, y, objective=Objective("regression", "mse")).numpy(), [0.25, 9.0, 0.0])
+    np.testing.assert_allclose(bag_losses(out, y, objective=Objective("mse")).numpy(), [0.25, 9.0, 0.0])
     # Huber (delta 1): 0.5 d^2 within 1, |d| - 0.5 beyond
-    np.testing.assert_allclose(bag_losses(out, y, objective=Objective("regression", "huber")).numpy(),
+    np.testing.assert_allclose(bag_losses(out, y, objective=Objective("huber")).numpy(),
                                [0.125, 2.5, 0.0])
     with pytest.raises(ValueError, match="loss must be one of nll, cox"):
-        Objective("survival", "mse")
+        WSIConfig(task="survival", loss="mse")
 
 
 def test_harrell_c_index_equals_scikit_survival():
@@ -243,7 +243,7 @@ def test_survival_settings_are_checked():
         WSIConfig(task="survival", monitor="val_auc")
     with pytest.raises(ValueError, match="for classification"):
         WSIConfig(task="regression", class_weights="balanced")
-    head = Head.fit("survival", "nll", [(1.0, 1), (2.0, 1), (3.0, 0), (4.0, 1)], 2)
+    head = get_task("survival").fit("nll", [(1.0, 1), (2.0, 1), (3.0, 0), (4.0, 1)], 2)
     assert head.time_bins == (0.0, 2.0, 4.0) and head.bin_of(1.9) == 0 and head.bin_of(10.0) == 1
 
 

@@ -381,13 +381,13 @@ def _wsi_commands(commands) -> None:
     train.add_argument("--sampler", default=config("sampler"), metavar="|".join(slides.SAMPLERS),
                        help="each epoch's slide order: shuffle (every slide once) or balanced (drawn with "
                             "replacement, each class equally likely; seeded) (default %(default)s)")
-    from abmil.train.loss import TASK_LOSSES, TASKS
+    from abmil.tasks import TASKS
 
-    train.add_argument("--task", choices=TASKS, default=config("task"),
-                       help="what the head predicts: classes (label), survival (time, event: 1 event, 0 censored) or "
-                            "a number (target) (default %(default)s)")
+    train.add_argument("--task", choices=list(TASKS), default=config("task"),
+                       help="what the head predicts: " + ", ".join(t.description for t in TASKS.values())
+                            + " (default %(default)s)")
     train.add_argument("--loss", default=config("loss"),
-                       metavar="|".join(f"{k}" for t in TASKS[1:] for k in TASK_LOSSES[t]),
+                       metavar="|".join(k for t in TASKS.values() if len(t.losses) > 1 for k in t.losses),
                        help="survival: nll (discrete-time hazards, default) or cox (partial likelihood over each "
                             "step's slides: use --batch-size > 1); regression: mse (default) or huber")
     train.add_argument("--n-bins", type=int, default=config("n_bins"), metavar="K",

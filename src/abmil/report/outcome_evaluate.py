@@ -36,22 +36,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from .evaluate import (
-    CI_LEVEL,
-    LABEL_SOURCES,
-    _case_column,
-    _csv,
-    _Level,
-    _read_table,
-    _write_folder,
-    bootstrap,
-    metric_rows,
-)
+from ..slides.tables import SURV_PREFIX
+from ..slides.tables import case_column as _case_column
+from ..slides.tables import read_table as _read_table
+from .bootstrap import CI_LEVEL, LABEL_SOURCES, Level, bootstrap, metric_rows, rows_csv, write_folder
 
 __all__ = ["IBS_POINTS", "evaluate_outcomes", "regression_metrics", "survival_metrics"]
 
 IBS_POINTS = 50
-SURV_PREFIX = "surv_"
 
 
 def _sksurv():
@@ -150,14 +142,14 @@ def _read(predictions: str, task: str, manifest: str | None, labels_from: str):
     return slide_ids, truth, outputs, case_ids, cases is not None, source, surv_times
 
 
-def _levels(truth: np.ndarray, outputs: np.ndarray, case_ids: list[str], has_cases: bool) -> list[_Level]:
+def _levels(truth: np.ndarray, outputs: np.ndarray, case_ids: list[str], has_cases: bool) -> list[Level]:
     cases = list(dict.fromkeys(case_ids))
     pos = {c: i for i, c in enumerate(cases)}
     case_of = np.array([pos[c] for c in case_ids])
     slide_rows = [np.flatnonzero(case_of == i) for i in range(len(cases))]
-    levels = [_Level("slide", truth, outputs, slide_rows)]
+    levels = [Level("slide", truth, outputs, slide_rows)]
     if has_cases:
-        levels.append(_Level("case", np.stack([truth[r[0]] for r in slide_rows]),
+        levels.append(Level("case", np.stack([truth[r[0]] for r in slide_rows]),
                              np.stack([outputs[r].mean(0) for r in slide_rows]),
                              [np.array([i]) for i in range(len(cases))]))
     return levels
@@ -237,18 +229,15 @@ def evaluation_times(truth: np.ndarray, times: Sequence[float] | None) -> np.nda
 
 def evaluate_outcomes(predictions_csv: str | os.PathLike, task: str, *, out_dir: str | os.PathLike,
                       manifest: str | os.PathLike | None = None, labels_from: str = "auto",
-                      run: str | os.PathLike | None = None, n_bootstrap: int = 1000, seed: int = 0,
+                      n_bootstrap: int = 1000, seed: int = 0,
                       times: Sequence[float] | None = None, risk_groups: int = 2) -> dict[str, Any]:
     """Evaluate survival or regression predictions and write ``out_dir`` (metrics.json/.csv/.md and ``km.png`` or
-    ``scatter.png``), all or nothing. ``run``: checked to be a run of this task. Returns the JSON's content."""
-    from .evaluate import CSV_COLUMNS  # noqa: F401 (the rows have evaluate's columns)
-
+    ``scatter.png``), all or nothing. Returns the JSON's content (the task checks a ``--run`` first,
+    :meth:`abmil.tasks.base.Task.check_run`)."""
     if task == "survival":
         _sksurv()
     if risk_groups not in (2, 3):
         raise ValueError(f"--risk-groups must be 2 (median split) or 3 (tertiles), got {risk_groups}")
-    if run is not None:
-        _check_run_task(run, task)
     path = os.fspath(predictions_csv)
     slide_ids, truth, outputs, case_ids, has_cases, source, surv_times = _read(
         path, task, None if manifest is None else os.fspath(manifest), labels_from)
@@ -264,7 +253,7 @@ def evaluate_outcomes(predictions_csv: str | os.PathLike, task: str, *, out_dir:
         def metrics(y, o):
             return regression_metrics(y, o)
 
-    boot = bootstrap(levels, [], None, n_bootstrap, seed, metrics=metrics) if n_bootstrap else {}
+    boot = bootstrap(levels, n_bootstrap, seed, metrics) if n_bootstrap else {}
     rows = metric_rows(levels, lambda lv: metrics(lv.labels, lv.probs), boot)
     plot_level = levels[-1]
     figure = "km.png" if task == "survival" else "scatter.png"
@@ -290,28 +279,10 @@ def evaluate_outcomes(predictions_csv: str | os.PathLike, task: str, *, out_dir:
     title = f"{plot_level.name} level, n = {len(plot_level.labels)}"
     png = (plot_km(plot_level.labels, plot_level.probs[:, 0], risk_groups, title=title) if task == "survival"
            else plot_scatter(plot_level.labels, plot_level.probs[:, 0], title=title))
-    files = {"metrics.json": (json.dumps(result, indent=2) + "\n").encode(), "metrics.csv": _csv(result).encode(),
+    files = {"metrics.json": (json.dumps(result, indent=2) + "\n").encode(), "metrics.csv": rows_csv(result).encode(),
              "metrics.md": _markdown(result).encode(), figure: png}
-    _write_folder(Path(out_dir), files)
+    write_folder(Path(out_dir), files)
     return result
-
-
-def _check_run_task(run: str | os.PathLike, task: str) -> None:
-    """A run (its checkpoint.json, or a study's first fold) must be of ``task``."""
-    run = Path(run)
-    candidates = [run / "checkpoint.json", *sorted(run.glob("folds/*/checkpoint.json"))[:1]]
-    for path in candidates:
-        if path.is_file():
-            try:
-                head = json.loads(path.read_text(encoding="utf-8")).get("head") or {}
-            except (OSError, ValueError) as e:
-                raise DataError(f"not a readable JSON file ({e})", path=str(path)) from None
-            found = head.get("task", "classification")
-            if found != task:
-                raise DataError(f"the run was trained for {found}, the predictions are {task} predictions",
-                                path=os.fspath(run))
-            return
-    raise DataError("no checkpoint.json of `abmil train` in the run folder", path=os.fspath(run))
 
 
 def _markdown(result: dict[str, Any]) -> str:

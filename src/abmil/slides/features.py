@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..tasks import DEFAULT_TASK
 from .feature_files import FeatureFile, find_feature_file
 from .manifest import encode_labels, read_manifest
 
@@ -99,7 +100,7 @@ class FeatureBagDataset(Dataset):
     def __init__(self, manifest: str | os.PathLike, features_dir: str | os.PathLike | None = None, *,
                  split: str | None = None, classes: Sequence[str] | None = None,
                  dtype: torch.dtype | None = torch.float32, cache_bytes: int = 0,
-                 check_finite: bool = True, require_labels: bool = True, task: str = "classification"):
+                 check_finite: bool = True, require_labels: bool = True, task: str = DEFAULT_TASK):
         self.manifest = os.fspath(manifest)
         self.features_dir = Path(features_dir) if features_dir is not None else Path(self.manifest).parent
         self.task = task
@@ -115,7 +116,7 @@ class FeatureBagDataset(Dataset):
         labels = iter(encoded)
         self.labels: list[int | None] = [next(labels) if r.label else None for r in rows]
         """Class index of each slide (None for an unlabelled slide, only with ``require_labels=False``)."""
-        self.outcomes: list = [_outcome(r, task) for r in rows]
+        self.outcomes: list = [r.outcome for r in rows]
         """Survival: ``(time, event)`` of each slide; regression: its target (None where empty); classification:
         None (the class is in :attr:`labels`)."""
         self.slide_ids: list[str] = [r.slide_id for r in rows]
@@ -242,16 +243,6 @@ class FeatureBagDataset(Dataset):
 
 
 BAG_LEVELS = ("slide", "case")
-
-
-def _outcome(row, task: str):
-    if task == "survival":
-        return None if row.time is None else (row.time, row.event)
-    if task == "regression":
-        return row.target
-    return None
-
-
 
 
 class CaseBagDataset:

@@ -189,13 +189,7 @@ def head_contributions(run, file: FeatureFile, attention: np.ndarray) -> tuple[s
     regression: ``sd · a_k · w h_k``, its share of the prediction in target units (the prediction is their sum plus
     ``mean + sd · bias``); discrete-time survival: the mean over the bins of ``a_k · W_b h_k``, its share of the mean
     hazard logit (higher: more hazard)."""
-    head = run.head
-    shares = class_contributions(run, file, attention)
-    if head.task == "regression":
-        return "share of prediction", head.target_scale[1] * shares[:, 0]
-    if head.loss == "cox":
-        return "share of risk", shares[:, 0]
-    return "share of mean hazard logit", shares.mean(1)
+    return run.head.contributions(class_contributions(run, file, attention))
 
 
 def _maps(run, file: FeatureFile, pred) -> list[tuple[str, np.ndarray]]:
@@ -204,12 +198,9 @@ def _maps(run, file: FeatureFile, pred) -> list[tuple[str, np.ndarray]]:
     differently: their mean attention alone)."""
     maps = [("attention", pred.attention.astype(np.float64))]
     models = _models(run)
-    if len(models) == 1 and not models[0].head.is_classification:
-        maps.append(head_contributions(models[0], file, pred.attention))
-    elif len(models) == 1 and models[0].model.n_out > 1:  # multi-class: one logit per class
-        run = models[0]
-        shares = class_contributions(run, file, pred.attention)
-        maps += [(f"{name}: share of logit", shares[:, c]) for c, name in enumerate(run.classes)]
+    if len(models) == 1:
+        m = models[0]
+        maps += m.head.patch_maps(lambda: class_contributions(m, file, pred.attention), m.classes)
     return maps
 
 
@@ -240,8 +231,7 @@ def _render(run, job: _Job, options: HeatmapOptions, *, thumbnail: np.ndarray | 
     coords = np.asarray(pred.coords)
     attrs = job.file.attrs().get("coords", {})
     title = f"{job.file.slide_id}: {head.summary(pred.probabilities, classes)}"
-    if job.label is not None and head.is_classification:
-        title += f", label {classes[job.label]}"
+    title += head.title_label(job.label, classes)
     maps = _maps(run, job.file, pred)
     files = outputs(job.out)
 

@@ -25,13 +25,13 @@ import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import DataError
+from ..tasks import DEFAULT_TASK, get_task
 
 REQUIRED_COLUMNS = ("slide_id", "label")
 OPTIONAL_COLUMNS = ("split", "path", "case_id")
-#: The outcome columns of each task (besides ``slide_id``).
-TASK_COLUMNS = {"classification": ("label",), "survival": ("time", "event"), "regression": ("target",)}
 
 
 @dataclass(frozen=True)
@@ -43,17 +43,9 @@ class ManifestRow:
     split: str | None = None
     path: str | None = None
     case_id: str | None = None
-    time: float | None = None
-    """Survival: the event or censoring time (None where empty)."""
-    event: int | None = None
-    """Survival: 1 event, 0 censored."""
-    target: float | None = None
-    """Regression: the bag's value."""
-
-    @property
-    def outcome(self):
-        """What a case's slides must share: the label, (time, event) or the target."""
-        return (self.label or None, self.time, self.event, self.target)
+    outcome: Any = None
+    """The truth of a task without classes (its :meth:`~abmil.tasks.base.Task.parse_row`: survival ``(time,
+    event)``, regression the target); None where its cells are empty, and for classification (``label``)."""
 
     @property
     def case(self) -> str:
@@ -61,56 +53,26 @@ class ManifestRow:
         return self.case_id if self.case_id is not None else self.slide_id
 
 
-def _number(cells: dict, column: str, line: int, path: str, slide_id: str, *, non_negative: bool = False
-            ) -> float | None:
-    import math
-
-    text = cells.get(column, "")
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or (non_negative and value < 0):
-        what = "a finite number >= 0" if non_negative else "a finite number"
-        raise DataError(f"line {line}: field '{column}': {text!r} is not {what}", path=path, bag=slide_id)
-    return value
-
-
-def _event(cells: dict, line: int, path: str, slide_id: str) -> int | None:
-    text = cells.get("event", "")
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value not in (0.0, 1.0):
-        raise DataError(f"line {line}: field 'event': {text!r} is not 0 (censored) or 1 (event)", path=path,
-                        bag=slide_id)
-    return int(value)
-
-
 def read_manifest(path: str | os.PathLike, *, require_labels: bool = True,
-                  task: str = "classification") -> list[ManifestRow]:
+                  task: str = DEFAULT_TASK) -> list[ManifestRow]:
     """Read and check a manifest CSV: columns present, not empty, no duplicate or blank ids/labels.
 
     ``require_labels=False`` (prediction on new slides): an empty ``label`` cell is allowed and read as ``""``
     (survival and regression: empty ``time``/``event``/``target`` cells, or no such columns).
-    ``task``: ``survival`` reads ``time`` and ``event``, ``regression`` ``target`` (:data:`TASK_COLUMNS`) instead of
-    ``label``; their values are checked (time >= 0 and finite, event 0 or 1, target finite; a slide with a time needs
-    an event and the reverse), and training data (``require_labels``) needs at least one event.
+    ``task`` (:mod:`abmil.tasks`) names its columns (:attr:`~abmil.tasks.base.Task.columns`: survival ``time`` and
+    ``event``, regression ``target`` instead of ``label``) and reads and checks their cells
+    (:meth:`~abmil.tasks.base.Task.parse_row`: time >= 0 and finite, event 0 or 1, target finite; a slide with a time
+    needs an event and the reverse; :meth:`~abmil.tasks.base.Task.check_rows`: training data (``require_labels``) for
+    survival needs at least one event).
     """
-    if task not in TASK_COLUMNS:
-        raise ValueError(f"task must be one of {', '.join(TASK_COLUMNS)}, got {task!r}")
-    outcome_columns = TASK_COLUMNS[task]
+    kind = get_task(task)
+    outcome_columns = kind.columns
     path = os.fspath(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
             reader = csv.DictReader(f)
             columns = [c.strip() for c in (reader.fieldnames or [])]
-            required = ("slide_id", *outcome_columns) if require_labels or task == "classification" else ("slide_id",)
+            required = ("slide_id", *outcome_columns) if require_labels or kind.columns_to_predict else ("slide_id",)
             missing = [c for c in required if c not in columns]
             if missing:
                 raise DataError(f"manifest is missing column(s) {', '.join(missing)} "
@@ -137,27 +99,16 @@ def read_manifest(path: str | os.PathLike, *, require_labels: bool = True,
             for column in outcome_columns:
                 if not cells.get(column):
                     raise DataError(f"line {line}: field '{column}' is empty", path=path, bag=slide_id)
-        time = event = target = None
-        if task == "survival":
-            time = _number(cells, "time", line, path, slide_id, non_negative=True)
-            event = _event(cells, line, path, slide_id)
-            if (time is None) != (event is None):
-                raise DataError(f"line {line}: field '{'event' if event is None else 'time'}' is empty (a slide "
-                                "with a time needs an event and the reverse)", path=path, bag=slide_id)
-        elif task == "regression":
-            target = _number(cells, "target", line, path, slide_id)
+        label, outcome = kind.parse_row(cells, line, path, slide_id)
         split = (cells.get("split") or "").lower() or None  # "Train", "TEST": spreadsheets capitalise
         if split is not None and split not in SPLIT_VALUES:
             raise DataError(f"line {line}: field 'split': unknown value {split!r} (expected one of "
                             f"{', '.join(SPLIT_VALUES)}, or empty to leave the slide out)", path=path, bag=slide_id)
-        rows.append(ManifestRow(slide_id, cells.get("label", "") if task == "classification" else "",
-                                split, cells.get("path") or None,
-                                cells.get("case_id") or None, time, event, target))
+        rows.append(ManifestRow(slide_id, label, split, cells.get("path") or None, cells.get("case_id") or None,
+                                outcome))
     if not rows:
         raise DataError("manifest is empty: no slides listed", path=path)
-    if task == "survival" and require_labels and not any(r.event for r in rows):
-        raise DataError("field 'event': every slide is censored (event 0): survival models need observed events",
-                        path=path)
+    kind.check_rows(rows, path, require_labels)
     check_cases(rows, manifest=path)
     return rows
 
@@ -172,8 +123,7 @@ def check_cases(rows: Sequence[ManifestRow], *, manifest: str | None = None) -> 
         if len(members) < 2:
             continue
         for field, value in (("label", lambda r: r.label or None), ("split", lambda r: r.split),
-                             ("outcome", lambda r: r.outcome[1:] if any(v is not None for v in r.outcome[1:])
-                              else None)):
+                             ("outcome", lambda r: r.outcome)):
             values = {value(r) for r in members} - ({None} if field in ("label", "outcome") else set())
             if len(values) > 1:
                 slides = ", ".join(f"{r.slide_id} ({value(r) or 'empty'})" for r in members)

@@ -1,13 +1,7 @@
-"""Predictions of a trained whole-slide run: class probabilities per slide, attention per patch.
+"""Predictions of a trained whole-slide run: the task's outputs per slide (or case), attention per patch.
 
-    preds.csv              slide_id, label, prob_<class> for each class, predicted
-                           (survival: slide_id, time, event, risk[, surv_<t>...]; regression: slide_id, target,
-                           predicted: :mod:`abmil.slides.outcomes`)
-                           (a run trained on cases, ``bag_level="case"``: case_id, label, ..., one row per case)
-    preds.attention.h5     one group per slide (or case): ``attention`` (n,) softmax weights,
-                           ``attention_logits`` (n,), ``coords`` (n, 2) when the slide has them;
-                           attributes ``probabilities`` (n_classes,) and ``predicted`` (a case: ``slides`` and
-                           ``slide_sizes``, its slides' ids and patch counts in the order of the rows)
+The files (``preds.csv`` and ``preds.attention.h5``) are :mod:`abmil.slides.predictions`'; a run's folder
+:mod:`abmil.slides.run_folder`'s.
 
 A cross-validation run (:mod:`abmil.slides.study`) predicts with its fold models together (:func:`load_models`):
 the mean of their class probabilities and of their attention weights (``attention_logits`` then are the log of
@@ -19,24 +13,28 @@ byte is written, and both files are written atomically.
 """
 from __future__ import annotations
 
-import csv
-import io
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ..errors import DataError
-from ..io import atomic_open
 from ..nn.models import EmbeddingMIL
+from ..tasks import Task, combine_heads, head_from_info
 from ..train.checkpoint import load_into, read_checkpoint
 from .feature_files import FeatureFile
 from .features import CaseBagDataset, FeatureBagDataset
-from .outcomes import Head, common_head, decide
+from .predictions import (  # noqa: F401 (the files' owner; imported from here before it existed)
+    SlidePrediction,
+    attention_path,
+    prediction_header,
+    prediction_row,
+    write_predictions,
+)
+from .run_folder import CHECKPOINT, fold_dirs, is_cv_run, run_threshold  # noqa: F401 (run_threshold: as above)
 from .train import WSIConfig, build_model
 
 
@@ -56,13 +54,13 @@ class TrainedRun:
         return self.info.get("config", {}).get("bag_level", "slide")
 
     @property
-    def head(self) -> Head:
-        """What the model predicts: classes, survival or a number (:class:`~abmil.slides.outcomes.Head`)."""
-        return Head.from_info(self.info)
+    def head(self) -> Task:
+        """What the model predicts: its task, fitted on its training part (:mod:`abmil.tasks`)."""
+        return head_from_info(self.info)
 
     @property
     def task(self) -> str:
-        return self.head.task
+        return self.head.name
 
 
 def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> TrainedRun:
@@ -70,12 +68,10 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> TrainedRun:
     kept (the best epoch's) where it ran, else the last epoch's."""
     info = read_checkpoint(run_dir)
     if info is None:
-        from .study import is_cv_run
-
         hint = " (a cross-validation run: use load_models)" if is_cv_run(run_dir) else ""
         raise DataError(f"no checkpoint.json: not a finished epoch of `abmil train` here{hint}",
                         path=os.fspath(run_dir))
-    where = os.fspath(Path(run_dir) / "checkpoint.json")
+    where = os.fspath(Path(run_dir) / CHECKPOINT)
     missing = [k for k in ("config", "in_dim", "classes") if k not in info]
     if missing:
         raise DataError(f"not a slide run's checkpoint: no {', '.join(repr(k) for k in missing)}", path=where)
@@ -84,7 +80,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> TrainedRun:
         in_dim, classes = int(info["in_dim"]), [str(c) for c in info["classes"]]
     except (TypeError, ValueError) as e:
         raise DataError(f"unreadable slide-run settings ({e})", path=where) from None
-    model = build_model(in_dim, len(classes), config, Head.from_info(info))
+    model = build_model(in_dim, len(classes), config, head_from_info(info))
     load_into(model, run_dir, info, "best" if info.get("extra", {}).get("best") else "weights")
     dev = torch.device(device)
     return TrainedRun(model.to(dev).eval(), classes, in_dim, info, dev)
@@ -94,8 +90,6 @@ def load_models(run_dir: str | os.PathLike, device: str = "cpu",
                 fold: tuple[int, int] | None = None) -> list[TrainedRun]:
     """The models that predict for ``run_dir``: a single run's one model; a cross-validation run's fold models,
     all of them (an ensemble; the study must be finished) or the one of ``fold`` = (repeat, fold)."""
-    from .study import fold_dirs, is_cv_run
-
     if not is_cv_run(run_dir):
         if fold is not None:
             raise ValueError(f"--fold picks a fold model of a cross-validation run; {run_dir} is a single run")
@@ -103,31 +97,11 @@ def load_models(run_dir: str | os.PathLike, device: str = "cpu",
     return [load_run(d, device) for d in fold_dirs(run_dir, fold)]
 
 
-class SlidePrediction(NamedTuple):
-    slide_id: str
-    probabilities: np.ndarray
-    """(n_classes,) class probabilities; for other heads what :meth:`~abmil.slides.outcomes.Head.outputs` gives:
-    survival ``S_k`` at each bin's end (nll) or the log hazard ratio (cox), the prediction (regression)."""
-    attention_logits: np.ndarray
-    """(n_instances,) float32; weights = softmax."""
-    coords: np.ndarray | None
-    """(n_instances, 2) or None."""
-    label: int | None = None
-    """The truth where known: the class index; survival (time, event); regression the target."""
-    slides: tuple[tuple[str, int], ...] | None = None
-    """A case's slides: (slide id, patches) in the order of its instances; None for a slide."""
-
-    @property
-    def attention(self) -> np.ndarray:
-        """(n_instances,) attention weights, summing to 1."""
-        return torch.softmax(torch.from_numpy(self.attention_logits).double(), 0).float().numpy()
-
-
-def ensemble_head(runs: TrainedRun | Sequence[TrainedRun]) -> Head:
-    """The head of one run, or of an ensemble of fold models (:func:`~abmil.slides.outcomes.common_head`): what
-    their averaged predictions mean, and the CSV's columns."""
+def ensemble_head(runs: TrainedRun | Sequence[TrainedRun]) -> Task:
+    """The head of one run, or of an ensemble of fold models (:func:`~abmil.tasks.combine_heads`): what their
+    averaged predictions mean, and the CSV's columns."""
     runs = [runs] if isinstance(runs, TrainedRun) else list(runs)
-    return common_head([r.head for r in runs])
+    return combine_heads([r.head for r in runs])
 
 
 def check_dim(run: TrainedRun, file: FeatureFile) -> int:
@@ -166,8 +140,7 @@ def predict_bag(run: TrainedRun | Sequence[TrainedRun], files: Sequence[FeatureF
                     yield features.float()
 
         out = r.model.pool_chunks(chunks(), device=r.device)
-        probs.append(out.probabilities()[0].cpu().numpy() if r.head.is_classification
-                     else r.head.align(r.head.outputs(out.logits)[0], head))
+        probs.append(r.head.prediction(out, head))
         logits = out.attention_logits.float().cpu()
         if len(runs) > 1:
             weights.append(torch.softmax(logits.double(), 0).numpy())
@@ -199,96 +172,13 @@ def predict_dataset(run: TrainedRun | Sequence[TrainedRun], dataset: FeatureBagD
     for r in runs[1:]:
         if r.classes != runs[0].classes or r.bag_level != runs[0].bag_level:
             raise ValueError("an ensemble's models must share their classes and bag level")
-    ensemble_head(runs)
+    head = ensemble_head(runs)
     for f in dataset.files:
         check_dim(runs[0], f)
     bags = dataset_bags(dataset, runs[0].bag_level)
-    if not runs[0].head.is_classification:  # the truth of each bag: (time, event) or the target
-        outcomes = (dataset.outcomes if runs[0].bag_level == "slide"
-                    else CaseBagDataset(dataset).outcomes)
-        bags = [(bag_id, files, outcome) for (bag_id, files, _), outcome in zip(bags, outcomes)]
+    outcomes = dataset.outcomes if runs[0].bag_level == "slide" else CaseBagDataset(dataset).outcomes
+    # the truth of each bag: the class, (time, event), the target ...
+    bags = [(bag_id, files, head.truth(label, outcome)) for (bag_id, files, label), outcome in zip(bags, outcomes)]
     if positions is not None:
         bags = [bags[i] for i in positions]
     return [predict_bag(runs, files, bag_id, label) for bag_id, files, label in bags]
-
-
-def attention_path(csv_path: str | os.PathLike) -> Path:
-    """``preds.csv`` → ``preds.attention.h5`` beside it."""
-    p = Path(csv_path)
-    return p.with_name(p.stem + ".attention.h5")
-
-
-def prediction_header(classes: Sequence[str], id_column: str = "slide_id", head: Head | None = None) -> list[str]:
-    """The CSV's columns: ``id, label, prob_<class>..., predicted``; survival ``id, time, event, risk[, surv_<t>...]``;
-    regression ``id, target, predicted`` (:meth:`~abmil.slides.outcomes.Head.header`)."""
-    return (head or Head()).header(classes, id_column)
-
-
-def run_threshold(run_dir: str | os.PathLike, fold: tuple[int, int] | None = None) -> float | None:
-    """The decision threshold a cross-validation study stored (two classes): one fold's (chosen on its validation
-    part) or, for the ensemble of all folds, their mean (run.json). None for a single run, multi-class or another
-    task."""
-    from .study import read_cv_run
-
-    info = read_cv_run(run_dir)
-    if info is None:
-        return None
-    if fold is None:
-        return info.get("threshold")
-    return info.get("fold_thresholds", {}).get(f"r{fold[0]}_f{fold[1]}")
-
-
-def prediction_row(p: SlidePrediction, classes: Sequence[str], head: Head | None = None,
-                   threshold: float | None = None) -> list[str]:
-    """A CSV row of :func:`prediction_header`: probabilities with 6 decimals and the class :func:`decide` picks (or
-    a survival or regression head's columns)."""
-    return (head or Head()).row(p.slide_id, p.label, p.probabilities, classes, threshold)
-
-
-def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_path: str | os.PathLike,
-                      h5_path: str | os.PathLike | None = None, id_column: str = "slide_id",
-                      head: Head | None = None, threshold: float | None = None) -> Path:
-    """Write the CSV and the attention HDF5 (default :func:`attention_path`); returns the HDF5 path.
-    ``id_column``: the first column's name (``case_id`` for cases). ``head``: a survival or regression run's (the
-    HDF5's ``probabilities`` attribute then holds its outputs, and ``predicted`` its risk or prediction);
-    ``threshold``: a two-class run's decision threshold (:func:`decide`)."""
-    head = head or Head()
-    import h5py
-
-    preds = list(preds)
-    for p in preds:
-        if "/" in p.slide_id or p.slide_id in (".", ""):
-            raise DataError(f"field '{id_column}': cannot name an HDF5 group ('/' or '.')", bag=p.slide_id)
-    h5_path = Path(h5_path) if h5_path is not None else attention_path(csv_path)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(prediction_header(classes, id_column, head))
-    for p in preds:
-        writer.writerow(prediction_row(p, classes, head, threshold))
-    # Both files or neither: each goes to a temporary file, and they are renamed only once both are complete (the
-    # HDF5 first). Should the CSV's rename then fail, a new HDF5 is taken back out.
-    h5_is_new = not h5_path.exists()
-    try:
-        with atomic_open(csv_path, "w", encoding="utf-8", newline="") as out_csv, atomic_open(h5_path, "w+b") as f, \
-                h5py.File(f, "w") as h5:  # h5py reads back as it writes
-            out_csv.write(buf.getvalue())
-            h5.attrs["classes"] = classes
-            h5.attrs["task"] = head.task
-            for p in preds:
-                g = h5.create_group(p.slide_id)
-                g.create_dataset("attention", data=p.attention)
-                g.create_dataset("attention_logits", data=p.attention_logits)
-                if p.coords is not None:
-                    g.create_dataset("coords", data=p.coords)
-                g.attrs["probabilities"] = p.probabilities
-                g.attrs["predicted"] = (decide(p.probabilities, classes, threshold) if head.is_classification
-                                        else head.risk(p.probabilities) if head.task == "survival"
-                                        else float(p.probabilities[0]))
-                if p.slides is not None:
-                    g.attrs["slides"] = [sid for sid, _ in p.slides]
-                    g.attrs["slide_sizes"] = [n for _, n in p.slides]
-    except BaseException:
-        if h5_is_new and h5_path.exists() and not Path(csv_path).exists():
-            h5_path.unlink()
-        raise
-    return h5_path

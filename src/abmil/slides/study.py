@@ -10,17 +10,11 @@ predicts its held-out fold. Every fold is a unit (:class:`abmil.experiments.runn
 the same command skips the finished folds and resumes the current one from its last checkpoint, ending with the
 numbers of a run that never stopped.
 
-Output (every file written atomically)::
-
-    RUN/run.json            the study: settings, classes, fold keys, status; when finished the mean of the folds'
-                            Youden thresholds ("threshold", two classes) and the summary
-    RUN/splits.json         each fold's train / val / test cases and slides: auditable
-    RUN/folds/r{r}_f{f}/    the fold's run: checkpoint.json (settings, per-epoch history), weights, the kept (best)
-                            weights; fold.json once finished (its validation threshold and metrics, test metrics
-                            and predictions, the kept epoch ``best_epoch``, counted from 1)
-    RUN/oof.csv             out-of-fold predictions: every slide (or case) once per repeat, as ``abmil predict``
-                            writes them plus ``case_id`` (slides), ``repeat`` and ``fold``
-    RUN/summary.json/.csv/.md   per fold AUC, accuracy, balanced accuracy; mean and SD over the folds
+Output (:mod:`abmil.slides.run_folder`, every file written atomically): run.json, splits.json, folds/r{r}_f{f}/
+(each fold's run and, once finished, fold.json: its validation threshold and metrics, test metrics and predictions,
+the kept epoch ``best_epoch``, counted from 1), oof.csv (every slide or case once per repeat, as ``abmil predict``
+writes them plus ``case_id`` (slides), ``repeat`` and ``fold``), summary.json/.csv/.md (the task's metrics per fold,
+:attr:`abmil.tasks.base.Task.metrics`; mean and SD over the folds).
 
 Every input check (manifest, cases, splits, settings) runs before anything is written.
 """
@@ -28,10 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -39,57 +30,30 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..io import write_json_atomic, write_text_atomic
+from ..tasks import DEFAULT_TASK, combine_heads, get_task, head_from_info
 from ..train.loop import Callback
 from ..train.splits import CaseSplit, case_cv_splits
 from .features import FeatureBagDataset, bags_at_level
-from .outcomes import Head, common_head, strata, stratum_names
-from .train import WSIConfig, class_names
+from .predictions import prediction_header
+from .run_folder import (  # noqa: F401 (CV_FORMAT, fold_dirs, is_cv_run: imported from here before run_folder)
+    CV_FORMAT,
+    FOLD_RECORD,
+    fold_dir,
+    fold_dirs,
+    folds_dir,
+    is_cv_run,
+    read_cv_run,
+    write_oof,
+    write_run_json,
+    write_splits,
+    write_summary,
+)
+from .train import WSIConfig
 
 __all__ = ["CV_FORMAT", "DEFAULT_VAL_FRACTION", "cross_validate", "fold_dirs", "is_cv_run", "read_cv_run"]
 
-CV_FORMAT = "abmil-slide-cv-1"
-RUN_JSON = "run.json"
 #: The validation fraction of each training part when ``config.val_split`` is None (gmum's, as the histology runs).
 DEFAULT_VAL_FRACTION = 0.2
-
-
-def is_cv_run(run_dir: str | os.PathLike) -> bool:
-    """Whether ``run_dir`` holds a cross-validation study (its run.json)."""
-    return read_cv_run(run_dir) is not None
-
-
-def read_cv_run(run_dir: str | os.PathLike) -> dict | None:
-    """The study's run.json, or None where there is none (a DataError if it is not a study's)."""
-    path = Path(run_dir) / RUN_JSON
-    if not path.is_file():
-        return None
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DataError(f"unreadable run.json ({e})", path=str(path)) from None
-    if not isinstance(info, dict) or info.get("format") != CV_FORMAT:
-        return None
-    return info
-
-
-def fold_dirs(run_dir: str | os.PathLike, fold: tuple[int, int] | None = None) -> list[Path]:
-    """The finished fold runs of a study: all (the study must be finished) or the one of ``fold`` (repeat, fold)."""
-    info = read_cv_run(run_dir)
-    if info is None:
-        raise DataError("not a cross-validation run (no run.json of `abmil train --folds`)", path=os.fspath(run_dir))
-    keys = info["fold_keys"]
-    if fold is not None:
-        key = f"r{fold[0]}_f{fold[1]}"
-        if key not in keys:
-            raise ValueError(f"--fold {fold[0]},{fold[1]}: the study in {run_dir} has folds "
-                             f"r0..{info['settings']['repeats'] - 1}, f0..{info['settings']['folds'] - 1}")
-        keys = [key]
-    missing = [k for k in keys if not (Path(run_dir) / "folds" / k / "fold.json").is_file()]
-    if missing:
-        raise ValueError(f"the cross-validation in {run_dir} has not finished fold(s) {', '.join(missing)}: rerun "
-                         "its `abmil train --folds` command to finish it, or pick a finished fold with --fold")
-    return [Path(run_dir) / "folds" / k for k in keys]
 
 
 def _fingerprint(ids: Sequence[str], labels: Sequence[int], cases: Sequence[str]) -> str:
@@ -119,11 +83,6 @@ def _check_out(out: Path, settings: dict) -> None:
                              f"this command has {value!r}: choose another --out (or rerun the same command)")
 
 
-#: The metrics of each fold and of the summary, per task.
-TASK_METRICS = {"classification": ("auc", "accuracy", "balanced_accuracy"), "survival": ("c_index",),
-                "regression": ("r2", "mae", "pearson")}
-
-
 def _plain_label(label):
     """A prediction's truth as JSON: a class index, [time, event], a target, or None."""
     if label is None:
@@ -133,37 +92,9 @@ def _plain_label(label):
     return int(label) if isinstance(label, (int, np.integer)) else float(label)
 
 
-def _fold_metrics(preds: list, head: Head) -> dict:
-    """A fold's metrics (:data:`TASK_METRICS`) of its predictions: classification by :func:`_class_metrics`;
-    survival Harrell's c-index of the risks; regression R², MAE and Pearson's r."""
-    from ..report.metrics import harrell_c_index, regression_metrics
-
-    if head.is_classification:
-        return _class_metrics(np.array([p.label for p in preds]),
-                              np.array([p.probabilities for p in preds], dtype=np.float64))
-    if head.task == "survival":
-        return {"c_index": _none_if_nan(harrell_c_index([p.label[0] for p in preds], [p.label[1] for p in preds],
-                                                        [head.risk(p.probabilities) for p in preds]))}
-    m = regression_metrics([p.label for p in preds], [p.probabilities[0] for p in preds])
-    return {k: _none_if_nan(m[k]) for k in TASK_METRICS["regression"]}
-
-
-def _class_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
-    """AUC (binary, or one-vs-rest macro when every class occurs; None where undefined), accuracy, balanced accuracy
-    of class probabilities (n, n_classes) against labels (n,), argmax predictions."""
-    from sklearn.metrics import balanced_accuracy_score
-
-    from ..report.metrics import class_metrics
-
-    m = class_metrics(probs, labels)
-    with warnings.catch_warnings():  # a validation part of one class: "y_pred contains classes not in y_true"
-        warnings.simplefilter("ignore", UserWarning)
-        balanced = float(balanced_accuracy_score(labels, probs.argmax(1)))
-    return {"auc": m["auc"], "accuracy": m["accuracy"], "balanced_accuracy": balanced}
-
-
-def _none_if_nan(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+def _fold_metrics(preds: list, head) -> dict:
+    """A fold's metrics of its predictions (:meth:`~abmil.tasks.base.Task.fold_metrics`)."""
+    return head.fold_metrics([p.label for p in preds], [p.probabilities for p in preds])
 
 
 def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: WSIConfig, *, folds: int,
@@ -194,18 +125,17 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
                         "held-out test slides in another manifest, for `abmil predict`)", path=dataset.manifest)
     out = Path(out)
     config = replace(config, val_split=config.val_split or DEFAULT_VAL_FRACTION)
-    task = config.task
-    if getattr(dataset, "task", "classification") != task:
-        raise ValueError(f"the dataset was read for the {dataset.task} task, the study is for {task}")
+    task = get_task(config.task)
+    if getattr(dataset, "task", DEFAULT_TASK) != task.name:
+        raise ValueError(f"the dataset was read for the {dataset.task} task, the study is for {task.name}")
     bags = bags_at_level(dataset, config.bag_level)
-    classes = class_names(bags) if task == "classification" else []
+    classes = task.class_names(bags)
     in_dim = bags.validate()
-    labels = np.asarray(strata(task, bags.labels, bags.outcomes, folds))
-    if task == "survival" and not any(e for _, e in bags.outcomes):
-        raise DataError("field 'event': every slide is censored (event 0)", path=dataset.manifest)
+    labels = np.asarray(task.strata(bags.labels, bags.outcomes, folds))
+    task.check_study(bags.outcomes, dataset.manifest)
     splits = case_cv_splits(labels, bags.case_ids, folds=folds, repeats=repeats, seed=config.seed,
                             val_fraction=config.val_split, class_names=classes or None,
-                            stratum=stratum_names(task))
+                            stratum=task.stratum)
     if config.monitor == "val_auc":
         for s in splits:
             missing = [classes[c] for c in range(len(classes)) if not np.any(labels[s.val] == c)]
@@ -216,8 +146,8 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
     ids = list(bags.slide_ids)
     settings = {"folds": folds, "repeats": repeats, "bag_level": config.bag_level, "classes": classes,
                 "in_dim": in_dim, "n_bags": len(ids),
-                "data": _fingerprint(ids, [str(bags.outcomes[i]) if task != "classification" else bags.labels[i]
-                                           for i in range(len(ids))], bags.case_ids),
+                "data": _fingerprint(ids, [task.truth(bags.labels[i], bags.outcomes[i]) for i in range(len(ids))],
+                                     bags.case_ids),
                 "config": config.to_dict()}
     _check_out(out, settings)
 
@@ -225,7 +155,7 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
     keys = [s.key for s in splits]
     run_info = {"format": CV_FORMAT, "kind": "cv", "settings": settings, "fold_keys": keys, "status": "running",
                 "manifest": dataset.manifest}
-    write_json_atomic(out / RUN_JSON, run_info)
+    write_run_json(out, run_info)
     case_of = np.asarray(bags.case_ids)
     slide_ids = np.asarray(dataset.slide_ids)
     slide_case = np.asarray(dataset.case_ids)
@@ -234,7 +164,7 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
         cases = sorted(set(case_of[idx].tolist()))
         return {"cases": cases, "slides": slide_ids[np.isin(slide_case, cases)].tolist()}
 
-    write_json_atomic(out / "splits.json", {
+    write_splits(out, {
         "bag_level": config.bag_level, "seed": config.seed, "val_fraction": config.val_split,
         "splitter": "sklearn StratifiedGroupKFold(shuffle=True, random_state=seed*1000+repeat) over cases; "
                     "validation: abmil.train.splits.stratified_group_holdout(seed=fold seed, min_per_class)",
@@ -248,7 +178,7 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
     records: dict[str, dict] = {}
     pending = []
     for s in splits:
-        found = UnitCache(out / "folds" / s.key).read("fold", unit_settings(s))
+        found = UnitCache(fold_dir(out, s.key)).read(FOLD_RECORD, unit_settings(s))
         if found is not None:
             records[s.key] = found
             if on_fold is not None:
@@ -257,21 +187,17 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
             pending.append(s)
 
     def work(s: CaseSplit) -> dict:
-        fold_dir = out / "folds" / s.key
+        folder = fold_dir(out, s.key)
         fold_config = replace(config, seed=s.seed)
         report = None if on_epoch is None else (lambda record: on_epoch(s.key, record))
         extra = {"callbacks": list(callbacks)} if callbacks else {}
-        info = training.train_feature_model(bags, fold_dir, fold_config, device=device, resume=True, on_epoch=report,
+        info = training.train_feature_model(bags, folder, fold_config, device=device, resume=True, on_epoch=report,
                                             split=(s.train, s.val), select_best=True, **extra)
-        run = load_run(fold_dir, device)
+        run = load_run(folder, device)
         val = predict_dataset(run, dataset, s.val)
         test = predict_dataset(run, dataset, s.test)
         head = run.head
-        threshold = None
-        if len(classes) == 2:
-            from ..report.metrics import youden_threshold
-
-            threshold = _none_if_nan(youden_threshold([p.label for p in val], [p.probabilities[1] for p in val]))
+        threshold = head.threshold(val, classes)
         history = info["history"]
         record = {"settings": unit_settings(s), "key": s.key, "repeat": s.repeat, "fold": s.fold, "seed": s.seed,
                   "best_epoch": history.get("best_epoch", -1) + 1, "epochs_run": history.get("epochs_run"),
@@ -279,7 +205,7 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
                   "val": _fold_metrics(val, head), "test": _fold_metrics(test, head), "head": head.to_dict(),
                   "predictions": [[p.slide_id, _plain_label(p.label), [float(v) for v in p.probabilities]]
                                   for p in test]}
-        UnitCache(fold_dir).write("fold", record)
+        UnitCache(folder).write(FOLD_RECORD, record)
         return record
 
     def publish() -> None:
@@ -290,11 +216,11 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
             on_fold(record)
 
     if pending:
-        (out / "folds").mkdir(parents=True, exist_ok=True)
+        folds_dir(out).mkdir(parents=True, exist_ok=True)
     run_pending(pending, work, records=records, publish=publish, on_done=done)
     summary = _write_results(out, dataset, bags, splits, records, classes, config.bag_level, task)
     thresholds = [records[k]["threshold"] for k in keys if records[k]["threshold"] is not None]
-    write_json_atomic(out / RUN_JSON, {**run_info, "status": "finished",
+    write_run_json(out, {**run_info, "status": "finished",
                                        "threshold": float(np.mean(thresholds)) if thresholds else None,
                                        "fold_thresholds": {k: records[k]["threshold"] for k in keys},
                                        "summary": summary["mean"]})
@@ -302,19 +228,19 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
 
 
 def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[CaseSplit], records: dict[str, dict],
-                   classes: list[str], bag_level: str, task: str = "classification") -> dict:
+                   classes: list[str], bag_level: str, task: str = DEFAULT_TASK) -> dict:
     """oof.csv and summary.{json,csv,md} of the finished folds (all of them at the end). A survival nll study's
     ``surv_<t>`` columns are at the mean of the finished folds' bin ends (each fold's survival function interpolated
-    there: :func:`~abmil.slides.outcomes.common_head`); its ``risk`` is each fold model's own."""
-    from .predict import SlidePrediction, prediction_header, prediction_row
+    there: :func:`~abmil.tasks.combine_heads`); its ``risk`` is each fold model's own
+    (:meth:`~abmil.tasks.base.Task.study_row`)."""
 
     first = "slide_id" if bag_level == "slide" else "case_id"
     extra = ["case_id"] if bag_level == "slide" else []
     position = {b: i for i, b in enumerate(bags.slide_ids)}
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    heads = {k: Head.from_info(r) for k, r in records.items()}
-    head = common_head(list(heads.values())) if heads else Head(task)
+    heads = {k: head_from_info(r) for k, r in records.items()}
+    head = combine_heads(list(heads.values())) if heads else get_task(task)()
     header = prediction_header(classes, first, head)
     writer.writerow([header[0], *extra, *header[1:], "repeat", "fold"])
     repeats = sorted({s.repeat for s in splits})
@@ -326,19 +252,16 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
                 continue
             fold_head = heads[s.key]
             for bag_id, label, probs in rec["predictions"]:
-                values = fold_head.align(np.asarray(probs), head)
                 label = tuple(label) if isinstance(label, list) else label
-                p = SlidePrediction(bag_id, values, np.zeros(0, np.float32), None, label)
-                row = prediction_row(p, classes, head, rec.get("threshold"))  # the fold's own validation threshold
-                if head.loss == "nll":  # the fold's own risk, not that of its interpolated survival function
-                    row[3] = f"{fold_head.risk(np.asarray(probs)):.8g}"
+                # the fold's own validation threshold
+                row = head.study_row(bag_id, label, np.asarray(probs), fold_head, classes, rec.get("threshold"))
                 cells = [row[0], *([bags.case_ids[position[bag_id]]] if extra else []), *row[1:], r, s.fold]
                 rows.append((position[bag_id], cells))
         for _, cells in sorted(rows, key=lambda t: t[0]):
             writer.writerow(cells)
-    write_text_atomic(out / "oof.csv", buf.getvalue())
+    write_oof(out, buf.getvalue())
 
-    metrics = TASK_METRICS[task]
+    metrics = head.metrics
     per_fold = [{"key": s.key, "repeat": s.repeat, "fold": s.fold, "n_test": len(s.test),
                  **{m: records[s.key]["test"][m] for m in metrics}, "threshold": records[s.key]["threshold"],
                  "best_epoch": records[s.key]["best_epoch"], "epochs_run": records[s.key]["epochs_run"]}
@@ -352,7 +275,6 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
                "sd": "sample standard deviation over folds (ddof 1)",
                "auc": "binary: of the last class; more classes: one-vs-rest macro (None where a class is absent)",
                "per_fold": per_fold, "mean": mean}
-    write_json_atomic(out / "summary.json", summary)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["key", "repeat", "fold", "n_test", *metrics, "threshold", "best_epoch", "epochs_run"])
@@ -361,26 +283,12 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
                     _fmt(f["threshold"]), f["best_epoch"], f["epochs_run"]])
     for stat in ("mean", "sd"):
         w.writerow([stat, "", "", "", *[_fmt(mean[m][stat]) for m in metrics], "", "", ""])
-    write_text_atomic(out / "summary.csv", buf.getvalue())
+    csv_text = buf.getvalue()
     lines = [f"# Cross-validation ({bag_level} level, {len(per_fold)} of {len(splits)} folds)", "",
              "| metric | mean | SD | folds |", "|---|---|---|---|"]
     lines += [f"| {m} | {_fmt(mean[m]['mean'])} | {_fmt(mean[m]['sd'])} | {mean[m]['n_folds']} |" for m in metrics]
-    if task == "classification":
-        lines += ["", "| fold | n test | AUC | accuracy | balanced accuracy | threshold | best epoch |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {f['key']} | {f['n_test']} | {_fmt(f['auc'])} | {_fmt(f['accuracy'])} | "
-                  f"{_fmt(f['balanced_accuracy'])} | {_fmt(f['threshold'])} | {f['best_epoch']} |" for f in per_fold]
-        lines += ["", "SD: sample standard deviation over folds (ddof 1). AUC: binary of the last class, else "
-                  "one-vs-rest macro. Threshold: Youden's J on the fold's validation part (two classes)."]
-    else:
-        lines += ["", f"| fold | n test | {' | '.join(metrics)} | best epoch |", "|---|---|" + "---|" * len(metrics)
-                  + "---|"]
-        lines += [f"| {f['key']} | {f['n_test']} | " + " | ".join(_fmt(f[m]) for m in metrics)
-                  + f" | {f['best_epoch']} |" for f in per_fold]
-        lines += ["", "SD: sample standard deviation over folds (ddof 1). "
-                  + ("c_index: Harrell's, of each fold's test risks." if task == "survival"
-                     else "r2, mae, pearson of each fold's test predictions.")]
-    write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
+    lines += ["", *head.summary_table(per_fold)]
+    write_summary(out, summary, csv_text, "\n".join(lines) + "\n")
     return summary
 
 

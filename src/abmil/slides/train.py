@@ -27,26 +27,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..data.samplers import balanced_weights
-from ..errors import DataError
 from ..nn import chunked
 from ..nn.chunked import DEFAULT_CHUNK_SIZE
 from ..nn.models import EmbeddingMIL
 from ..nn.zoo import slide_model
-from ..report.metrics import class_metrics
+from ..tasks import DEFAULT_BINS, DEFAULT_TASK, Task, get_task
+from ..tasks.classification import ClassificationTask
 from ..train.checkpoint import read_checkpoint
 from ..train.config import TrainConfig
 from ..train.distributed import World, gather_lists, init_distributed, max_divergence, shutdown
 from ..train.loop import Callback, Checkpointing, EarlyStopping, FitHistory, bf16_autocast, train_loop
-from ..train.loss import Objective, bag_losses, balanced_class_weights
+from ..train.loss import bag_losses, balanced_class_weights
 from ..train.schedule import epoch_steps
 from .features import BAG_LEVELS, CaseBagDataset, FeatureBagDataset, bags_at_level
 from .manifest import train_val_split
-from .outcomes import DEFAULT_BINS, Head, strata
 
 #: ``--monitor`` choices → the validation metrics early stopping compares, in order, lower is better (ties of the
 #: first broken by the next): the loss; the error (1 - accuracy), then the loss; the AUC as its negative, then the
@@ -54,9 +52,7 @@ from .outcomes import DEFAULT_BINS, Head, strata
 MONITORS: dict[str, tuple[str, ...]] = {"val_loss": ("val_loss",), "val_error": ("val_error", "val_loss"),
                                         "val_auc": ("val_neg_auc", "val_loss"),
                                         "val_cindex": ("val_neg_cindex", "val_loss")}
-#: The monitors each task can use.
-TASK_MONITORS = {"classification": ("val_loss", "val_error", "val_auc"), "survival": ("val_loss", "val_cindex"),
-                 "regression": ("val_loss",)}
+#: (The monitors each task can use are its :attr:`~abmil.tasks.base.Task.monitors`.)
 CLASS_WEIGHTS = ("balanced",)
 SAMPLERS = ("shuffle", "balanced")
 
@@ -89,8 +85,8 @@ class WSIConfig:
         sampler: ``"shuffle"`` (each epoch every training slide once, shuffled) or ``"balanced"`` (each epoch n
             slides drawn with replacement, every class equally likely; seeded by (seed, epoch)).
         bag_level: ``"slide"`` (a bag is a slide) or ``"case"`` (a case's slides pooled into one bag).
-        task: ``"classification"``, ``"survival"`` (manifest columns ``time``, ``event``) or ``"regression"``
-            (``target``): the head and its loss (:mod:`abmil.slides.outcomes`, :mod:`abmil.train.loss`).
+        task: a task of :data:`abmil.tasks.TASKS`: ``classification`` (the default), ``survival`` (manifest columns
+            ``time``, ``event``) or ``regression`` (``target``): the head and its loss (:mod:`abmil.tasks`).
         loss: the task's loss (survival ``nll`` (default) or ``cox``; regression ``mse`` (default) or ``huber``);
             None: the task's default.
         n_bins: survival ``nll``: time bins (quantiles of the training part's event times).
@@ -115,7 +111,7 @@ class WSIConfig:
     class_weights: str | None = None
     sampler: str = "shuffle"
     bag_level: str = "slide"
-    task: str = "classification"
+    task: str = DEFAULT_TASK
     loss: str | None = None
     n_bins: int = DEFAULT_BINS
 
@@ -136,11 +132,12 @@ class WSIConfig:
             raise ValueError("hidden, att_dim and chunk_size must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        object.__setattr__(self, "loss", Objective(self.task, self.loss).loss)  # validates task and loss
-        if self.monitor not in TASK_MONITORS[self.task]:
+        task = get_task(self.task)
+        object.__setattr__(self, "loss", task(self.loss).loss)  # validates the loss
+        if self.monitor not in task.monitors:
             raise ValueError(f"--monitor {self.monitor} is not for the {self.task} task: use one of "
-                             f"{', '.join(TASK_MONITORS[self.task])}")
-        if self.task != "classification" and (self.class_weights is not None or self.sampler != "shuffle"):
+                             f"{', '.join(task.monitors)}")
+        if not task.has_classes and (self.class_weights is not None or self.sampler != "shuffle"):
             raise ValueError("--class-weights and --sampler balanced are for classification")
         if isinstance(self.n_bins, bool) or self.n_bins < 1:
             raise ValueError(f"n_bins must be >= 1, got {self.n_bins}")
@@ -166,10 +163,10 @@ class WSIConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def build_model(in_dim: int, n_classes: int, config: WSIConfig, head: Head | None = None) -> EmbeddingMIL:
-    """The run's model, initialised from ``config.seed``; ``head``: a survival or regression run's."""
+def build_model(in_dim: int, n_classes: int, config: WSIConfig, head: Task | None = None) -> EmbeddingMIL:
+    """The run's model, initialised from ``config.seed``; ``head``: the run's task (its outputs)."""
     torch.manual_seed(config.seed)
-    n_out = None if head is None or head.is_classification else head.n_out()
+    n_out = None if head is None else head.n_out()
     return slide_model(config.pooling, in_dim, n_classes, hidden=config.hidden, att_dim=config.att_dim,
                        dropout=config.dropout, chunk_size=config.chunk_size, n_out=n_out)
 
@@ -177,18 +174,6 @@ def build_model(in_dim: int, n_classes: int, config: WSIConfig, head: Head | Non
 def slide_loss(out, label: int) -> Tensor:
     """Loss of one slide's output (logits (1, n_out)), class index → scalar."""
     return bag_losses(out, torch.tensor([label], device=out.logits.device))[0]
-
-
-def class_names(dataset: FeatureBagDataset) -> list[str]:
-    """The run's classes: the manifest's names, or "0".."k" for integer labels (at least two)."""
-    if dataset.classes is not None:
-        names = list(dataset.classes)
-    else:
-        names = [str(i) for i in range(max(max(dataset.labels) + 1, 2))]
-    if len(names) < 2:
-        raise DataError(f"field 'label': a classifier needs at least two classes, the manifest has only "
-                        f"{names}", path=dataset.manifest)
-    return names
 
 
 @torch.no_grad()
@@ -205,42 +190,13 @@ def _forward(model: EmbeddingMIL, dataset, indices: list[int], device: torch.dev
 def score_slides(model: EmbeddingMIL, dataset: FeatureBagDataset, indices: list[int], device: torch.device,
                  bf16: bool = False) -> list[tuple[int, float, list[float], int]]:
     """``(slide position, loss, class probabilities (n_classes,), label)`` for each slide of ``indices``."""
-    return [(i, float(slide_loss(out, y)), out.probabilities()[0].cpu().tolist(), y)
-            for i, out, y in _forward(model, dataset, indices, device, bf16)]
+    return score_bags(model, dataset, indices, device, ClassificationTask(), bf16)
 
 
-def val_metrics(rows: list[tuple[int, float, list[float], int]]) -> dict:
-    """Mean loss, accuracy, error (1 - accuracy) and AUC (binary; one-vs-rest macro for more classes, when every
-    class occurs, else None) of :func:`score_slides` rows, in slide order whatever order they come in."""
-    rows = sorted(rows)
-    losses = np.array([r[1] for r in rows])
-    metrics = class_metrics(np.array([r[2] for r in rows]), np.array([r[3] for r in rows]))
-    return {"loss": float(losses.mean()), **metrics, "error": 1.0 - metrics["accuracy"]}
-
-
-def score_outputs(model: EmbeddingMIL, dataset, indices: list[int], device: torch.device, bf16: bool = False
-                  ) -> list[tuple[int, list[float]]]:
-    """``(bag position, logits (n_out,))`` of each bag of ``indices`` (survival and regression validation)."""
-    return [(i, out.logits[0].float().cpu().tolist()) for i, out, _ in _forward(model, dataset, indices, device, bf16)]
-
-
-def head_val_metrics(rows: list[tuple[int, list[float]]], head: Head, outcomes: Sequence) -> dict:
-    """Validation metrics of a survival or regression head over all of ``rows`` together: the mean loss (Cox: the
-    partial likelihood of the whole validation part, per bag), and Harrell's c-index (survival) or R² (regression)."""
-    from ..nn.models import MILOutput
-    from ..report.metrics import harrell_c_index, regression_metrics
-
-    rows = sorted(rows)
-    logits = torch.tensor([r[1] for r in rows], dtype=torch.float64)
-    targets = [head.loop_target(outcomes[i]) for i, _ in rows]
-    y = torch.tensor(targets, dtype=torch.float64)
-    loss = float(bag_losses(MILOutput(logits), y, objective=head.objective()).mean())
-    values = head.outputs(logits)
-    if head.task == "survival":
-        risk = [head.risk(v) for v in values]
-        c = harrell_c_index([outcomes[i][0] for i, _ in rows], [outcomes[i][1] for i, _ in rows], risk)
-        return {"loss": loss, "cindex": c}
-    return {"loss": loss, "r2": regression_metrics([outcomes[i] for i, _ in rows], values[:, 0])["r2"]}
+def score_bags(model: EmbeddingMIL, dataset, indices: list[int], device: torch.device, task: Task,
+               bf16: bool = False) -> list[tuple]:
+    """What validation keeps of each bag of ``indices`` (:meth:`~abmil.tasks.base.Task.val_row`)."""
+    return [task.val_row(i, out, y) for i, out, y in _forward(model, dataset, indices, device, bf16)]
 
 
 def _check_resumable(info: dict, config: WSIConfig, classes: list[str], in_dim: int, train_slides: list[str],
@@ -282,9 +238,9 @@ def pack_limit(config: WSIConfig, device: torch.device) -> int:
 class SlideBags:
     """The training slides of a dataset as the loop's bag source: read from disk at each visit."""
 
-    def __init__(self, dataset: FeatureBagDataset, positions: list[int], head: Head | None = None):
+    def __init__(self, dataset: FeatureBagDataset, positions: list[int], head: Task | None = None):
         self.dataset, self.positions = dataset, positions
-        self.head = None if head is None or head.is_classification else head
+        self.head = head or ClassificationTask()
         self._sizes = dataset.bag_sizes()  # metadata, cached by validate()
 
     def __len__(self) -> int:
@@ -295,9 +251,9 @@ class SlideBags:
 
     def load(self, i: int, epoch: int) -> tuple[Tensor, int]:
         bag = self.dataset.load(self.positions[i])
-        if self.head is not None:
-            return bag.features, self.head.loop_target(self.dataset.outcomes[self.positions[i]])
-        return bag.features, bag.label
+        outcomes = getattr(self.dataset, "outcomes", None)
+        return bag.features, self.head.loop_target(None if outcomes is None else outcomes[self.positions[i]],
+                                                   bag.label)
 
 
 def train_feature_model(dataset: FeatureBagDataset | CaseBagDataset, run_dir: str | os.PathLike, config: WSIConfig,
@@ -338,24 +294,20 @@ def train_feature_model(dataset: FeatureBagDataset | CaseBagDataset, run_dir: st
 def _train(dataset: FeatureBagDataset | CaseBagDataset, run_dir: Path, config: WSIConfig, world: World,
            dev: torch.device, resume: bool, on_epoch: Callable[[dict], None] | None, callbacks: Sequence[Callback],
            split: tuple[Sequence[int], Sequence[int]] | None, select_best: bool) -> dict:
-    task = getattr(dataset, "task", "classification")
-    if task != config.task:
-        raise ValueError(f"the dataset was read for the {task} task, the run is for {config.task}")
-    classes = class_names(dataset) if task == "classification" else []
+    read_for = getattr(dataset, "task", DEFAULT_TASK)
+    if read_for != config.task:
+        raise ValueError(f"the dataset was read for the {read_for} task, the run is for {config.task}")
+    task = get_task(config.task)
+    classes = task.class_names(dataset)
     in_dim = dataset.validate()
     outcomes = getattr(dataset, "outcomes", [None] * len(dataset.slide_ids))
     if split is None:
-        train_idx, val_idx = train_val_split(strata(task, dataset.labels, outcomes).tolist(), dataset.splits,
+        train_idx, val_idx = train_val_split(task.strata(dataset.labels, outcomes).tolist(), dataset.splits,
                                              config.val_split, config.seed, dataset.case_ids)
     else:
         train_idx, val_idx = [int(i) for i in split[0]], [int(i) for i in split[1]]
-    if task == "classification":
-        trained = sorted({int(dataset.labels[i]) for i in train_idx})
-        if len(trained) < 2:
-            names = ", ".join(classes[c] for c in trained) or "none"
-            raise DataError(f"the training slides hold one class only ({names}): a classifier needs at least two",
-                            path=getattr(dataset, "manifest", None))
-    head = Head.fit(task, config.loss, [outcomes[i] for i in train_idx], config.n_bins, manifest=dataset.manifest)
+    task.check_training_part(dataset, train_idx, classes)
+    head = task.fit(config.loss, [outcomes[i] for i in train_idx], config.n_bins, manifest=dataset.manifest)
     if config.loss == "cox" and config.batch_instances is None and (config.batch_size or 1) * world.size < 2:
         raise ValueError("--loss cox compares the slides of each step: give --batch-size 2 or more (e.g. 16-64; "
                          "under torchrun the risk set is the global batch of all processes)")
@@ -393,17 +345,10 @@ def _train(dataset: FeatureBagDataset | CaseBagDataset, run_dir: Path, config: W
 
     def validate(m: torch.nn.Module) -> dict:
         record = {"rank_weight_max_diff": max_divergence(m, world)} if world.distributed else {}
-        if val_idx and not head.is_classification:
-            rows = gather_lists(score_outputs(m, dataset, val_idx[world.rank::world.size], dev, config.bf16), world)
-            record.update({f"val_{k}": v for k, v in head_val_metrics(rows, head, outcomes).items()})
-            if "val_cindex" in record:
-                c = record["val_cindex"]
-                record["val_neg_cindex"] = -c if c == c else float("nan")
-        elif val_idx:  # each rank scores its share of the validation slides
-            rows = gather_lists(score_slides(m, dataset, val_idx[world.rank::world.size], dev, config.bf16), world)
-            record.update({f"val_{k}": v for k, v in val_metrics(rows).items()})
-            if stopping is not None and config.monitor == "val_auc":
-                record["val_neg_auc"] = -record["val_auc"] if record["val_auc"] is not None else float("nan")
+        if val_idx:  # each rank scores its share of the validation slides
+            rows = gather_lists(score_bags(m, dataset, val_idx[world.rank::world.size], dev, head, config.bf16),
+                                world)
+            record.update(head.val_record(rows, outcomes, config.monitor if stopping is not None else None))
         return record
 
     class Report(Callback):
@@ -424,5 +369,5 @@ def _train(dataset: FeatureBagDataset | CaseBagDataset, run_dir: Path, config: W
                checkpoint=Checkpointing(run_dir, "slide", None, info, accept),
                callbacks=[*callbacks, Report()], net=net, world=world, device=dev, bf16=config.bf16,
                pack_limit=pack_limit(config, dev), class_weights=class_weights,
-               objective=None if head.is_classification else head.objective())
+               objective=head.objective())
     return read_checkpoint(run_dir)

@@ -4,7 +4,7 @@ Classification (the default task). Two classes: the paper's loss, the negative B
 probability clamped to [1e-5, 1 - 1e-5] as in Ilse et al.'s reference code (for probability-pooling models the pooled
 probability itself). More classes: softmax cross-entropy on the logits.
 
-Survival (:class:`Objective` ``task="survival"``), targets ``(n_bags, 3)`` = (time bin, event, time):
+Survival (:class:`Objective` ``loss="nll"`` or ``"cox"``), targets ``(n_bags, 3)`` = (time bin, event, time):
 
 - ``nll``: discrete-time hazards (Zadeh & Schmid 2021; PORPOISE's ``nll_surv``): ``n_bins`` logits, hazard
   ``h_k = sigmoid(logit_k)``, survival ``S_k = prod_{j<=k} (1 - h_j)``; an event in bin ``y`` costs
@@ -15,7 +15,7 @@ Survival (:class:`Objective` ``task="survival"``), targets ``(n_bags, 3)`` = (ti
   (:func:`cox_partial_nll`). Not separable: the loop computes the step's risks first, then each pass's gradient
   from them (:attr:`Objective.coupled`); a step of one bag, or without an event, contributes 0.
 
-Regression (``task="regression"``), targets ``(n_bags,)`` (standardised by the caller): ``mse`` or ``huber``.
+Regression (``loss="mse"`` or ``"huber"``), targets ``(n_bags,)`` (standardised by the caller): ``mse`` or ``huber``.
 """
 from __future__ import annotations
 
@@ -44,31 +44,26 @@ def _binary_nll(prob: Tensor, y: Tensor) -> Tensor:
     return bernoulli_nll(prob, y.to(prob.dtype))
 
 
-TASKS = ("classification", "survival", "regression")
-#: The losses of each task; the first is its default.
-TASK_LOSSES: dict[str, tuple[str, ...]] = {"classification": ("bernoulli",), "survival": ("nll", "cox"),
-                                           "regression": ("mse", "huber")}
+#: The losses of an :class:`Objective`: ``bernoulli`` (classification, :func:`bag_losses`'s default) and the
+#: losses of other heads' targets (:func:`task_losses`). Which task trains with which is the task's
+#: (:attr:`abmil.tasks.base.Task.losses`).
+BERNOULLI = "bernoulli"
+TARGET_LOSSES = ("nll", "cox", "mse", "huber")
 
 
 @dataclass(frozen=True)
 class Objective:
-    """What a head is trained for: ``task`` (one of :data:`TASKS`) and its ``loss`` (:data:`TASK_LOSSES`; None: the
-    task's default). ``alpha``: PORPOISE's extra weight on the uncensored term of ``nll`` (0: the plain likelihood).
+    """What a head is trained for: its ``loss`` (:data:`TARGET_LOSSES`, or ``bernoulli``: the classifier's).
+    ``alpha``: PORPOISE's extra weight on the uncensored term of ``nll`` (0: the plain likelihood).
     ``huber_delta``: Huber's threshold (in standardised target units)."""
 
-    task: str = "classification"
-    loss: str | None = None
+    loss: str = BERNOULLI
     alpha: float = 0.0
     huber_delta: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.loss is None:
-            object.__setattr__(self, "loss", TASK_LOSSES[self.task][0])
-        if self.loss not in TASK_LOSSES[self.task]:
-            raise ValueError(f"the {self.task} task's loss must be one of {', '.join(TASK_LOSSES[self.task])}, "
-                             f"got {self.loss!r}")
+        if self.loss not in (BERNOULLI, *TARGET_LOSSES):
+            raise ValueError(f"loss must be one of {', '.join((BERNOULLI, *TARGET_LOSSES))}, got {self.loss!r}")
         if not 0.0 <= self.alpha <= 1.0 or self.huber_delta <= 0:
             raise ValueError("alpha must be in [0, 1] and huber_delta > 0")
 
@@ -120,7 +115,7 @@ def regression_losses(pred: Tensor, target: Tensor, loss: str = "mse", delta: fl
 def task_losses(out: MILOutput, y: Tensor, objective: Objective) -> Tensor:
     """Per-bag losses of a survival or regression head (see the module docstring for ``y``)."""
     logits = out.logits
-    if objective.task == "regression":
+    if objective.loss in ("mse", "huber"):
         return regression_losses(logits[:, 0], y.reshape(-1), objective.loss, objective.huber_delta)
     y = y.reshape(-1, 3)
     if objective.loss == "nll":
@@ -135,7 +130,7 @@ def bag_losses(out: MILOutput, y: Tensor, class_weights: Tensor | None = None,
     (e.g. :func:`balanced_class_weights`; the mean of a step is then the sum of weighted losses over the bags of the
     step, not over their weights, so that a step of one bag keeps its weight). ``objective``: a survival or
     regression head (:class:`Objective`; ``y`` its targets); None: classification."""
-    if objective is not None and objective.task != "classification":
+    if objective is not None and objective.loss in TARGET_LOSSES:
         if class_weights is not None:
             raise ValueError("class weights are for classification")
         return task_losses(out, y, objective)
