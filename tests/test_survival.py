@@ -19,8 +19,8 @@ from abmil.data.synthetic import write_outcome_cohort as make_outcome_cohort
 from abmil.nn.models import MILOutput
 from abmil.report.metrics import harrell_c_index
 from abmil.slides.features import FeatureBagDataset
-from abmil.tasks import get_task
 from abmil.slides.train import WSIConfig, train_feature_model
+from abmil.tasks import get_task
 from abmil.train.loss import Objective, bag_losses, cox_partial_nll, discrete_survival_nll
 from test_ddp import free_port
 from wsi_helpers import load_weights

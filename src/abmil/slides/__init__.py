@@ -4,7 +4,10 @@
     feature_files.py  one slide's feature file (HDF5 or .pt): shape, chunks, coordinates, checks
     features.py       FeatureBagDataset: the slides of a manifest, read lazily with a byte-budget cache; CaseBagDataset
     train.py          WSIConfig and train_feature_model: the one training loop on slides (resumable, DDP)
-    predict.py        a trained run's predictions, streamed slide by slide (CSV + attention HDF5); fold ensembles
+    predict.py        a trained run's predictions, streamed slide by slide; fold ensembles
+    predictions.py    the predictions files (CSV + attention HDF5): written, and read back (tables.py: the CSV reader)
+    run_folder.py     the layout of a run's folder: checkpoint.json; a study's run.json, splits.json, folds/, oof.csv,
+                      summary.*
     study.py          patient-level K-fold cross-validation: folds as resumable units, out-of-fold predictions, summary
     heatmap.py        a slide's attention painted over its thumbnail
 """

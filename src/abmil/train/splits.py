@@ -120,7 +120,7 @@ def case_cv_splits(labels: Sequence[int] | np.ndarray, groups: Sequence | np.nda
     random_state=seed * 1000 + repeat)`` over the cases; each training part less a validation part
     (:func:`stratified_group_holdout` with ``min_per_class``, seeded by :func:`fold_seed`); ``val_fraction`` None:
     no validation part. ``labels`` are the strata: classes, or (survival, regression) the event or a target quantile
-    group (:func:`abmil.slides.outcomes.strata`); ``stratum`` is how messages name them.
+    group (:meth:`abmil.tasks.base.Task.strata`); ``stratum`` is how messages name them.
 
     Raises:
         ValueError: folds < 2 or repeats < 1; a class with fewer cases than folds (a test fold would miss it); a test
