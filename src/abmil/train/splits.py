@@ -115,17 +115,25 @@ class CaseSplit:
 
 def case_cv_splits(labels: Sequence[int] | np.ndarray, groups: Sequence | np.ndarray | None = None, *,
                    folds: int, repeats: int = 1, seed: int = 0, val_fraction: float | None = 0.2,
-                   class_names: Sequence[str] | None = None, stratum: str = "class") -> list[CaseSplit]:
+                   class_names: Sequence[str] | None = None, stratum: str = "class",
+                   sites: Sequence | np.ndarray | None = None) -> list[CaseSplit]:
     """Repeated stratified group K-fold: for each repeat, ``StratifiedGroupKFold(folds, shuffle=True,
     random_state=seed * 1000 + repeat)`` over the cases; each training part less a validation part
     (:func:`stratified_group_holdout` with ``min_per_class``, seeded by :func:`fold_seed`); ``val_fraction`` None:
     no validation part. ``labels`` are the strata: classes, or (survival, regression) the event or a target quantile
     group (:meth:`abmil.tasks.base.Task.strata`); ``stratum`` is how messages name them.
 
+    ``sites`` (one per bag, e.g. the hospital): site-preserved folds, every site whole in one test fold — the folds
+    are drawn over the sites (``StratifiedGroupKFold`` with the sites as groups), or, when ``folds`` equals the
+    number of sites, leave-one-site-out (``LeaveOneGroupOut``; repeats then differ only in their validation parts
+    and seeds). A test fold may then lack a class (a site that saw only one); training parts may not. Cases stay
+    whole within the training part's validation split.
+
     Raises:
         ValueError: folds < 2 or repeats < 1; a class with fewer cases than folds (a test fold would miss it); a test
             fold, training part or validation part missing a class; a case of two labels. Messages name the class
-            (``class_names[c]`` if given) and the fold.
+            (``class_names[c]`` if given) and the fold. With ``sites``: fewer than two sites, more folds than sites,
+            a case whose bags lie in two sites (naming the case).
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -144,19 +152,35 @@ def case_cv_splits(labels: Sequence[int] | np.ndarray, groups: Sequence | np.nda
         plural = "classes" if stratum == "class" else f"{stratum}s"
         raise ValueError(f"cross-validation needs cases of at least two {plural}, all cases are of {stratum} "
                          f"{name(int(classes[0]))}")
-    for c in classes:
-        n_c = int((case_label == c).sum())
-        if n_c < folds:
-            raise ValueError(f"{stratum} {name(int(c))} has {n_c} case(s), fewer than the {folds} folds: every test "
-                             f"fold needs a case of each {stratum} (use --folds {max(n_c, 2)} or fewer, or more "
-                             "cases)")
+    site_codes = None if sites is None else _site_codes(sites, codes, groups)
+    if site_codes is None:
+        for c in classes:
+            n_c = int((case_label == c).sum())
+            if n_c < folds:
+                raise ValueError(f"{stratum} {name(int(c))} has {n_c} case(s), fewer than the {folds} folds: every "
+                                 f"test fold needs a case of each {stratum} (use --folds {max(n_c, 2)} or fewer, or "
+                                 "more cases)")
+    else:
+        n_sites = int(site_codes.max()) + 1
+        if n_sites < 2:
+            raise ValueError("site-preserved cross-validation needs at least two sites, the site column holds one")
+        if folds > n_sites:
+            raise ValueError(f"--folds {folds} is more than the {n_sites} sites: every test fold holds whole sites "
+                             f"(use --folds {n_sites} for leave-one-site-out, or fewer)")
     out = []
     for r in range(repeats):
-        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed * 1000 + r)
-        for f, (tr, te) in enumerate(splitter.split(np.zeros(labels.size), labels, codes)):
+        if site_codes is not None and folds == int(site_codes.max()) + 1:
+            from sklearn.model_selection import LeaveOneGroupOut
+
+            parts = LeaveOneGroupOut().split(np.zeros(labels.size), labels, site_codes)
+        else:
+            splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed * 1000 + r)
+            parts = splitter.split(np.zeros(labels.size), labels, codes if site_codes is None else site_codes)
+        for f, (tr, te) in enumerate(parts):
             s = fold_seed(seed, r, f)
             where = f"repeat {r} fold {f}"
-            for part, idx in (("test fold", te), ("training part", tr)):
+            checked = (("training part", tr),) if site_codes is not None else (("test fold", te), ("training part", tr))
+            for part, idx in checked:
                 missing = [name(int(c)) for c in classes if not np.any(labels[idx] == c)]
                 if missing:
                     raise ValueError(f"{where}: the {part} holds no case of {stratum} {', '.join(missing)}; "
@@ -169,3 +193,20 @@ def case_cv_splits(labels: Sequence[int] | np.ndarray, groups: Sequence | np.nda
                 tr, val = tr[keep], tr[held]
             out.append(CaseSplit(r, f, s, tr, val, np.sort(te).astype(np.int64)))
     return out
+
+
+def _site_codes(sites: Sequence | np.ndarray, codes: np.ndarray, groups) -> np.ndarray:
+    """(n,) site index of each bag; ValueError naming a case whose bags lie in two sites."""
+    sites = np.asarray(sites).ravel()
+    if sites.size != codes.size:
+        raise ValueError(f"{codes.size} bags but {sites.size} sites")
+    names, site_codes = np.unique(sites, return_inverse=True)
+    first = np.full(int(codes.max()) + 1, -1)
+    first[codes[::-1]] = site_codes[::-1]  # the site of each case's first bag
+    split = np.flatnonzero(first[codes] != site_codes)
+    if split.size:
+        bag = int(split[0])
+        case = np.asarray(groups).ravel()[bag] if groups is not None else bag
+        found = sorted({str(names[k]) for k in site_codes[codes == codes[bag]]})
+        raise ValueError(f"case {str(case)!r} has slides in sites {found}: all slides of a case need one site")
+    return site_codes.astype(np.int64)
