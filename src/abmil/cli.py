@@ -16,6 +16,7 @@
     abmil heatmap --run RUN --slide FILE.h5 [--wsi SLIDE | --thumbnail IMG --downsample K] --out heat.png
     abmil heatmap --run RUN --manifest CSV [--features DIR] [--slides DIR] --out DIR [--max-size PX]
                   [--layout overlay|side-by-side] [--tissue] [--top-k K] [--geojson]
+    abmil compare RUN_A RUN_B [...] --out DIR [--manifest CSV --by site] [--bootstrap 1000] [--seed 0]
     abmil evaluate --predictions preds.csv [--manifest CSV] [--labels-from auto|predictions|manifest]
                    [--threshold T | --run RUN] [--bootstrap 1000] [--seed 0] [--times T1,T2] [--risk-groups 2|3]
                    --out DIR
@@ -504,6 +505,28 @@ def _wsi_commands(commands) -> None:
     evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
     evaluate.set_defaults(handler=_evaluate)
 
+    from abmil.report.compare import compare_runs
+
+    compare = commands.add_parser(
+        "compare", help="paired comparison of studies on the same cases: differences with paired bootstrap CIs, "
+                        "DeLong's test",
+        description="Compare cross-validation studies (their oof.csv) or predictions CSVs on the same slides: for "
+                    "every later run against the first, the paired difference B - A of each metric with a 95 % "
+                    "paired case-bootstrap interval (both runs scored on the same drawn cases), DeLong's test of the "
+                    "AUC difference (two classes), per-group rows (--by), a figure of the ROC curves. Runs on "
+                    "different slides are refused.")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="study folders (oof.csv) or predictions CSVs")
+    compare.add_argument("--manifest", default=None, metavar="CSV",
+                         help="the slides' truth (joined on slide_id) and the --by column")
+    compare.add_argument("--by", default=None, metavar="COLUMN",
+                         help="also compare within each value of this manifest column (e.g. site)")
+    compare.add_argument("--bootstrap", type=int, default=default_of(compare_runs, "n_bootstrap"),
+                         help="paired case resamples (default %(default)s; at least 100)")
+    compare.add_argument("--seed", type=int, default=default_of(compare_runs, "seed"),
+                         help="seed of the resamples (default %(default)s)")
+    compare.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    compare.set_defaults(handler=_compare)
+
 
 def _cv_args(parser: argparse.ArgumentParser, default: Callable[[str], Any]) -> None:
     """--folds / --repeats / --seed of a cross-validated experiment; ``default(name)``: its function's default."""
@@ -782,6 +805,26 @@ def _evaluate(args: argparse.Namespace) -> int:
               f"{r['level']:>5} {name:>24}: {r['value']:.3g}" if r["value"] is not None else
               f"{r['level']:>5} {name:>24}: n/a")
     print(f"wrote {args.out}/metrics.json, metrics.csv, metrics.md, {', '.join(meta['figures'])}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from abmil.report.compare import compare_runs
+
+    result = compare_runs(args.runs, out_dir=args.out, manifest=args.manifest, by=args.by,
+                          n_bootstrap=args.bootstrap, seed=args.seed)
+    meta = result["meta"]
+    print(f"{meta['n_slides']} slides, {meta['n_cases']} cases; {meta['method']}")
+    for r in result["rows"]:
+        if r["difference"] is None:
+            continue
+        name = f"{r['metric']} ({r['class']})" if r["class"] else r["metric"]
+        delong = "" if r["delong_p"] is None else f"  DeLong p {r['delong_p']:.3g}"
+        ci = "" if r["ci_low"] is None else f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+        print(f"{r['group']:>8} {r['level']:>5} {name:>20}: {r['value_a']:.3f} -> {r['value_b']:.3f}, "
+              f"B - A {r['difference']:+.3f}{ci}{delong}")
+    print(f"wrote {args.out}/compare.json, compare.csv, compare.md" + (", roc.png" if meta["task"] == "classification"
+                                                                        else ""))
     return 0
 
 

@@ -70,7 +70,7 @@ def _truth_columns(task: str) -> tuple[str, ...]:
     return ("time", "event") if task == "survival" else ("target",)
 
 
-def _read(predictions: str, task: str, manifest: str | None, labels_from: str):
+def read_outcomes(predictions: str, task: str, manifest: str | None = None, labels_from: str = "auto"):
     """(slide ids, truth (n, 2) time/event or (n,) target, outputs (n, k), case ids, has cases, source, surv times)."""
     if labels_from not in LABEL_SOURCES:
         raise ValueError(f"labels_from must be one of {', '.join(LABEL_SOURCES)}, got {labels_from!r}")
@@ -239,7 +239,7 @@ def evaluate_outcomes(predictions_csv: str | os.PathLike, task: str, *, out_dir:
     if risk_groups not in (2, 3):
         raise ValueError(f"--risk-groups must be 2 (median split) or 3 (tertiles), got {risk_groups}")
     path = os.fspath(predictions_csv)
-    slide_ids, truth, outputs, case_ids, has_cases, source, surv_times = _read(
+    slide_ids, truth, outputs, case_ids, has_cases, source, surv_times = read_outcomes(
         path, task, None if manifest is None else os.fspath(manifest), labels_from)
     levels = _levels(truth, outputs, case_ids, has_cases)
     if task == "survival":
