@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .feature_files import FeatureFile
-from .formats import find_feature_file, find_feature_folder
+from .formats import find_feature_file, find_feature_folder, suffixes
 from .manifest import encode_labels, read_manifest
 
 
@@ -145,7 +145,7 @@ class FeatureBagDataset(Dataset):
         if path is None:
             found = find_feature_file(self.files_dir, slide_id)
             if found is None:
-                raise DataError(f"field 'path': slide file not found: no {slide_id}.h5/.hdf5/.pt/.pth "
+                raise DataError(f"field 'path': slide file not found: no {slide_id}{'/'.join(suffixes())} "
                                 f"in {self.files_dir}", path=self.manifest, bag=slide_id)
             return found
         p = Path(path)

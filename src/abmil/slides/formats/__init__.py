@@ -5,10 +5,11 @@
     stamp.py            STAMP tile features: 'feats' (n, dim), 'coords' in micrometres (placed with the slide's mpp)
     slide_embedding.py  one vector per slide (TRIDENT slide encoders, STAMP slide/patient encoders): a bag of one
 
-A file is HDF5 if it starts with HDF5's signature (or is named ``.h5``/``.hdf5``), a ``torch.save`` file if it is
-a zip or pickle (or is named ``.pt``/``.pth``); the first reader of :data:`READERS` for that container that
-:meth:`~.base.FeatureReader.claims` it reads it. A new format is one module with one
-:class:`~.base.FeatureReader` subclass, listed in :data:`READERS` (or added at run time with :func:`register`).
+A file is HDF5 if it starts with HDF5's signature (or is named ``.h5``/``.hdf5``); the first reader of
+:data:`READERS` for its container (``hdf5``, or ``file`` for any other) that :meth:`~.base.FeatureReader.claims` it
+reads it: HDF5 readers by the file's datasets and attributes, the others by name or content. A new format is one
+module with one :class:`~.base.FeatureReader` subclass, listed in :data:`READERS` (or added at run time with
+:func:`register`).
 """
 from __future__ import annotations
 
@@ -24,19 +25,22 @@ from .slide_embedding import SlideEmbeddingH5
 from .stamp import StampH5
 
 __all__ = ["READERS", "SUFFIXES", "FeatureReader", "H5Reader", "find_feature_file", "find_feature_folder",
-           "open_feature_file", "register"]
+           "open_feature_file", "register", "suffixes"]
 
 #: The readers, asked in this order: the first that claims a file reads it (the most specific first; CLAM's
 #: ``features`` last among HDF5 layouts, so that a malformed ``features`` dataset is reported by its shape).
 READERS: list[type[FeatureReader]] = [SlideEmbeddingH5, StampH5, ClamH5, ClamPt]
 
-H5_SUFFIXES = (".h5", ".hdf5")
-PT_SUFFIXES = (".pt", ".pth")
-#: The file names looked for when a slide's file is found by its id (:func:`find_feature_file`), in this order.
-SUFFIXES = H5_SUFFIXES + PT_SUFFIXES
-
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_TORCH_SIGNATURES = (b"PK\x03\x04", b"\x80")  # torch.save: a zip archive, or (before torch 1.6) a pickle
+
+
+def suffixes() -> tuple[str, ...]:
+    """The file names looked for when a slide's file is found by its id (:func:`find_feature_file`): every
+    reader's :attr:`~.base.FeatureReader.suffixes`, in reader order."""
+    return tuple(dict.fromkeys(s for r in READERS for s in r.suffixes))
+
+
+SUFFIXES = suffixes()
 
 
 def register(reader: type[FeatureReader]) -> type[FeatureReader]:
@@ -47,19 +51,14 @@ def register(reader: type[FeatureReader]) -> type[FeatureReader]:
     return reader
 
 
-def container_of(path: Path) -> str | None:
-    """``"hdf5"``, ``"torch"`` or None, from the file's first bytes, else its suffix."""
+def container_of(path: Path) -> str:
+    """``"hdf5"`` if the file starts with HDF5's signature or is named ``.h5``/``.hdf5``, else ``"file"``."""
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(len(_HDF5_SIGNATURE))
     except OSError:
         head = b""
-    if head.startswith(_HDF5_SIGNATURE):
-        return "hdf5"
-    if head.startswith(_TORCH_SIGNATURES):
-        return "torch"
-    suffix = path.suffix.lower()
-    return "hdf5" if suffix in H5_SUFFIXES else "torch" if suffix in PT_SUFFIXES else None
+    return "hdf5" if head == _HDF5_SIGNATURE or path.suffix.lower() in H5Reader.suffixes else "file"
 
 
 def open_feature_file(path: str | os.PathLike, slide_id: str | None = None, *,
@@ -93,14 +92,14 @@ def open_feature_file(path: str | os.PathLike, slide_id: str | None = None, *,
     else:
         reader = next((r for r in readers if r.claims(path)), None)
         if reader is None:
-            raise feature_error(path, slide_id, "path", f"unknown feature-file type {path.suffix!r}: neither HDF5 "
-                                                        f"nor a torch.save file (expected {', '.join(SUFFIXES)})")
+            raise feature_error(path, slide_id, "path", f"unknown feature-file type {path.suffix!r}: not HDF5, and "
+                                                        f"no reader claims it ({'; '.join(r.layout for r in readers)})")
     return reader(path, slide_id, mpp)
 
 
 def find_feature_file(folder: Path, slide_id: str) -> Path | None:
     """``folder/<slide_id>.h5`` (or .hdf5, .pt, .pth, in that order), or None."""
-    for suffix in SUFFIXES:
+    for suffix in suffixes():
         p = folder / f"{slide_id}{suffix}"
         if p.is_file():
             return p
@@ -110,7 +109,8 @@ def find_feature_file(folder: Path, slide_id: str) -> Path | None:
 def _stems(folder: Path) -> set[str]:
     try:
         with os.scandir(folder) as entries:
-            return {Path(e.name).stem for e in entries if Path(e.name).suffix.lower() in SUFFIXES and e.is_file()}
+            known = suffixes()
+            return {Path(e.name).stem for e in entries if Path(e.name).suffix.lower() in known and e.is_file()}
     except OSError:
         return set()
 

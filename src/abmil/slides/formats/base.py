@@ -76,7 +76,10 @@ class FeatureReader:
     name: ClassVar[str]
     """Short name of the format (``clam-h5``), shown in messages and docs."""
     container: ClassVar[str]
-    """What the factory opens to ask :meth:`claims`: ``"hdf5"`` (an open ``h5py.File``) or ``"torch"`` (the path)."""
+    """What the factory hands :meth:`claims`: ``"hdf5"``, the open ``h5py.File`` of an HDF5 file; ``"file"``, the
+    path of any other file."""
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    """File names looked for when a slide's file is found by its id in a folder, in this order."""
     layout: ClassVar[str]
     """One line on what the reader expects, listed when no reader claims a file."""
 
@@ -86,7 +89,7 @@ class FeatureReader:
     @classmethod
     def claims(cls, probe) -> bool:
         """Whether this reader reads the file: ``probe`` is the open ``h5py.File`` (``container == "hdf5"``) or the
-        file's path (``"torch"``). Cheap: look at names, shapes and attributes, not at the data."""
+        file's path (``"file"``). Cheap: look at names, shapes and attributes, not at the data."""
         raise NotImplementedError
 
     def error(self, field: str, message: str) -> DataError:
@@ -141,7 +144,8 @@ def _level0(coords: np.ndarray) -> np.ndarray:
 class H5Reader(FeatureReader):
     """An HDF5 layout with one 2-D features dataset and, optionally, a ``coords`` dataset of matching rows.
 
-    Subclasses set :attr:`features_name` and, where coordinates are not stored in level-0 pixels, override
+    Subclasses set :attr:`features_name` (and :attr:`coords_name`) and, where coordinates are not stored in level-0
+    pixels, override
     :meth:`to_level0`. Whole slides are read with ``read_direct`` into a preallocated array, in blocks of about
     :data:`READ_BLOCK_BYTES` (:data:`CONTIGUOUS_READ_BLOCK_BYTES` for a contiguous dataset): HDF5 walks the chunks
     in C, and with ``check_finite`` each block is checked for NaN/Inf by a helper thread while the next block is read,
@@ -150,7 +154,9 @@ class H5Reader(FeatureReader):
     """
 
     container = "hdf5"
+    suffixes = (".h5", ".hdf5")
     features_name: ClassVar[str] = "features"
+    coords_name: ClassVar[str] = "coords"
 
     @contextlib.contextmanager
     def open(self):
@@ -181,10 +187,10 @@ class H5Reader(FeatureReader):
         return ds
 
     def coords_dataset(self, f, n: int):
-        """The ``coords`` dataset, checked to have ``n`` rows, or None."""
-        if "coords" not in f:
+        """The coords dataset, checked to have ``n`` rows, or None."""
+        if self.coords_name not in f:
             return None
-        ds = f["coords"]
+        ds = f[self.coords_name]
         if getattr(ds, "shape", None) != (n, 2):
             raise self.error("coords", f"expected shape ({n}, 2) to match features, got {getattr(ds, 'shape', None)}")
         return ds
@@ -195,7 +201,7 @@ class H5Reader(FeatureReader):
         return _level0
 
     def no_coords_reason(self, f) -> str:
-        return "no 'coords' dataset: a heatmap needs patch coordinates"
+        return f"no '{self.coords_name}' dataset: a heatmap needs patch coordinates"
 
     def _coords(self, f, n: int):
         ds = self.coords_dataset(f, n)
@@ -211,14 +217,14 @@ class H5Reader(FeatureReader):
 
     def attrs(self) -> dict:
         with self.open() as f:
-            out = {name: dict(f[name].attrs) for name in (self.features_key(f), "coords") if name in f}
+            out = {name: dict(f[name].attrs) for name in (self.features_key(f), self.coords_name) if name in f}
             if len(f.attrs):
                 out["/"] = dict(f.attrs)
             return out
 
     def patch_attrs(self) -> dict:
         with self.open() as f:
-            return dict(f["coords"].attrs) if "coords" in f else {}
+            return dict(f[self.coords_name].attrs) if self.coords_name in f else {}
 
     def coords(self) -> np.ndarray:
         with self.open() as f:

@@ -8,6 +8,7 @@ is memory-mapped, so that :meth:`~ClamPt.shape` and :meth:`~ClamPt.iter_chunks` 
 """
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -29,12 +30,25 @@ def _numpy_safe_globals() -> list:
 
 class ClamPt(FeatureReader):
     name = "clam-pt"
-    container = "torch"
-    layout = "CLAM/TRIDENT .pt: a tensor or float array (n_instances, dim)"
+    container = "file"
+    suffixes = (".pt", ".pth")
+    layout = "CLAM/TRIDENT .pt: a tensor or float array (n_instances, dim) saved with torch.save"
 
     @classmethod
     def claims(cls, path) -> bool:
-        return True  # the one torch layout: what the file holds is checked, with its own message, on loading
+        """A ``.pt``/``.pth`` name, or torch.save's content (a zip archive holding ``data.pkl``, or a pickle);
+        what it holds is checked, with its own message, when it is loaded."""
+        if path.suffix.lower() in cls.suffixes:
+            return True
+        try:
+            with open(path, "rb") as f:
+                head = f.read(2)
+            if head == b"PK":
+                with zipfile.ZipFile(path) as z:
+                    return any(name.endswith("/data.pkl") for name in z.namelist())
+        except (OSError, ValueError, zipfile.BadZipFile):
+            return False
+        return head[:1] == b"\x80"  # a pickle: torch.save before torch 1.6
 
     def shape(self) -> tuple[int, int]:
         return tuple(self._load().shape)
