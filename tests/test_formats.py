@@ -147,7 +147,9 @@ def test_stamp_folder_trains_and_paints(tmp_path):
     m = manifest(tmp_path / "m.csv", ids)
     ds = FeatureBagDataset(m, tmp_path / "stamp")
     assert ds.files_dir == tmp_path / "stamp" / "ctranspath-0123abcd"
-    assert ds.validate() == DIM and ds.bag_sizes() == [9] * 6
+    with pytest.MonkeyPatch.context() as mp:  # sizes from metadata: no features read
+        mp.setattr(FeatureFile, "read", lambda self, **kw: pytest.fail("validate read the data"))
+        assert ds.validate() == DIM and ds.bag_sizes() == [9] * 6
     assert main(["train", "--manifest", str(m), "--features", str(tmp_path / "stamp"), "--out",
                  str(tmp_path / "run"), *SMALL]) == 0
     assert (tmp_path / "run" / "checkpoint.json").is_file()
@@ -161,6 +163,16 @@ def test_stamp_folder_trains_and_paints(tmp_path):
     assert not out.exists()
     summary = render_slide(load_run(tmp_path / "run"), ds.files[0], out, options=HeatmapOptions(mpp=0.5))
     assert summary.endswith("9 patches of 512 px") and out.stat().st_size > 0
+
+    pytest.importorskip("openslide")
+    from abmil.slides.wsi import Slide
+    from slide_image_helpers import write_pyramidal_tiff
+
+    write_pyramidal_tiff(tmp_path / "s0.tif", mpp=0.5)  # 1104 x 1472 at level 0: the 3 x 3 grid of 512 px lies on it
+    with Slide(tmp_path / "s0.tif") as slide:
+        assert slide.mpp == 0.5
+    on_slide = render_slide(load_run(tmp_path / "run"), ds.files[0], tmp_path / "wsi.png", wsi=tmp_path / "s0.tif")
+    assert on_slide.endswith("9 patches of 512 px")  # the slide image's own mpp placed the µm
 
 
 # ----------------------------------------------------------------------------- slide embeddings
@@ -189,7 +201,9 @@ def test_trident_slide_features_train(tmp_path):
     for i, s in enumerate(ids):
         write_trident_slide(job / "slide_features_titan" / f"{s}.h5", feats(1, i)[0] + (i % 2))
     m = manifest(tmp_path / "m.csv", ids)
-    assert FeatureBagDataset(m, tmp_path / "job").bag_sizes() == [1] * 6
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FeatureFile, "read", lambda self, **kw: pytest.fail("bag_sizes read the data"))
+        assert FeatureBagDataset(m, tmp_path / "job").bag_sizes() == [1] * 6
     assert main(["train", "--manifest", str(m), "--features", str(tmp_path / "job"), "--out", str(tmp_path / "run"),
                  *SMALL]) == 0
     assert (tmp_path / "run" / "checkpoint.json").is_file()
