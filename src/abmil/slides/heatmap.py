@@ -75,7 +75,7 @@ class HeatmapOptions:
             raise ValueError(f"--top-k must be >= 0, got {self.top_k}")
         if self.patch_size is not None and self.patch_size < 1:
             raise ValueError(f"--patch-size must be >= 1, got {self.patch_size}")
-        if self.mpp is not None and not self.mpp > 0:
+        if self.mpp is not None and not (np.isfinite(self.mpp) and self.mpp > 0):
             raise ValueError(f"--mpp must be > 0 microns per pixel, got {self.mpp}")
 
 
