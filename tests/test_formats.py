@@ -7,7 +7,7 @@ The writers below follow the tools' own code (commits fetched for this test):
     ``feats`` float16, root attrs stamp_version, extractor, unit, tile_size_um, tile_size_px, code_hash, feat_type);
     coordinates = level-0 pixels x slide mpp (src/stamp/preprocessing/tiling.py lines 311, 336-337), tiles within
     a supertile at tile_size_um steps (lines 243-244); slide embeddings src/stamp/encoding/encoder/__init__.py
-    lines 203-211 (``feats`` (dim,) and attrs version, encoder, precision, stamp_version, code_hash, feat_type);
+    lines 203-220 (``feats`` (dim,) and attrs version, encoder, precision, stamp_version, code_hash, feat_type);
     folders ``<output_dir>/<extractor>`` (preprocessing/__init__.py lines 254-258).
   TRIDENT mahmoodlab/TRIDENT@a91fa84, trident/wsi_objects/WSI.py lines 1155-1172 (slide features: ``features`` the
     encoder's output squeezed to (dim,) float32, ``coords`` the patches' int64 (n, 2) with their attrs) through
