@@ -38,15 +38,19 @@ def pyramid(image: np.ndarray, levels: int = LEVELS) -> list[np.ndarray]:
     return out
 
 
-def write_pyramidal_tiff(path: Path, image: np.ndarray | None = None, levels: int = LEVELS) -> list[np.ndarray]:
+def write_pyramidal_tiff(path: Path, image: np.ndarray | None = None, levels: int = LEVELS,
+                         mpp: float | None = None) -> list[np.ndarray]:
     """Write a generic tiled pyramidal TIFF OpenSlide opens (lossless, so read pixels equal written ones);
-    returns the levels written."""
+    returns the levels written. ``mpp``: level 0's microns per pixel, as the TIFF resolution OpenSlide reports as
+    ``openslide.mpp-x``."""
     import tifffile
 
     image = he_image() if image is None else image
     levels_px = pyramid(image, levels)
     with tifffile.TiffWriter(path) as tiff:
         for i, level in enumerate(levels_px):
+            resolution = {} if mpp is None else {"resolution": (1e4 / (mpp * 2 ** i),) * 2,
+                                                 "resolutionunit": "CENTIMETER"}
             tiff.write(level, tile=(TILE, TILE), photometric="rgb", compression="zlib",
-                       subfiletype=0 if i == 0 else 1, metadata=None)
+                       subfiletype=0 if i == 0 else 1, metadata=None, **resolution)
     return levels_px

@@ -443,6 +443,9 @@ def _wsi_commands(commands) -> None:
     heat.add_argument("--patch-size", type=int, default=None, metavar="PX",
                       help="patch side in level-0 pixels (default: from the file's attributes, CLAM's patch_size "
                            "at patch_level or TRIDENT's patch_size_level0, or the coords grid)")
+    heat.add_argument("--mpp", type=float, default=None, metavar="UM",
+                      help="the slide's microns per level-0 pixel, for feature files with coordinates in "
+                           "micrometres (STAMP) (default: the file's, else the slide image's)")
     heat.add_argument("--scale", choices=("rank", "minmax"), default=default_of(slide_heatmap, "normalise"),
                       help="colour scale: rank percentile (default, as CLAM) or min-max")
     heat.add_argument("--max-size", type=int, default=heat_option("max_size"), metavar="PX",
@@ -766,7 +769,7 @@ def _heatmap(args: argparse.Namespace) -> int:
     from abmil.slides.heatmap import HeatmapOptions, manifest_heatmaps, slide_heatmap
 
     options = HeatmapOptions(max_size=args.max_size, layout=args.layout, tissue=args.tissue, top_k=args.top_k,
-                             geojson=args.geojson, normalise=args.scale, patch_size=args.patch_size)
+                             geojson=args.geojson, normalise=args.scale, patch_size=args.patch_size, mpp=args.mpp)
     try:
         if args.manifest is not None:
             for flag in ("wsi", "thumbnail", "downsample"):

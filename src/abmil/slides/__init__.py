@@ -1,7 +1,9 @@
 """Whole-slide attention MIL on precomputed patch features (CLAM / TRIDENT HDF5, .pt): the application.
 
     manifest.py       the slide manifest CSV: rows, cases (case_id), label encoding, train/validation split
-    feature_files.py  one slide's feature file (HDF5 or .pt): shape, chunks, coordinates, checks
+    formats/          feature-file formats, one reader each (CLAM/TRIDENT .h5 and .pt, STAMP, slide embeddings), and
+                      the factory that picks one from a file's content; the folders the extraction tools write
+    feature_files.py  one slide's feature file in any format: shape, chunks, coordinates, checks
     features.py       FeatureBagDataset: the slides of a manifest, read lazily with a byte-budget cache; CaseBagDataset
     train.py          WSIConfig and train_feature_model: the one training loop on slides (resumable, DDP)
     predict.py        a trained run's predictions, streamed slide by slide; fold ensembles

@@ -1,7 +1,8 @@
 """Feature bags of whole slides: a manifest CSV plus one feature file per slide.
 
     manifest.csv   slide_id, label[, split][, path]                 (``abmil.slides.manifest``)
-    features/      <slide_id>.h5 (CLAM / TRIDENT layout) or .pt     (``abmil.slides.feature_files``)
+    features/      <slide_id>.h5 or .pt, in any format of ``abmil.slides.formats`` (CLAM / TRIDENT, STAMP, slide
+                   embeddings), or a folder below it where the extraction tool put them (CLAM's ``h5_files/``...)
 
 A slide is read only when it is asked for (``dataset[i]``), optionally kept in an LRU cache
 bounded in bytes, and can be streamed in chunks (:meth:`FeatureBagDataset.iter_chunks`) when
@@ -22,7 +23,8 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..tasks import DEFAULT_TASK
-from .feature_files import FeatureFile, find_feature_file
+from .feature_files import FeatureFile
+from .formats import find_feature_file, find_feature_folder, suffixes
 from .manifest import encode_labels, read_manifest
 
 
@@ -80,7 +82,10 @@ class FeatureBagDataset(Dataset):
     Args:
         manifest: CSV with columns ``slide_id``, ``label`` and optionally ``split``, ``path``.
         features_dir: folder of the feature files, and the base of relative ``path`` cells;
-            default: the manifest's folder.
+            default: the manifest's folder. Slides without a ``path`` are looked for in it, or in the one folder
+            below it that holds their files (:func:`~abmil.slides.formats.find_feature_folder`: CLAM's
+            ``h5_files/``, TRIDENT's ``<mag>x_<px>px_<overlap>px_overlap/features_<encoder>/``, STAMP's
+            ``<extractor>/``); :attr:`files_dir` is where they were found.
         split: keep only the rows whose ``split`` is this value.
         classes: the class names in index order; default: integer labels as they are, or
             the sorted distinct names (see :func:`abmil.slides.manifest.encode_labels`).
@@ -92,6 +97,8 @@ class FeatureBagDataset(Dataset):
         require_labels: ``False`` lets ``label`` cells be empty (slides to predict); their label is None.
         task: ``classification`` (``label``), ``survival`` (``time``, ``event``) or ``regression`` (``target``):
             the manifest's outcome columns (:func:`~abmil.slides.manifest.read_manifest`); :attr:`outcomes`.
+        mpp: the slides' microns per level-0 pixel, for feature files with coordinates in micrometres (STAMP) that
+            record none (coords are None without it; features are read either way).
 
     Every slide's file must exist when the dataset is built; its contents are checked when it
     is read (or all at once, from metadata only, by :meth:`validate`).
@@ -100,7 +107,8 @@ class FeatureBagDataset(Dataset):
     def __init__(self, manifest: str | os.PathLike, features_dir: str | os.PathLike | None = None, *,
                  split: str | None = None, classes: Sequence[str] | None = None,
                  dtype: torch.dtype | None = torch.float32, cache_bytes: int = 0,
-                 check_finite: bool = True, require_labels: bool = True, task: str = DEFAULT_TASK):
+                 check_finite: bool = True, require_labels: bool = True, task: str = DEFAULT_TASK,
+                 mpp: float | None = None):
         self.manifest = os.fspath(manifest)
         self.features_dir = Path(features_dir) if features_dir is not None else Path(self.manifest).parent
         self.task = task
@@ -123,7 +131,8 @@ class FeatureBagDataset(Dataset):
         self.splits: list[str | None] = [r.split for r in rows]
         self.case_ids: list[str] = [r.case for r in rows]
         """Each slide's case (patient): the manifest's ``case_id``, or the slide id where it has none."""
-        self.files: list[FeatureFile] = [FeatureFile(self._resolve(r.slide_id, r.path), r.slide_id)
+        self.files_dir = find_feature_folder(self.features_dir, [r.slide_id for r in rows if r.path is None])
+        self.files: list[FeatureFile] = [FeatureFile(self._resolve(r.slide_id, r.path), r.slide_id, mpp=mpp)
                                          for r in rows]
         self._position = {s: i for i, s in enumerate(self.slide_ids)}
         self.dtype, self.check_finite = dtype, check_finite
@@ -135,10 +144,10 @@ class FeatureBagDataset(Dataset):
 
     def _resolve(self, slide_id: str, path: str | None) -> Path:
         if path is None:
-            found = find_feature_file(self.features_dir, slide_id)
+            found = find_feature_file(self.files_dir, slide_id)
             if found is None:
-                raise DataError(f"field 'path': slide file not found: no {slide_id}.h5/.hdf5/.pt/.pth "
-                                f"in {self.features_dir}", path=self.manifest, bag=slide_id)
+                raise DataError(f"field 'path': slide file not found: no {slide_id}{'/'.join(suffixes())} "
+                                f"in {self.files_dir}", path=self.manifest, bag=slide_id)
             return found
         p = Path(path)
         p = p if p.is_absolute() else self.features_dir / p

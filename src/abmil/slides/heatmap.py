@@ -62,6 +62,9 @@ class HeatmapOptions:
     alpha: float = 0.5
     patch_size: int | None = None
     """Patch side in level-0 pixels, overriding the feature file's attributes."""
+    mpp: float | None = None
+    """The slide's microns per level-0 pixel, for feature files with coordinates in micrometres (STAMP) that record
+    none; default: the slide image's (OpenSlide ``openslide.mpp-x``)."""
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -72,6 +75,8 @@ class HeatmapOptions:
             raise ValueError(f"--top-k must be >= 0, got {self.top_k}")
         if self.patch_size is not None and self.patch_size < 1:
             raise ValueError(f"--patch-size must be >= 1, got {self.patch_size}")
+        if self.mpp is not None and not (np.isfinite(self.mpp) and self.mpp > 0):
+            raise ValueError(f"--mpp must be > 0 microns per pixel, got {self.mpp}")
 
 
 def outputs(out: str | os.PathLike) -> dict[str, Path]:
@@ -99,7 +104,7 @@ def is_complete(out: str | os.PathLike, options: HeatmapOptions) -> bool:
 def patch_size_of(file: FeatureFile, coords: np.ndarray) -> int:
     """The patch side in level-0 pixels from the file's ``coords`` attributes (TRIDENT's ``patch_size_level0``,
     CLAM's ``patch_size`` at ``patch_level`` with its ``downsample``), else inferred from the grid."""
-    geometry = patch_geometry(file.attrs().get("coords", {}), coords)
+    geometry = patch_geometry(file.patch_attrs(), coords)
     if geometry is None:
         raise file.error("coords", "cannot infer the patch size from a single patch; give --patch-size")
     return geometry.size0
@@ -120,15 +125,8 @@ def read_thumbnail(path: str | os.PathLike) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- checks
 def read_coords(file: FeatureFile) -> np.ndarray:
-    """A feature file's ``coords`` (n, 2) and nothing else; DataError if it has none."""
-    if not file.is_h5:
-        raise file.error("coords", "a heatmap needs patch coordinates: give the slide's .h5 file")
-    with file._open_h5() as f:
-        ds = file._h5_features(f)
-        cds = file._h5_coords(f, ds.shape[0])
-        if cds is None:
-            raise file.error("coords", "no 'coords' dataset: a heatmap needs patch coordinates")
-        return np.asarray(cds[...])
+    """A feature file's coords (n, 2) in level-0 pixels and nothing else; DataError naming why if it has none."""
+    return file.coords()
 
 
 @dataclass
@@ -152,17 +150,20 @@ def _check(job: _Job, run, options: HeatmapOptions) -> None:
     from .wsi import Slide, check_inside
 
     check_dim(_models(run)[0], job.file)
-    coords = read_coords(job.file)
+    job.file = job.file.with_mpp(options.mpp)  # coordinates in micrometres (STAMP): placed with the slide's mpp
     if job.image is None:
+        coords = read_coords(job.file)
         if options.top_k:
             raise ValueError("--top-k reads the patches from the slide image: give --wsi (or --slides with "
                              "--manifest)")
-        if patch_geometry(job.file.attrs().get("coords", {}), coords, patch_size=options.patch_size) is None:
+        if patch_geometry(job.file.patch_attrs(), coords, patch_size=options.patch_size) is None:
             raise job.file.error("coords", "cannot infer the patch size from a single patch; give --patch-size")
         return
     with Slide(job.image) as slide:
+        job.file = job.file.with_mpp(options.mpp or slide.mpp)
+        coords = read_coords(job.file)
         check_inside(coords, slide, str(job.file.path))
-        if patch_geometry(job.file.attrs().get("coords", {}), coords, slide, patch_size=options.patch_size) is None:
+        if patch_geometry(job.file.patch_attrs(), coords, slide, patch_size=options.patch_size) is None:
             raise job.file.error("coords", "cannot infer the patch size from a single patch; give --patch-size")
 
 
@@ -229,7 +230,7 @@ def _render(run, job: _Job, options: HeatmapOptions, *, thumbnail: np.ndarray | 
     classes = _models(run)[0].classes
     head = ensemble_head(_models(run))
     coords = np.asarray(pred.coords)
-    attrs = job.file.attrs().get("coords", {})
+    attrs = job.file.patch_attrs()
     title = f"{job.file.slide_id}: {head.summary(pred.probabilities, classes)}"
     title += head.title_label(job.label, classes)
     maps = _maps(run, job.file, pred)
@@ -303,8 +304,6 @@ def slide_heatmap(run_dir: str | os.PathLike, slide_file: str | os.PathLike, out
     path = Path(slide_file)
     file = FeatureFile(path, path.stem)
     job = _Job(file, Path(wsi) if wsi is not None else None, Path(out))
-    if not file.is_h5:
-        raise file.error("coords", "a heatmap needs patch coordinates: give the slide's .h5 file")
     image = read_thumbnail(thumbnail) if thumbnail is not None else None
     run = load_models(run_dir, device)
     _check(job, run, options)

@@ -72,6 +72,15 @@ class Slide:
     def level_count(self) -> int:
         return len(self.level_dimensions)
 
+    @property
+    def mpp(self) -> float | None:
+        """Microns per level-0 pixel along x (OpenSlide's ``openslide.mpp-x``), or None if the slide does not say."""
+        try:
+            mpp = float(self.properties.get("openslide.mpp-x", "nan"))
+        except ValueError:
+            return None
+        return mpp if math.isfinite(mpp) and mpp > 0 else None
+
     def error(self, message: str) -> DataError:
         return DataError(message, path=str(self.path))
 
