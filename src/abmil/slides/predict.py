@@ -5,7 +5,9 @@
                            predicted: :mod:`abmil.slides.outcomes`)
                            (a run trained on cases, ``bag_level="case"``: case_id, label, ..., one row per case)
     preds.attention.h5     one group per slide (or case): ``attention`` (n,) softmax weights,
-                           ``attention_logits`` (n,), ``coords`` (n, 2) when the slide has them;
+                           ``attention_logits`` (n,) (a model without attention pooling: ``instance_scores`` (n,),
+                           its instance probabilities or TransMIL's class-token attention, or nothing), ``coords``
+                           (n, 2) when the slide has them;
                            attributes ``probabilities`` (n_classes,) and ``predicted`` (a case: ``slides`` and
                            ``slide_sizes``, its slides' ids and patch counts in the order of the rows)
 
@@ -14,7 +16,8 @@ the mean of their class probabilities and of their attention weights (``attentio
 the mean weights), or with one fold's model.
 
 Slides are streamed in chunks (:meth:`~abmil.nn.models.EmbeddingMIL.pool_chunks`): memory is one
-chunk plus the slide's n attention logits. Everything is computed and checked before the first
+chunk plus the slide's n attention logits (models that cannot stream, :attr:`~abmil.nn.zoo.ModelSpec.chunked`,
+forward the slide whole). Everything is computed and checked before the first
 byte is written, and both files are written atomically.
 """
 from __future__ import annotations
@@ -32,7 +35,9 @@ import torch
 
 from ..errors import DataError
 from ..io import atomic_open
+from ..nn.chunked import DEFAULT_CHUNK_SIZE
 from ..nn.models import EmbeddingMIL
+from ..nn.zoo import ModelSpec, model_spec
 from ..train.checkpoint import load_into, read_checkpoint
 from .feature_files import FeatureFile
 from .features import CaseBagDataset, FeatureBagDataset
@@ -63,6 +68,11 @@ class TrainedRun:
     @property
     def task(self) -> str:
         return self.head.task
+
+    @property
+    def spec(self) -> ModelSpec:
+        """What the run's model can do (:func:`~abmil.nn.zoo.model_spec` of its pooling)."""
+        return model_spec(self.info.get("config", {}).get("pooling", "gated"))
 
 
 def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> TrainedRun:
@@ -108,19 +118,28 @@ class SlidePrediction(NamedTuple):
     probabilities: np.ndarray
     """(n_classes,) class probabilities; for other heads what :meth:`~abmil.slides.outcomes.Head.outputs` gives:
     survival ``S_k`` at each bin's end (nll) or the log hazard ratio (cox), the prediction (regression)."""
-    attention_logits: np.ndarray
-    """(n_instances,) float32; weights = softmax."""
+    attention_logits: np.ndarray | None
+    """(n_instances,) float32; weights = softmax. None for a model without attention pooling."""
     coords: np.ndarray | None
     """(n_instances, 2) or None."""
     label: int | None = None
     """The truth where known: the class index; survival (time, event); regression the target."""
     slides: tuple[tuple[str, int], ...] | None = None
     """A case's slides: (slide id, patches) in the order of its instances; None for a slide."""
+    scores: np.ndarray | None = None
+    """(n_instances,) the instance scores of a model without attention pooling (instance probabilities, TransMIL's
+    class-token attention); None otherwise."""
 
     @property
     def attention(self) -> np.ndarray:
         """(n_instances,) attention weights, summing to 1."""
         return torch.softmax(torch.from_numpy(self.attention_logits).double(), 0).float().numpy()
+
+    @property
+    def instance_scores(self) -> np.ndarray | None:
+        """(n_instances,) per-patch evidence: the attention weights, else :attr:`scores` (None: the model has
+        none, e.g. mean or max pooling)."""
+        return self.attention if self.attention_logits is not None else self.scores
 
 
 def ensemble_head(runs: TrainedRun | Sequence[TrainedRun]) -> Head:
@@ -157,7 +176,7 @@ def predict_bag(run: TrainedRun | Sequence[TrainedRun], files: Sequence[FeatureF
         def chunks(r: TrainedRun = r, keep: bool = k == 0) -> Iterator[torch.Tensor]:
             for file in files:
                 start = 0
-                for features, c in file.iter_chunks(r.model.chunk_size):
+                for features, c in file.iter_chunks(getattr(r.model, "chunk_size", None) or DEFAULT_CHUNK_SIZE):
                     if keep:
                         file.check_finite(features, first_row=start)
                         if c is not None:
@@ -165,19 +184,28 @@ def predict_bag(run: TrainedRun | Sequence[TrainedRun], files: Sequence[FeatureF
                     start += features.shape[0]
                     yield features.float()
 
-        out = r.model.pool_chunks(chunks(), device=r.device)
+        if r.spec.chunked:
+            out = r.model.pool_chunks(chunks(), device=r.device)
+            logits = out.attention_logits.float().cpu()
+            scores = torch.softmax(logits.double(), 0)
+        else:  # a model that takes the bag whole
+            with torch.no_grad():
+                out = r.model(torch.cat(list(chunks())).to(r.device))
+            scores = out.instance_scores()
         probs.append(out.probabilities()[0].cpu().numpy() if r.head.is_classification
                      else r.head.align(r.head.outputs(out.logits)[0], head))
-        logits = out.attention_logits.float().cpu()
-        if len(runs) > 1:
-            weights.append(torch.softmax(logits.double(), 0).numpy())
-    if len(runs) > 1:
+        weights.append(None if scores is None else scores.double().cpu().numpy())
+    other = None
+    if not runs[0].spec.chunked:
+        logits, other = None, (None if weights[0] is None else np.mean(weights, 0).astype(np.float32))
+    elif len(runs) > 1:
         logits = torch.from_numpy(np.log(np.mean(weights, 0))).float()
     has_coords = len(coords) > 0 and sum(len(c) for c in coords) == sum(sizes)
     mean = probs[0] if len(runs) == 1 else np.mean(probs, 0, dtype=np.float64)
-    return SlidePrediction(bag_id, mean, logits.numpy(), np.concatenate(coords) if has_coords else None,
+    return SlidePrediction(bag_id, mean, None if logits is None else logits.numpy(),
+                           np.concatenate(coords) if has_coords else None,
                            label, None if len(files) == 1 and files[0].slide_id == bag_id
-                           else tuple((f.slide_id, n) for f, n in zip(files, sizes)))
+                           else tuple((f.slide_id, n) for f, n in zip(files, sizes)), other)
 
 
 def dataset_bags(dataset: FeatureBagDataset, bag_level: str = "slide"
@@ -276,8 +304,11 @@ def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_
             h5.attrs["task"] = head.task
             for p in preds:
                 g = h5.create_group(p.slide_id)
-                g.create_dataset("attention", data=p.attention)
-                g.create_dataset("attention_logits", data=p.attention_logits)
+                if p.attention_logits is not None:
+                    g.create_dataset("attention", data=p.attention)
+                    g.create_dataset("attention_logits", data=p.attention_logits)
+                elif p.scores is not None:
+                    g.create_dataset("instance_scores", data=p.scores)
                 if p.coords is not None:
                     g.create_dataset("coords", data=p.coords)
                 g.attrs["probabilities"] = p.probabilities
