@@ -154,9 +154,9 @@ def _check(job: _Job, run, options: HeatmapOptions) -> None:
     spec = _models(run)[0].spec
     if spec.instance_scores is None:
         pooling = _models(run)[0].info.get("config", {}).get("pooling")
-        raise ValueError(f"the run's model (--pooling {pooling}) gives no per-patch scores to paint: heatmaps need a "
-                         "pooling with instance scores (attention, gated, clam-sb, transmil, instance-mean, "
-                         "instance-max)")
+        raise ValueError(f"the run was trained with --pooling {pooling}, which gives no per-patch scores to paint: "
+                         "heatmaps need a pooling with instance scores (attention, gated, clam-sb, transmil, "
+                         "instance-mean, instance-max)")
     check_dim(_models(run)[0], job.file)
     coords = read_coords(job.file)
     if job.image is None:
