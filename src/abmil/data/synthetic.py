@@ -1,7 +1,8 @@
 """Synthetic slide cohorts written as a study's real inputs (CLAM-style HDF5 files and a manifest), for tests and
 demonstrations where the truth is known: :func:`write_patient_cohort` (patient-level leakage) and
-:func:`write_outcome_cohort` (survival or regression outcomes carried by a few key patches), :func:`write_key_patch_cohort`
-(a classification cohort whose positive slides carry a few key patches: localisation has a truth).
+:func:`write_outcome_cohort` (survival or regression outcomes carried by a few key patches) and
+:func:`write_key_patch_cohort` (a classification cohort whose positive slides carry a few key patches: localisation
+has a truth).
 
 :func:`write_patient_cohort` makes the case that shows why splits must keep a patient's slides together: every slide
 of a patient shares that patient's *signature* (a random feature vector plus noise) and the label is drawn per patient,

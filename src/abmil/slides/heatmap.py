@@ -154,9 +154,11 @@ def _check(job: _Job, run, options: HeatmapOptions) -> None:
     spec = _models(run)[0].spec
     if spec.instance_scores is None:
         pooling = _models(run)[0].info.get("config", {}).get("pooling")
+        from ..nn.zoo import SLIDE_KEYS, model_spec
+
+        scored = ", ".join(k for k in SLIDE_KEYS if model_spec(k).instance_scores)
         raise ValueError(f"the run was trained with --pooling {pooling}, which gives no per-patch scores to paint: "
-                         "heatmaps need a pooling with instance scores (attention, gated, clam-sb, transmil, "
-                         "instance-mean, instance-max)")
+                         f"heatmaps need a pooling with instance scores ({scored})")
     check_dim(_models(run)[0], job.file)
     coords = read_coords(job.file)
     if job.image is None:
