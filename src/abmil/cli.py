@@ -326,7 +326,9 @@ def _wsi_commands(commands) -> None:
     train.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoints)")
     # Each flag's dest is the WSIConfig field it sets (wsi_config_from_args relies on it).
     train.add_argument("--pooling", choices=POOLINGS, default=config("pooling"),
-                       help="attention pooling (default %(default)s)")
+                       help="the slide model: attention MIL (attention, gated), the paper's baselines (mean, max, "
+                            "instance-mean, instance-max), clam-sb, transmil, linear-probe (docs/poolings.md; "
+                            "default %(default)s)")
     train.add_argument("--model", dest="pooling", choices=POOLINGS, default=argparse.SUPPRESS,
                        help=argparse.SUPPRESS)  # deprecated alias of --pooling
     train.add_argument("--epochs", type=int, default=config("epochs"), help="epochs (default %(default)s)")

@@ -28,16 +28,14 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 from .data.bags import pack
 from .data.benchmarks import validate_bags
 from .errors import DataError
-from .nn.encoders import MLPEncoder
-from .nn.models import EmbeddingMIL
-from .nn.pooling import make_pool
+from .nn.zoo import create_model, family_keys
 from .train.config import TrainConfig
 from .train.cv import fold_standardiser
 from .train.engines import fit_auto
 
 __all__ = ["AttentionMILClassifier"]
 
-POOLINGS = ("attention", "gated", "mean", "max")
+POOLINGS = family_keys("estimator")
 _PREDICT_CHUNK = 256  # bags per forward pass at prediction time
 
 
@@ -159,8 +157,8 @@ class AttentionMILClassifier(ClassifierMixin, BaseEstimator):
         seed = _seed(self.random_state)
         with torch.random.fork_rng(devices=[]):  # the caller's torch RNG stream is left as it was
             torch.manual_seed(seed)
-            model = EmbeddingMIL(MLPEncoder(d, hidden, dropout=float(self.dropout)),
-                                 make_pool(self.pooling, hidden[-1], att_dim=int(self.att_dim)))
+            model = create_model(self.pooling, family="estimator", in_dim=d, hidden=hidden,
+                                 dropout=float(self.dropout), att_dim=int(self.att_dim))
         fit_auto(model, tensors, torch.as_tensor(encoded, dtype=torch.float32), config, seed=seed)
         model.eval()
 

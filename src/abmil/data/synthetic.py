@@ -1,6 +1,8 @@
 """Synthetic slide cohorts written as a study's real inputs (CLAM-style HDF5 files and a manifest), for tests and
 demonstrations where the truth is known: :func:`write_patient_cohort` (patient-level leakage) and
-:func:`write_outcome_cohort` (survival or regression outcomes carried by a few key patches).
+:func:`write_outcome_cohort` (survival or regression outcomes carried by a few key patches) and
+:func:`write_key_patch_cohort` (a classification cohort whose positive slides carry a few key patches: localisation
+has a truth).
 
 :func:`write_patient_cohort` makes the case that shows why splits must keep a patient's slides together: every slide
 of a patient shares that patient's *signature* (a random feature vector plus noise) and the label is drawn per patient,
@@ -84,4 +86,44 @@ def write_outcome_cohort(root: str | os.PathLike, task: str, n_slides: int = 60,
             lines.append(f"{sid},{10.0 + 5.0 * g + rng.normal(0, 0.5):.4f}")
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
+    return manifest, features, keys
+
+
+def write_key_patch_cohort(root: str | os.PathLike, n_patients: int = 60, *, seed: int = 0,
+                           slides_per_patient: tuple[int, int] = (1, 2), sizes: tuple[int, int] = (20, 60),
+                           n_key: tuple[int, int] = (2, 4), shift: float = 3.0,
+                           dim: int = 16) -> tuple[Path, Path, dict[str, np.ndarray]]:
+    """A planted-truth classification cohort: patients alternate ``neg`` / ``pos``, each with ``slides_per_patient``
+    (inclusive) slides of ``sizes`` (half-open) patches of ``N(0, I)`` features in ``dim`` dimensions; every slide of
+    a positive patient carries ``n_key`` (inclusive) *key* patches whose features 0 and 1 are shifted by ``shift``
+    (the rest noise), negative slides none. So an embedding's max sees the key patches clearly while the mean sees a
+    few of them diluted among many, and a pooling's instance scores can be scored against the key rows.
+
+    Writes ``root/features/<slide_id>.h5`` (``features``, ``coords`` on a grid of 256-px patches, 8 to a row) and
+    ``root/manifest.csv`` (``slide_id, label, case_id``). Returns (manifest, features_dir, {slide_id: key rows},
+    empty for negative slides)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    features = root / "features"
+    features.mkdir(parents=True, exist_ok=True)
+    rows, keys = [("slide_id", "label", "case_id")], {}
+    for p in range(n_patients):
+        case_id, positive = f"patient{p:03d}", p % 2 == 1
+        for s in range(int(rng.integers(slides_per_patient[0], slides_per_patient[1] + 1))):
+            n = int(rng.integers(*sizes))
+            x = rng.standard_normal((n, dim)).astype(np.float32)
+            hot = (rng.choice(n, size=int(rng.integers(n_key[0], n_key[1] + 1)), replace=False) if positive
+                   else np.array([], dtype=np.int64))
+            x[hot, :2] += shift
+            sid = f"{case_id}_s{s}"
+            keys[sid] = np.sort(hot)
+            k = np.arange(n)
+            coords = np.stack([(k % 8) * 256, (k // 8) * 256], 1).astype(np.int64)
+            with h5py.File(features / f"{sid}.h5", "w") as f:
+                f.create_dataset("features", data=x)
+                f.create_dataset("coords", data=coords)
+            rows.append((sid, ("neg", "pos")[positive], case_id))
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
     return manifest, features, keys

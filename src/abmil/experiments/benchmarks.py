@@ -45,7 +45,7 @@ from abmil.experiments.runner import (
     run_pending,
 )
 from abmil.nn.init import keras_init_
-from abmil.nn.zoo import benchmark_model, check_model_key
+from abmil.nn.zoo import check_model_key, create_model
 from abmil.report import paper
 from abmil.report.metrics import BAG_METRICS, bag_metrics
 from abmil.report.results import ResultRow, summarise, write_results
@@ -91,7 +91,7 @@ class _Cell:
 
     def new_model(self):
         """A freshly initialised model of this cell (Xavier-uniform throughout under the supplement preset)."""
-        model = benchmark_model(self.model, self.data.n_features)
+        model = create_model(self.model, family="benchmark", in_dim=self.data.n_features)
         return keras_init_(model) if self.preset == "supplement" else model
 
 
@@ -524,7 +524,7 @@ def _attention_example(dataset: str, *, folds: int, seed: int, model_key: str = 
     bags = [(torch.as_tensor(b) - mu) / sd for b in data.bags]
     config = benchmark_config(dataset, model_key)
     torch.manual_seed(split.seed)  # as run_cv seeds this run
-    model = benchmark_model(model_key, data.n_features)
+    model = create_model(model_key, family="benchmark", in_dim=data.n_features)
     start = time.perf_counter()
     fit_auto(model, [bags[i] for i in split.train], torch.as_tensor(data.labels[split.train]), config,
              seed=split.seed)

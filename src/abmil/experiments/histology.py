@@ -62,7 +62,7 @@ from abmil.experiments.runner import (
     run_pending,
     save_model,
 )
-from abmil.nn.zoo import ATTENTION_KEYS, histology_model
+from abmil.nn.zoo import ATTENTION_KEYS, create_model
 from abmil.report import paper
 from abmil.report.metrics import BAG_METRICS, bag_metrics
 from abmil.report.results import ResultRow, summarise, write_results
@@ -238,8 +238,8 @@ def _train_unit(unit: Unit) -> dict[str, Any]:
         images = None if data.images is None else [data.images[i] for i in train_idx]
         augment = BagAugmenter(train_bags, images=images)
     torch.manual_seed(unit.run_seed)
-    model = histology_model(unit.model, data.patch_size,
-                            stain_normalize=_STATE["settings"][unit.key].get("stain_normalize", False))
+    model = create_model(unit.model, family="histology", patch_size=data.patch_size,
+                         stain_normalize=_STATE["settings"][unit.key].get("stain_normalize", False))
     checkpoints = out / "checkpoints" / unit.key
     history = fit(model, FloatBags(train_bags), data.labels[train_idx], config, seed=unit.run_seed,
                                  val_bags=FloatBags([data.bags[i] for i in val_idx]),
@@ -292,9 +292,9 @@ def load_unit_model(run_dir: str | Path, model: str, *, repeat: int = 0,
                 "with --keep-models, which saves every fold's model")
         raise FileNotFoundError(f"no saved model {path}: run `abmil reproduce histology --models {model} "
                                 f"--out {run_dir}` first ({hint})")
-    return load_model(path, lambda meta: histology_model(model, int(meta["settings"]["patch_size"]),
-                                                         stain_normalize=meta["settings"].get("stain_normalize",
-                                                                                              False)))
+    return load_model(path, lambda meta: create_model(model, family="histology",
+                                                      patch_size=int(meta["settings"]["patch_size"]),
+                                                      stain_normalize=meta["settings"].get("stain_normalize", False)))
 
 
 # --------------------------------------------------------------------------------------------------------------------

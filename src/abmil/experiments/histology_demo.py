@@ -35,7 +35,7 @@ from abmil.data.patches import BREAST_PATCH_SIZE, grid_patches, patches_to_tenso
 from abmil.explain.heatmap import paint_heatmap
 from abmil.explain.histology import heatmap_for_image
 from abmil.io import make_dirs
-from abmil.nn.zoo import histology_model
+from abmil.nn.zoo import create_model
 from abmil.report.metrics import bag_metrics
 from abmil.train.fit import fit, predict, validation_split
 from abmil.train.presets import histology_config
@@ -95,7 +95,7 @@ def demo_histology(out_dir: str | Path | None = None, *, epochs: int = 15, seed:
     train_pos, test_pos = validation_split(labels, 0.2, seed)
     train = [bags[i] for i in train_pos]
     torch.manual_seed(seed)
-    model = histology_model("attention", BREAST_PATCH_SIZE)
+    model = create_model("attention", family="histology", patch_size=BREAST_PATCH_SIZE)
     fit(model, FloatBags(train), labels[train_pos], histology_config(epochs=epochs), seed=seed,
                        augment=BagAugmenter(train))
     probs, weights = predict(model, FloatBags([bags[i] for i in test_pos]), batch_size=1)

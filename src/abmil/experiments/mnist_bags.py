@@ -46,7 +46,7 @@ from abmil.experiments.runner import (
     run_pending,
     save_model,
 )
-from abmil.nn.zoo import ATTENTION_KEYS, MNIST_BAGS_KEYS, mnist_bags_model
+from abmil.nn.zoo import ATTENTION_KEYS, MNIST_BAGS_KEYS, create_model
 from abmil.report import paper
 from abmil.report.results import ResultRow, summarise, write_results
 from abmil.train.fit import fit, predict
@@ -137,7 +137,7 @@ def _model_path(out_dir: str | Path, model: str, bag_mean: int, train_bags: int)
 def _train_point(point: Point, images, out_dir: Path) -> dict[str, Any]:
     train, test = point_bags(point, images)
     torch.manual_seed(point.run_seed)
-    model = mnist_bags_model(point.model)
+    model = create_model(point.model, family="mnist-bags")
     config = mnist_bags_config(epochs=point.epochs)
     t = time.perf_counter()
     fit(model, [torch.from_numpy(b) for b in train.bags], torch.as_tensor(train.labels), config,
@@ -160,7 +160,7 @@ def load_point_model(run_dir: str | Path, model: str, bag_mean: int, train_bags:
     path = _model_path(run_dir, model, bag_mean, train_bags)
     if not path.is_file():
         raise FileNotFoundError(f"no saved model {path} (points of repetition 0 save one)")
-    net, meta = load_model(path, lambda meta: mnist_bags_model(model))
+    net, meta = load_model(path, lambda meta: create_model(model, family="mnist-bags"))
     try:
         point = Point(**meta["point"])
     except KeyError:

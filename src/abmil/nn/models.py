@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .dropout import KeyedDropout
-from .pooling import POOLINGS, AttentionPool, make_pool
+from .pooling import POOLINGS, make_pool
 from .segment import num_bags
 
 
@@ -32,6 +32,11 @@ class MILOutput(NamedTuple):
     """deep-supervision heads, each (n_bags, 1); trained with the same loss as the bag."""
     pooled_prob: Tensor | None = None
     """(n_bags,) the bag probability of models that pool probabilities (``logits`` is its logit)."""
+    aux_loss: Tensor | None = None
+    """(n_bags, n_classes) an auxiliary loss term of each bag for each label it could have (CLAM's instance
+    clustering, in training); the loss of a bag is ``bag_weight`` times its bag loss plus its label's term."""
+    bag_weight: float = 1.0
+    """the weight of the bag loss beside ``aux_loss``."""
 
     @property
     def prob(self) -> Tensor:
@@ -83,8 +88,8 @@ class EmbeddingMIL(nn.Module):
         if n_out < 1:
             raise ValueError(f"n_out must be >= 1, got {n_out}")
         if chunk_size is not None:
-            if not isinstance(pool, AttentionPool):
-                raise TypeError(f"chunked pooling needs an AttentionPool, got {type(pool).__name__}")
+            if not getattr(pool, "chunkable", False):
+                raise TypeError(f"chunked pooling needs a chunkable pooling (AttentionPool), got {type(pool).__name__}")
             if chunk_size < 1:
                 raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.encoder, self.pool = encoder, pool
@@ -120,8 +125,9 @@ class EmbeddingMIL(nn.Module):
         attention logits. Logits (1, n_out); ``attention_logits`` (n_instances,), no ``weights``."""
         from .chunked import chunked_attention_pool
 
-        if not isinstance(self.pool, AttentionPool):
-            raise TypeError(f"streamed pooling needs an AttentionPool, got {type(self.pool).__name__}")
+        if not getattr(self.pool, "chunkable", False):
+            raise TypeError(f"streamed pooling needs a chunkable pooling (AttentionPool), got "
+                            f"{type(self.pool).__name__}")
         z, logits = chunked_attention_pool(self.encoder, self.pool, chunks, return_logits=True, device=device)
         return MILOutput(self.classifier(self.dropout(z.to(self.classifier.weight.dtype))), attention_logits=logits)
 

@@ -43,6 +43,9 @@ class AttentionPool(nn.Module):
         gated: add the sigmoid gate U.
     """
 
+    #: Pools by a softmax of per-instance :meth:`scores`: a giant bag can be pooled in chunks (:mod:`.chunked`).
+    chunkable = True
+
     def __init__(self, in_dim: int, att_dim: int = 128, gated: bool = False):
         super().__init__()
         self.in_dim, self.att_dim, self.gated = in_dim, att_dim, gated

@@ -149,6 +149,14 @@ def _check(job: _Job, run, options: HeatmapOptions) -> None:
     from .predict import check_dim
     from .wsi import Slide, check_inside
 
+    spec = _models(run)[0].spec
+    if spec.instance_scores is None:
+        pooling = _models(run)[0].info.get("config", {}).get("pooling")
+        from ..nn.zoo import SLIDE_KEYS, model_spec
+
+        scored = ", ".join(k for k in SLIDE_KEYS if model_spec(k).instance_scores)
+        raise ValueError(f"the run was trained with --pooling {pooling}, which gives no per-patch scores to paint: "
+                         f"heatmaps need a pooling with instance scores ({scored})")
     check_dim(_models(run)[0], job.file)
     job.file = job.file.with_mpp(options.mpp)  # coordinates in micrometres (STAMP): placed with the slide's mpp
     if job.image is None:
@@ -168,6 +176,11 @@ def _check(job: _Job, run, options: HeatmapOptions) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- scores
+#: The first map's name for each kind of instance scores (:attr:`abmil.nn.zoo.ModelSpec.instance_scores`).
+SCORE_NAMES = {"attention": "attention", "probability": "instance probability",
+               "cls-attention": "class-token attention"}
+
+
 def class_contributions(run, file: FeatureFile, attention: np.ndarray) -> np.ndarray:
     """(n, n_out): patch k's share ``a_k · W_c h_k`` of each class logit (``h_k`` the encoded patch, ``W`` the
     classifier): the logits are ``Σ_k`` of these plus the classifier's bias, exactly (the classifier is linear in
@@ -197,8 +210,11 @@ def _maps(run, file: FeatureFile, pred) -> list[tuple[str, np.ndarray]]:
     """The attention, and for one multi-class model each class's share of the logits, for one survival or regression
     model each patch's signed contribution (:func:`head_contributions`) (the fold models of an ensemble each attend
     differently: their mean attention alone)."""
-    maps = [("attention", pred.attention.astype(np.float64))]
     models = _models(run)
+    kind = models[0].spec.instance_scores
+    maps = [(SCORE_NAMES[kind], pred.instance_scores.astype(np.float64))]
+    if kind != "attention":  # the shares of the task's maps split an attention-pooled z = Σ a_k h_k
+        return maps
     if len(models) == 1:
         m = models[0]
         maps += m.head.patch_maps(lambda: class_contributions(m, file, pred.attention), m.classes)
@@ -246,7 +262,7 @@ def _render(run, job: _Job, options: HeatmapOptions, *, thumbnail: np.ndarray | 
         else:
             image = None
         if options.top_k and slide is not None:
-            write_top_k(slide, coords, pred.attention, geometry, options.top_k, files["tiles"], files["topk"],
+            write_top_k(slide, coords, pred.instance_scores, geometry, options.top_k, files["tiles"], files["topk"],
                         title=job.file.slide_id)
     if options.geojson:
         write_patches_geojson(files["geojson"], coords, size0, maps, name=job.file.slide_id,
@@ -254,7 +270,7 @@ def _render(run, job: _Job, options: HeatmapOptions, *, thumbnail: np.ndarray | 
 
     if job.image is None and len(maps) == 1 and options.layout == "overlay" and not options.tissue:
         # a thumbnail or a white canvas, one map: the single-panel layout of paint_heatmap
-        paint_heatmap(pred.attention, coords, size0, job.out, image=image,
+        paint_heatmap(pred.instance_scores, coords, size0, job.out, image=image,
                       downsample=downsample if downsample is not None else max(size0 / PATCH_PIXELS, 1e-9),
                       title=title, normalise=options.normalise, alpha=options.alpha)
     else:

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..nn.chunked import DEFAULT_CHUNK_SIZE
 from ..nn.models import EmbeddingMIL
+from ..nn.zoo import ModelSpec, model_spec
 from ..tasks import Task, combine_heads, head_from_info
 from ..train.checkpoint import load_into, read_checkpoint
 from .feature_files import FeatureFile
@@ -61,6 +63,11 @@ class TrainedRun:
     @property
     def task(self) -> str:
         return self.head.name
+
+    @property
+    def spec(self) -> ModelSpec:
+        """What the run's model can do (:func:`~abmil.nn.zoo.model_spec` of its pooling)."""
+        return model_spec(self.info.get("config", {}).get("pooling", "gated"))
 
 
 def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> TrainedRun:
@@ -131,7 +138,7 @@ def predict_bag(run: TrainedRun | Sequence[TrainedRun], files: Sequence[FeatureF
         def chunks(r: TrainedRun = r, keep: bool = k == 0) -> Iterator[torch.Tensor]:
             for file in files:
                 start = 0
-                for features, c in file.iter_chunks(r.model.chunk_size):
+                for features, c in file.iter_chunks(getattr(r.model, "chunk_size", None) or DEFAULT_CHUNK_SIZE):
                     if keep:
                         file.check_finite(features, first_row=start)
                         if c is not None:
@@ -139,18 +146,27 @@ def predict_bag(run: TrainedRun | Sequence[TrainedRun], files: Sequence[FeatureF
                     start += features.shape[0]
                     yield features.float()
 
-        out = r.model.pool_chunks(chunks(), device=r.device)
+        if r.spec.chunked:
+            out = r.model.pool_chunks(chunks(), device=r.device)
+            logits = out.attention_logits.float().cpu()
+            scores = torch.softmax(logits.double(), 0)
+        else:  # a model that takes the bag whole
+            with torch.no_grad():
+                out = r.model(torch.cat(list(chunks())).to(r.device))
+            scores = out.instance_scores()
         probs.append(r.head.prediction(out, head))
-        logits = out.attention_logits.float().cpu()
-        if len(runs) > 1:
-            weights.append(torch.softmax(logits.double(), 0).numpy())
-    if len(runs) > 1:
+        weights.append(None if scores is None else scores.double().cpu().numpy())
+    other = None
+    if not runs[0].spec.chunked:
+        logits, other = None, (None if weights[0] is None else np.mean(weights, 0).astype(np.float32))
+    elif len(runs) > 1:
         logits = torch.from_numpy(np.log(np.mean(weights, 0))).float()
     has_coords = len(coords) > 0 and sum(len(c) for c in coords) == sum(sizes)
     mean = probs[0] if len(runs) == 1 else np.mean(probs, 0, dtype=np.float64)
-    return SlidePrediction(bag_id, mean, logits.numpy(), np.concatenate(coords) if has_coords else None,
+    return SlidePrediction(bag_id, mean, None if logits is None else logits.numpy(),
+                           np.concatenate(coords) if has_coords else None,
                            label, None if len(files) == 1 and files[0].slide_id == bag_id
-                           else tuple((f.slide_id, n) for f, n in zip(files, sizes)))
+                           else tuple((f.slide_id, n) for f, n in zip(files, sizes)), other)
 
 
 def dataset_bags(dataset: FeatureBagDataset, bag_level: str = "slide"

@@ -6,7 +6,9 @@
                            ``slide_id, target, predicted`` (a run trained on cases: ``case_id`` first; a study's
                            oof.csv adds ``case_id``, ``repeat``, ``fold``)
     preds.attention.h5     one group per slide (or case): ``attention`` (n,) softmax weights,
-                           ``attention_logits`` (n,), ``coords`` (n, 2) when the slide has them;
+                           ``attention_logits`` (n,) (a model without attention pooling: ``instance_scores`` (n,),
+                           its instance probabilities or TransMIL's class-token attention, or nothing), ``coords``
+                           (n, 2) when the slide has them;
                            attributes ``probabilities`` (the task's outputs) and ``predicted`` (a case: ``slides``
                            and ``slide_sizes``, its slides' ids and patch counts in the order of the rows); the file's
                            ``classes`` and ``task``
@@ -40,8 +42,8 @@ class SlidePrediction(NamedTuple):
     probabilities: np.ndarray
     """(n_classes,) class probabilities; for other tasks what :meth:`~abmil.tasks.base.Task.outputs` gives:
     survival ``S_k`` at each bin's end (nll) or the log hazard ratio (cox), the prediction (regression)."""
-    attention_logits: np.ndarray
-    """(n_instances,) float32; weights = softmax."""
+    attention_logits: np.ndarray | None
+    """(n_instances,) float32; weights = softmax. None for a model without attention pooling."""
     coords: np.ndarray | None
     """(n_instances, 2) or None."""
     label: int | None = None
@@ -49,6 +51,9 @@ class SlidePrediction(NamedTuple):
     regression the target."""
     slides: tuple[tuple[str, int], ...] | None = None
     """A case's slides: (slide id, patches) in the order of its instances; None for a slide."""
+    scores: np.ndarray | None = None
+    """(n_instances,) the instance scores of a model without attention pooling (instance probabilities, TransMIL's
+    class-token attention); None otherwise."""
 
     @property
     def attention(self) -> np.ndarray:
@@ -56,6 +61,12 @@ class SlidePrediction(NamedTuple):
         import torch
 
         return torch.softmax(torch.from_numpy(self.attention_logits).double(), 0).float().numpy()
+
+    @property
+    def instance_scores(self) -> np.ndarray | None:
+        """(n_instances,) per-patch evidence: the attention weights, else :attr:`scores` (None: the model has
+        none, e.g. mean or max pooling)."""
+        return self.attention if self.attention_logits is not None else self.scores
 
 
 def attention_path(csv_path: str | os.PathLike) -> Path:
@@ -107,8 +118,11 @@ def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_
             h5.attrs["task"] = head.name
             for p in preds:
                 g = h5.create_group(p.slide_id)
-                g.create_dataset("attention", data=p.attention)
-                g.create_dataset("attention_logits", data=p.attention_logits)
+                if p.attention_logits is not None:
+                    g.create_dataset("attention", data=p.attention)
+                    g.create_dataset("attention_logits", data=p.attention_logits)
+                elif p.scores is not None:
+                    g.create_dataset("instance_scores", data=p.scores)
                 if p.coords is not None:
                     g.create_dataset("coords", data=p.coords)
                 g.attrs["probabilities"] = p.probabilities

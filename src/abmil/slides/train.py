@@ -34,7 +34,7 @@ from ..data.samplers import balanced_weights
 from ..nn import chunked
 from ..nn.chunked import DEFAULT_CHUNK_SIZE
 from ..nn.models import EmbeddingMIL
-from ..nn.zoo import slide_model
+from ..nn.zoo import SLIDE_KEYS, create_model, model_spec
 from ..tasks import DEFAULT_BINS, DEFAULT_TASK, Task, get_task
 from ..tasks.classification import ClassificationTask
 from ..train.checkpoint import read_checkpoint
@@ -65,7 +65,8 @@ class WSIConfig:
     lr 1e-4 with L2 1e-5; one slide per step as in the paper.
 
     Attributes:
-        pooling: ``"gated"`` or ``"attention"``.
+        pooling: the slide model, one of :data:`~abmil.nn.zoo.SLIDE_KEYS` (``gated``, ``attention``, ``mean``,
+            ``max``, ``instance-mean``, ``instance-max``, ``clam-sb``, ``transmil``, ``linear-probe``).
         hidden, att_dim, dropout: :func:`~abmil.nn.zoo.slide_model`'s.
         optimizer, lr, weight_decay: as :class:`~abmil.train.config.TrainConfig` (L2 on all weights).
         epochs: passes over the training slides.
@@ -117,6 +118,11 @@ class WSIConfig:
 
     def __post_init__(self) -> None:
         self.train_config()  # validates optimizer, lr, epochs, weight_decay
+        if self.pooling not in SLIDE_KEYS:
+            raise ValueError(f"--pooling must be one of {', '.join(SLIDE_KEYS)}, got {self.pooling!r}")
+        if self.task not in model_spec(self.pooling).tasks:
+            raise ValueError(f"--pooling {self.pooling} is for the {' and '.join(model_spec(self.pooling).tasks)} "
+                             f"task, not {self.task}")
         for name, allowed in (("monitor", tuple(MONITORS)), ("class_weights", (None, *CLASS_WEIGHTS)),
                               ("sampler", SAMPLERS), ("bag_level", BAG_LEVELS)):
             if getattr(self, name) not in allowed:
@@ -163,12 +169,14 @@ class WSIConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def build_model(in_dim: int, n_classes: int, config: WSIConfig, head: Task | None = None) -> EmbeddingMIL:
-    """The run's model, initialised from ``config.seed``; ``head``: the run's task (its outputs)."""
+def build_model(in_dim: int, n_classes: int, config: WSIConfig, head: Task | None = None) -> torch.nn.Module:
+    """The run's model (:func:`~abmil.nn.zoo.create_model`, family ``slide``), initialised from ``config.seed``;
+    ``head``: the run's task (its outputs)."""
     torch.manual_seed(config.seed)
     n_out = None if head is None else head.n_out()
-    return slide_model(config.pooling, in_dim, n_classes, hidden=config.hidden, att_dim=config.att_dim,
-                       dropout=config.dropout, chunk_size=config.chunk_size, n_out=n_out)
+    return create_model(config.pooling, family="slide", in_dim=in_dim, n_classes=n_classes, hidden=config.hidden,
+                        att_dim=config.att_dim, dropout=config.dropout, chunk_size=config.chunk_size, n_out=n_out,
+                        task=None if head is None else head.name)
 
 
 def slide_loss(out, label: int) -> Tensor:
@@ -231,7 +239,10 @@ def _data_parallel(model: EmbeddingMIL, dev: torch.device) -> torch.nn.Module:
 
 def pack_limit(config: WSIConfig, device: torch.device) -> int:
     """Most instances forwarded packed at once: on CPU a cache-sized block (larger packs run slower than their
-    slides one at a time, each encoded in blocks), on a GPU a chunk."""
+    slides one at a time, each encoded in blocks), on a GPU a chunk; 0 (one slide per pass) for a model that takes
+    one dense bag at a time (:attr:`~abmil.nn.zoo.ModelSpec.packed`: TransMIL)."""
+    if not model_spec(config.pooling).packed:
+        return 0
     return min(config.chunk_size, chunked.ENCODE_BLOCK) if device.type == "cpu" else config.chunk_size
 
 
@@ -360,6 +371,11 @@ def _train(dataset: FeatureBagDataset | CaseBagDataset, run_dir: Path, config: W
             "world_size": world.size, "train_slides": train_slides,
             "val_slides": [dataset.slide_ids[i] for i in val_idx], "class_weights": class_weights,
             "head": head.to_dict()}
+    if model_spec(config.pooling).trained == "fitted":  # the linear probe: scikit-learn, no loop
+        found = read_checkpoint(run_dir)
+        if found is None or not accept(found):
+            _fit_closed_form(model, dataset, train_idx, config, run_dir, info, validate, world)
+        return read_checkpoint(run_dir)
     train_loop(model, SlideBags(dataset, train_idx, head), config.train_config(),
                lambda epoch, step: epoch_steps(len(train_idx), config.seed, epoch, rank=world.rank,
                                                world_size=world.size, batch_size=config.batch_size,
@@ -371,3 +387,28 @@ def _train(dataset: FeatureBagDataset | CaseBagDataset, run_dir: Path, config: W
                pack_limit=pack_limit(config, dev), class_weights=class_weights,
                objective=head.objective())
     return read_checkpoint(run_dir)
+
+
+def _fit_closed_form(model: torch.nn.Module, dataset, train_idx: list[int], config: WSIConfig, run_dir: Path,
+                     info: dict, validate: Callable[[torch.nn.Module], dict], world: World) -> None:
+    """Fit a closed-form model (:meth:`abmil.nn.probe.LinearProbe.fit_bags`) on the training bags and write its
+    checkpoint as one finished epoch of the loop would (history, validation metrics), so that predict, studies and
+    evaluate read it as any run."""
+    import time
+
+    from ..train.checkpoint import save_checkpoint
+    from ..train.optim import make_optimizer
+
+    started = time.perf_counter()
+    source = SlideBags(dataset, train_idx)
+    bags = [source.load(i, 0)[0] for i in range(len(train_idx))]
+    cases = getattr(dataset, "case_ids", None) or dataset.slide_ids
+    chosen = model.fit_bags(bags, [dataset.labels[i] for i in train_idx], [cases[i] for i in train_idx],
+                            seed=config.seed)
+    model.eval()
+    record = {"epoch": 1, **validate(model)}
+    history = FitHistory([record], epochs_run=1, seconds=time.perf_counter() - started)
+    if world.is_main:
+        save_checkpoint(run_dir, model, make_optimizer(model, config.train_config()),
+                        {**info, "kind": "slide", "key": None, "epoch": 1, "step": 0, "waited": 0, "best": None,
+                         "history": history.to_dict(), "fitted": chosen})

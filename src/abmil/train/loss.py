@@ -128,13 +128,17 @@ def bag_losses(out: MILOutput, y: Tensor, class_weights: Tensor | None = None,
     """The loss of each bag, (n_bags,): ``y`` 0/1 (two classes) or class indices. Deep-supervision heads
     (Wang et al.'s MI-Net with DS) add up. ``class_weights`` (n_classes,): each bag's loss times its class's weight
     (e.g. :func:`balanced_class_weights`; the mean of a step is then the sum of weighted losses over the bags of the
-    step, not over their weights, so that a step of one bag keeps its weight). ``objective``: a survival or
+    step, not over their weights, so that a step of one bag keeps its weight). A model's ``aux_loss`` (CLAM) adds its
+    label's term to ``bag_weight`` times the bag loss. ``objective``: a survival or
     regression head (:class:`Objective`; ``y`` its targets); None: classification."""
     if objective is not None and objective.loss in TARGET_LOSSES:
         if class_weights is not None:
             raise ValueError("class weights are for classification")
         return task_losses(out, y, objective)
     losses = _bag_losses(out, y)
+    if out.aux_loss is not None:  # e.g. CLAM's instance clustering: the term of each bag's own label
+        aux = out.aux_loss.gather(1, y.long().reshape(-1, 1).to(out.aux_loss.device))[:, 0]
+        losses = out.bag_weight * losses + aux.to(losses.dtype)
     if class_weights is None:
         return losses
     return losses * class_weights.to(losses.device, losses.dtype)[y.long()]
