@@ -25,7 +25,9 @@ file, ...) prints one line ``abmil: error: ...`` on stderr naming the file, flag
 before anything is written; so does an output that cannot be written (no permission, a full disk), naming the file.
 
 Every default is read from the library (:func:`default_of`: the config dataclass or the function a command calls,
-and the library's constants), so the command and the API cannot disagree.
+and the library's constants), so the command and the API cannot disagree. The parser reads them with
+:func:`abmil._light.library_names`: the modules' definitions run from their source without torch, numpy or
+scikit-learn, so ``--help`` answers at once; those are imported once a command runs.
 """
 from __future__ import annotations
 
@@ -72,9 +74,14 @@ def _joined(values: Iterable[Any]) -> str:
     return ",".join(map(str, values))
 
 
-def _slide_training() -> ModuleType:
+def _slide_training(*, light: bool = False) -> ModuleType:
     """The library module behind ``abmil train`` (WSIConfig, train_feature_model): named here only, so that
-    renaming it touches one line."""
+    renaming it touches one line. ``light``: its definitions read without torch, for the parser's defaults
+    (:mod:`abmil._light`)."""
+    if light:
+        from abmil._light import library_names
+
+        return library_names("abmil.slides", "train")[0]
     import abmil.slides.train as module
 
     return module
@@ -100,21 +107,22 @@ def _data_paths(values: Sequence[str] | None) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The library's names, read without importing torch (abmil._light): --help answers at once.
     from abmil import __version__
-    from abmil.data.patches import MAX_WHITE_FRACTION
-    from abmil.experiments.benchmarks import (
-        DEFAULT_DATASETS,
-        DEFAULT_EPOCHS,
-        DEFAULT_MODELS,
-        demo,
-        reproduce_benchmarks,
-    )
-    from abmil.experiments.histology import DATASETS, explain_histology, reproduce_histology
-    from abmil.experiments.mnist_bags import bag_spread, explain_mnist_bags, reproduce_mnist_bags
-    from abmil.nn.zoo import MNIST_BAGS_KEYS
-    from abmil.report.metrics import BAG_METRICS
-    from abmil.train.engines import ENGINES
-    from abmil.train.presets import BENCHMARK_PRESETS, histology_config
+    from abmil._light import library_names as lib
+
+    (MAX_WHITE_FRACTION,) = lib("abmil.data.patches", "MAX_WHITE_FRACTION")
+    DEFAULT_DATASETS, DEFAULT_EPOCHS, DEFAULT_MODELS, demo, reproduce_benchmarks = lib(
+        "abmil.experiments.benchmarks", "DEFAULT_DATASETS", "DEFAULT_EPOCHS", "DEFAULT_MODELS", "demo",
+        "reproduce_benchmarks")
+    DATASETS, explain_histology, reproduce_histology = lib(
+        "abmil.experiments.histology", "DATASETS", "explain_histology", "reproduce_histology")
+    bag_spread, explain_mnist_bags, reproduce_mnist_bags = lib(
+        "abmil.experiments.mnist_bags", "bag_spread", "explain_mnist_bags", "reproduce_mnist_bags")
+    (MNIST_BAGS_KEYS,) = lib("abmil.nn.zoo", "MNIST_BAGS_KEYS")
+    (BAG_METRICS,) = lib("abmil.report.metrics", "BAG_METRICS")
+    (ENGINES,) = lib("abmil.train.engines", "ENGINES")
+    BENCHMARK_PRESETS, histology_config = lib("abmil.train.presets", "BENCHMARK_PRESETS", "histology_config")
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="Attention-based deep multiple-instance learning (Ilse et al., ICML 2018).")
@@ -299,15 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _wsi_commands(commands) -> None:
     """train / predict / heatmap: attention MIL on whole-slide feature bags (abmil.slides.train)."""
-    import abmil.slides.study as study
-    from abmil.experiments.histology import explain_histology
-    from abmil.explain.heatmap import LAYOUTS
-    from abmil.nn.zoo import SLIDE_KEYS as POOLINGS
-    from abmil.slides.heatmap import HeatmapOptions, slide_heatmap
-    from abmil.slides.predict import load_run
+    from abmil._light import library_names as lib
+
+    (study,) = lib("abmil.slides", "study")
+    (explain_histology,) = lib("abmil.experiments.histology", "explain_histology")
+    (LAYOUTS,) = lib("abmil.explain.heatmap", "LAYOUTS")
+    (POOLINGS,) = lib("abmil.nn.zoo", "SLIDE_KEYS")
+    HeatmapOptions, slide_heatmap = lib("abmil.slides.heatmap", "HeatmapOptions", "slide_heatmap")
+    (load_run,) = lib("abmil.slides.predict", "load_run")
 
     heat_option = functools.partial(default_of, HeatmapOptions)
-    slides = _slide_training()
+    slides = _slide_training(light=True)
     config = functools.partial(default_of, slides.WSIConfig)
     train = commands.add_parser(
         "train", help="train attention MIL on whole-slide feature bags (HDF5 / .pt + manifest)",
@@ -381,7 +391,7 @@ def _wsi_commands(commands) -> None:
     train.add_argument("--sampler", default=config("sampler"), metavar="|".join(slides.SAMPLERS),
                        help="each epoch's slide order: shuffle (every slide once) or balanced (drawn with "
                             "replacement, each class equally likely; seeded) (default %(default)s)")
-    from abmil.train.loss import TASK_LOSSES, TASKS
+    TASK_LOSSES, TASKS = lib("abmil.train.loss", "TASK_LOSSES", "TASKS")
 
     train.add_argument("--task", choices=TASKS, default=config("task"),
                        help="what the head predicts: classes (label), survival (time, event: 1 event, 0 censored) or "
@@ -462,7 +472,7 @@ def _wsi_commands(commands) -> None:
     heat.add_argument("--no-progress", action="store_true", help="no progress bar (--manifest)")
     heat.set_defaults(handler=_heatmap)
 
-    from abmil.report.evaluate import LABEL_SOURCES, evaluate_predictions
+    LABEL_SOURCES, evaluate_predictions = lib("abmil.report.evaluate", "LABEL_SOURCES", "evaluate_predictions")
 
     evaluate = commands.add_parser(
         "evaluate", help="metrics with bootstrap confidence intervals, calibration, ROC/PR curves of predictions",
@@ -515,8 +525,9 @@ def _cv_args(parser: argparse.ArgumentParser, default: Callable[[str], Any]) -> 
 
 def _unit_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     """--repeat / --fold: which saved model of a histology run paints the heatmap."""
-    from abmil.experiments.histology import explain_histology
+    from abmil._light import library_names
 
+    (explain_histology,) = library_names("abmil.experiments.histology", "explain_histology")
     for name, what in (("repeat", "CV repetition"), ("fold", "fold")):
         parser.add_argument(f"--{name}", type=int, default=default_of(explain_histology, name),
                             help=f"{prefix}the {what} of the saved model (default %(default)s; others need "
@@ -570,8 +581,9 @@ def _check_out(args: argparse.Namespace, *, folder: bool) -> None:
 
 
 def _mnist_dir_args(parser: argparse.ArgumentParser) -> None:
-    from abmil.data.mnist import DEFAULT_MNIST_DIR
+    from abmil._light import library_names
 
+    (DEFAULT_MNIST_DIR,) = library_names("abmil.data.mnist", "DEFAULT_MNIST_DIR")
     parser.add_argument("--mnist-dir", default=None, metavar="DIR",
                         help=f"folder with the four MNIST idx files, gzipped or not (default {DEFAULT_MNIST_DIR})")
     parser.add_argument("--download", action="store_true",
