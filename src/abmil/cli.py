@@ -42,11 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
-# OpenMP worker threads that spin while waiting make the many tiny per-bag ops of MIL training 10-20x slower as
-# soon as the cores are shared with anything else (measured on 2 cores: 2 CV epochs of Musk1 65.7 s spinning vs
-# 2.7 s passive). Must be set before torch loads its OpenMP runtime, so here, before any handler imports torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads must not spin) is set by importing abmil, before any torch import.
 PROG = "abmil"
 _DEFAULT_OUT = "runs/benchmarks"
 
