@@ -419,12 +419,12 @@ def _wsi_commands(commands) -> None:
     heat = commands.add_parser(
         "heatmap", help="paint a trained run's attention over slides or an H&E image (PNG, top-k tiles, GeoJSON)",
         description="Paint each patch's attention at its coords with a colour bar: over the slide image read with "
-                    "OpenSlide (--wsi, or --manifest with --slides: .svs, .ndpi, .mrxs, tiled TIFF...; needs "
-                    "`pip install 'abmil[slides]'`), over a thumbnail, or on a white canvas (--slide: rank "
-                    "percentile within the slide); multi-class runs add each class's share of its logit. Or over "
-                    "an H&E image cut into the patches of a histology run (--image: min-max scaled; epithelial "
-                    "nuclei circled on annotated Warwick images). --manifest paints every slide into --out DIR, "
-                    "skipping slides already done.")
+                    "OpenSlide (--wsi, or --manifest with --slides: .svs, .ndpi, .mrxs, tiled TIFF...; needs the "
+                    "slides extra: `pip install -e '.[slides]'` in a clone of abmil), over a thumbnail, or on a white "
+                    "canvas (--slide: rank percentile within the slide); multi-class runs add each class's share of "
+                    "its logit. Or over an H&E image cut into the patches of a histology run (--image: min-max "
+                    "scaled; epithelial nuclei circled on annotated Warwick images). --manifest paints every slide "
+                    "into --out DIR, skipping slides already done.")
     heat.add_argument("--run", required=True, metavar="RUN",
                       help="an `abmil train` --out folder (with --slide / --manifest) or an `abmil reproduce "
                            "histology` --out folder (with --image)")
@@ -752,23 +752,20 @@ def _heatmap(args: argparse.Namespace) -> int:
 
     options = HeatmapOptions(max_size=args.max_size, layout=args.layout, tissue=args.tissue, top_k=args.top_k,
                              geojson=args.geojson, normalise=args.scale, patch_size=args.patch_size)
-    try:
-        if args.manifest is not None:
-            for flag in ("wsi", "thumbnail", "downsample"):
-                if getattr(args, flag) is not None:
-                    raise ValueError(f"--{flag} is for one --slide; with --manifest give --slides DIR")
-            print(manifest_heatmaps(args.run, args.manifest, args.out, features_dir=args.features,
-                                    slides_dir=args.slides, options=options, device=args.device,
-                                    progress=not args.no_progress))
-            return 0
-        for flag in ("features", "slides"):
+    if args.manifest is not None:
+        for flag in ("wsi", "thumbnail", "downsample"):
             if getattr(args, flag) is not None:
-                raise ValueError(f"--{flag} is for --manifest; with --slide give --wsi SLIDE")
-        print(slide_heatmap(args.run, args.slide, args.out, thumbnail=args.thumbnail, downsample=args.downsample,
-                            patch_size=args.patch_size, device=args.device, normalise=args.scale, wsi=args.wsi,
-                            options=options))
-    except ImportError as e:  # OpenSlide missing: the message names the extra to install
-        raise ValueError(str(e)) from None
+                raise ValueError(f"--{flag} is for one --slide; with --manifest give --slides DIR")
+        print(manifest_heatmaps(args.run, args.manifest, args.out, features_dir=args.features,
+                                slides_dir=args.slides, options=options, device=args.device,
+                                progress=not args.no_progress))
+        return 0
+    for flag in ("features", "slides"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag} is for --manifest; with --slide give --wsi SLIDE")
+    print(slide_heatmap(args.run, args.slide, args.out, thumbnail=args.thumbnail, downsample=args.downsample,
+                        patch_size=args.patch_size, device=args.device, normalise=args.scale, wsi=args.wsi,
+                        options=options))
     return 0
 
 
@@ -811,7 +808,7 @@ def _record_settings(parser: argparse.ArgumentParser, argv: Sequence[str], args:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``abmil`` command; returns the exit status."""
     from abmil.cli_config import add_config_flag, apply_settings_file
-    from abmil.errors import DataError, OutputError
+    from abmil.errors import DataError, MissingDependency, OutputError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -834,8 +831,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if status == 0 and args.command == "train":
             _record_settings(parser, argv, args)
         return status
-    except (DataError, ValueError, FileNotFoundError, OutputError) as e:
-        _error(str(e))  # bad input, or an output that cannot be written: one line naming the file, flag or bag
+    except (DataError, ValueError, FileNotFoundError, OutputError, MissingDependency) as e:
+        # bad input, an output that cannot be written, an optional package missing: one line naming the file, flag,
+        # bag or the install to run
+        _error(str(e))
         return 2
     except OSError as e:
         _error(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}")
