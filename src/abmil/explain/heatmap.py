@@ -16,8 +16,9 @@ so image pixel ``(col, row)`` covers PNG pixels from ``(zoom * col, top + zoom *
 MIN_WIDTH_PX x MIN_HEIGHT_PX so that the title and the colour bar fit.
 
 Scores are normalised for display (:func:`normalise_scores`): by default to rank percentiles, as
-CLAM's heatmaps do, because attention weights of a slide span orders of magnitude (a few patches
-take most of the softmax) and a linear scale would show one hot spot on a uniform background.
+CLAM's heatmaps do (from 0, where CLAM's start at 1/n), because attention weights of a slide span
+orders of magnitude (a few patches take most of the softmax) and a linear scale would show one hot
+spot on a uniform background.
 Where patches overlap, a pixel shows the mean of the normalised scores of the patches covering it.
 """
 from __future__ import annotations
@@ -51,8 +52,10 @@ def normalise_scores(scores: np.ndarray, method: str = "rank") -> np.ndarray:
     """Map scores ``(n,)`` to ``[0, 1]`` for display, ``(n,)`` float64.
 
     - ``"rank"``: rank percentile, ``(rank - 1) / (n - 1)`` with tied scores sharing their mean
-      rank (CLAM's ``to_percentiles``): the lowest score maps to 0, the highest to 1, and the
-      colour says "in the top x % of this slide", whatever the scale of the scores.
+      rank: the lowest score maps to 0, the highest to 1, and the colour says "in the top x % of
+      this slide", whatever the scale of the scores. (CLAM's ``to_percentiles``,
+      ``rankdata(scores, "average") / n``, maps the lowest to 1/n instead, so it never uses the
+      bottom of the colour map; the two differ by less than 1/n.)
     - ``"minmax"``: ``(s - min) / (max - min)``, linear in the score.
     - ``"none"``: the scores as given, clipped to [0, 1] (e.g. probabilities).
 
@@ -135,22 +138,36 @@ def _rgb_image(image: np.ndarray) -> np.ndarray:
     return img[:, :, :3].astype(np.float32) / 255.0
 
 
-def patch_boxes(coords: np.ndarray, patch_size: float, shape: tuple[int, int], downsample: float
+Downsample = float | tuple[float, float]
+"""Level-0 pixels per image pixel: one number, or ``(along x, along y)`` (a slide's overview is rounded to whole
+pixels on each axis, so its two scales differ by up to a pixel over the image)."""
+
+
+def scales(downsample: Downsample) -> tuple[float, float]:
+    """``(along x, along y)`` of a :data:`Downsample`."""
+    if isinstance(downsample, (tuple, list)):
+        dx, dy = downsample
+        return float(dx), float(dy)
+    return float(downsample), float(downsample)
+
+
+def patch_boxes(coords: np.ndarray, patch_size: float, shape: tuple[int, int], downsample: Downsample
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Image-pixel boxes ``[x0, x1) × [y0, y1)`` of patches (level-0 corners ``coords`` (n, 2), side ``patch_size``)
-    in an image of ``shape`` (H, W) at ``downsample``: ``floor(x / downsample)`` to ``ceil((x + patch_size) /
-    downsample)``, at least one pixel, clipped to the image."""
+    in an image of ``shape`` (H, W) at ``downsample`` (dx, dy): ``floor(x / dx)`` to ``ceil((x + patch_size) / dx)``,
+    ``floor(y / dy)`` to ``ceil((y + patch_size) / dy)``, at least one pixel, clipped to the image."""
     h, w = shape
+    dx, dy = scales(downsample)
     xy = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
-    x0 = np.floor(xy[:, 0] / downsample).astype(np.int64)
-    y0 = np.floor(xy[:, 1] / downsample).astype(np.int64)
-    x1 = np.maximum(np.ceil((xy[:, 0] + patch_size) / downsample).astype(np.int64), x0 + 1)
-    y1 = np.maximum(np.ceil((xy[:, 1] + patch_size) / downsample).astype(np.int64), y0 + 1)
+    x0 = np.floor(xy[:, 0] / dx).astype(np.int64)
+    y0 = np.floor(xy[:, 1] / dy).astype(np.int64)
+    x1 = np.maximum(np.ceil((xy[:, 0] + patch_size) / dx).astype(np.int64), x0 + 1)
+    y1 = np.maximum(np.ceil((xy[:, 1] + patch_size) / dy).astype(np.int64), y0 + 1)
     return np.clip(x0, 0, w), np.clip(x1, 0, w), np.clip(y0, 0, h), np.clip(y1, 0, h)
 
 
 def rasterise(values: np.ndarray, coords: np.ndarray, patch_size: float, shape: tuple[int, int],
-              downsample: float) -> np.ndarray:
+              downsample: Downsample) -> np.ndarray:
     """Paint ``values`` (n,) as squares into an (H, W) float array, NaN where no patch lies.
 
     Patch k covers level-0 ``[x, x + patch_size) × [y, y + patch_size)``, i.e. the image pixels of
@@ -178,7 +195,7 @@ def rasterise(values: np.ndarray, coords: np.ndarray, patch_size: float, shape: 
 
 
 def rasterise_loop(values: np.ndarray, coords: np.ndarray, patch_size: float, shape: tuple[int, int],
-                   downsample: float) -> np.ndarray:
+                   downsample: Downsample) -> np.ndarray:
     """:func:`rasterise` as one slice assignment per patch (the implementation before the vectorised one; the
     reference of its tests and of ``benchmarks/heatmap_speed.py``)."""
     h, w = shape
@@ -268,7 +285,7 @@ def panel_layout(n_panels: int, image_shape: tuple[int, int]) -> PanelLayout:
 
 def paint_panels(maps: list[tuple[str, np.ndarray]], coords: np.ndarray, patch_size: float,
                  out: str | os.PathLike, *, image: np.ndarray | None = None, shape: tuple[int, int] | None = None,
-                 downsample: float = 1.0, layout: str = "overlay", title: str = "", alpha: float = 0.5,
+                 downsample: Downsample = 1.0, layout: str = "overlay", title: str = "", alpha: float = 0.5,
                  cmap: str = "jet", normalise: str = "rank", score_label: str = "score",
                  outline: np.ndarray | None = None) -> PanelLayout:
     """One or several score maps of the same patches in one PNG, at ``out`` (atomically).
@@ -276,8 +293,8 @@ def paint_panels(maps: list[tuple[str, np.ndarray]], coords: np.ndarray, patch_s
     Args:
         maps: ``(label, scores (n,))`` per map, e.g. the attention and each class's share of its logit.
         coords: (n, 2) level-0 top-left corners; ``patch_size`` their side in level-0 pixels.
-        image: (H, W, 3) uint8 overview of the slide at ``downsample`` level-0 pixels per pixel, or None
-            (white, of ``shape`` (H, W)).
+        image: (H, W, 3) uint8 overview of the slide at ``downsample`` level-0 pixels per pixel (one number, or
+            (along x, along y)), or None (white, of ``shape`` (H, W)).
         layout: ``"overlay"``: one panel per map, its colours blended with ``alpha`` over the image;
             ``"side-by-side"``: the image alone, then one panel per map in opaque colours on white.
         normalise: each map is scaled on its own (:func:`normalise_scores`).
@@ -298,7 +315,7 @@ def paint_panels(maps: list[tuple[str, np.ndarray]], coords: np.ndarray, patch_s
                              f"{np.asarray(scores).shape} and {coords.shape}")
     if n == 0:
         raise ValueError("no patches to paint")
-    if patch_size <= 0 or downsample <= 0 or not 0.0 <= alpha <= 1.0:
+    if patch_size <= 0 or min(scales(downsample)) <= 0 or not 0.0 <= alpha <= 1.0:
         raise ValueError("patch_size must be > 0, downsample > 0 and alpha in [0, 1]")
     if image is not None:
         background = np.asarray(image)

@@ -230,7 +230,7 @@ def render_slide(run, features: str | os.PathLike | FeatureFile, out: str | os.P
 
 
 def _render(run, job: _Job, options: HeatmapOptions, *, thumbnail: np.ndarray | None = None,
-            downsample: float | None = None) -> str:
+            downsample: float | tuple[float, float] | None = None) -> str:
     from .predict import ensemble_head, predict_file
     from .wsi import Slide, outline, tissue_mask
 
@@ -249,7 +249,9 @@ def _render(run, job: _Job, options: HeatmapOptions, *, thumbnail: np.ndarray | 
         geometry = patch_geometry(attrs, coords, slide, patch_size=options.patch_size)
         size0 = geometry.size0
         if slide is not None:
-            image, downsample = slide.overview(options.max_size)
+            image, _ = slide.overview(options.max_size)
+            # each axis rounded to whole pixels on its own: the y scale is not the x scale
+            downsample = (slide.dimensions[0] / image.shape[1], slide.dimensions[1] / image.shape[0])
         elif thumbnail is not None:
             image = thumbnail
         else:

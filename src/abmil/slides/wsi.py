@@ -131,13 +131,17 @@ class Slide:
 
 
 def _on_white(rgba: np.ndarray) -> np.ndarray:
-    """OpenSlide's premultiplied RGBA → RGB over white (transparent = outside the scanned area)."""
+    """openslide-python's RGBA → RGB over white (transparent = outside the scanned area).
+
+    openslide-python un-premultiplies the C library's ARGB ("Unlike in the C interface, the image data returned by
+    this function is not premultiplied", ``OpenSlide.read_region``): straight alpha, so a pixel over white is
+    ``c·a + 255·(1 - a)``, rounded to the nearest integer."""
     if rgba.ndim == 3 and rgba.shape[2] == 4:
-        alpha = rgba[:, :, 3:4]
+        alpha = rgba[:, :, 3:4].astype(np.uint32)
         if (alpha == 255).all():
             return np.ascontiguousarray(rgba[:, :, :3])
-        rgb = rgba[:, :, :3].astype(np.uint16) + (255 - alpha.astype(np.uint16))  # premultiplied: c + (1-a)·white
-        return np.minimum(rgb, 255).astype(np.uint8)
+        rgb = (rgba[:, :, :3].astype(np.uint32) * alpha + 255 * (255 - alpha) + 127) // 255
+        return rgb.astype(np.uint8)
     return np.ascontiguousarray(rgba[:, :, :3])
 
 
