@@ -148,8 +148,9 @@ def test_hot_patch_lands_on_its_pixels_at_every_level(world, tmp_path, max_size)
     layout = panel_layout(1, image.shape[:2])
     assert png.shape[:2] == (layout.height, layout.width)
     panel = png[layout.top:layout.top + image.shape[0], layout.lefts[0]:layout.lefts[0] + image.shape[1]]
-    red = colourise(np.ones((1, 1)), None, alpha=1.0)[0, 0]  # jet(1), the planted patch (min-max: 1)
-    blue = colourise(np.zeros((1, 1)), None, alpha=1.0)[0, 0]  # jet(0), every other patch
+    cmap = HeatmapOptions().cmap
+    red = colourise(np.ones((1, 1)), None, alpha=1.0, cmap=cmap)[0, 0]  # the map's top: the planted patch (min-max: 1)
+    blue = colourise(np.zeros((1, 1)), None, alpha=1.0, cmap=cmap)[0, 0]  # its bottom: every other patch
     x0, x1, y0, y1 = (int(v[0]) for v in patch_boxes(coords[hot:hot + 1], P0, image.shape[:2], down))
     assert (x0, y0) == (int(HOT[0] // down), int(HOT[1] // down))
     expected = np.zeros(image.shape[:2], bool)
@@ -177,7 +178,7 @@ def test_hot_patch_rows_follow_the_overviews_own_y_scale(world, tmp_path):
     assert scale[0] == down != scale[1]
     layout = panel_layout(1, image.shape[:2])
     panel = png[layout.top:layout.top + image.shape[0], layout.lefts[0]:layout.lefts[0] + image.shape[1]]
-    red = colourise(np.ones((1, 1)), None, alpha=1.0)[0, 0]
+    red = colourise(np.ones((1, 1)), None, alpha=1.0, cmap=HeatmapOptions().cmap)[0, 0]
     painted = np.flatnonzero((panel == red).all(axis=2).any(axis=1))
     one_hot = np.zeros(len(coords))
     one_hot[hot] = 1.0

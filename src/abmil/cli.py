@@ -448,8 +448,11 @@ def _wsi_commands(commands) -> None:
     heat.add_argument("--patch-size", type=int, default=None, metavar="PX",
                       help="patch side in level-0 pixels (default: from the file's attributes, CLAM's patch_size "
                            "at patch_level or TRIDENT's patch_size_level0, or the coords grid)")
-    heat.add_argument("--scale", choices=("rank", "minmax"), default=default_of(slide_heatmap, "normalise"),
-                      help="colour scale: rank percentile (default, as CLAM) or min-max")
+    heat.add_argument("--scale", choices=("attention", "rank", "minmax"),
+                      default=default_of(slide_heatmap, "normalise"),
+                      help="colour scale, named under the colour bar: attention (the weights, linear from 0: only "
+                           "the patches that hold the attention are bright), rank (percentile in the slide, as CLAM: "
+                           "half the patches look hot whatever the weights) or minmax (default %(default)s)")
     heat.add_argument("--max-size", type=int, default=heat_option("max_size"), metavar="PX",
                       help="longer side of the slide overview in pixels (default %(default)s); read from the "
                            "pyramid level just above it")
