@@ -462,10 +462,11 @@ def _render(width: int, height: int, images: list[tuple[np.ndarray, int, int]], 
 
 def _draw_scale_bars(picture, bars: list[tuple[int, int, int, str]]) -> None:
     """Black bars with their length above them, on a white box, at the bottom left of each image (Pillow)."""
+    from matplotlib import font_manager
     from PIL import ImageDraw, ImageFont
 
     draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default(size=11)
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 11)  # matplotlib's own font: it has µ
     for col, bottom, length, text in bars:
         x0, y1 = col + 6, bottom - 6
         tw = draw.textlength(text, font=font)

@@ -243,7 +243,11 @@ def _render(run, job: _Job, options: HeatmapOptions, *, thumbnail: np.ndarray | 
     head = ensemble_head(_models(run))
     coords = np.asarray(pred.coords)
     attrs = job.file.attrs().get("coords", {})
-    title = f"{job.file.slide_id}: {head.summary(pred.probabilities, classes)}"
+    if head.is_classification:  # the class and its probability, in words
+        k = int(np.argmax(pred.probabilities))
+        title = f"{job.file.slide_id}: predicted {classes[k]!r}, P = {float(pred.probabilities[k]):.2f}"
+    else:
+        title = f"{job.file.slide_id}: {head.summary(pred.probabilities, classes)}"
     if job.label is not None and head.is_classification:
         title += f", label {classes[job.label]}"
     maps = _maps(run, job.file, pred)
