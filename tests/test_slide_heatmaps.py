@@ -148,8 +148,9 @@ def test_hot_patch_lands_on_its_pixels_at_every_level(world, tmp_path, max_size)
     layout = panel_layout(1, image.shape[:2])
     assert png.shape[:2] == (layout.height, layout.width)
     panel = png[layout.top:layout.top + image.shape[0], layout.lefts[0]:layout.lefts[0] + image.shape[1]]
-    red = colourise(np.ones((1, 1)), None, alpha=1.0)[0, 0]  # jet(1), the planted patch (min-max: 1)
-    blue = colourise(np.zeros((1, 1)), None, alpha=1.0)[0, 0]  # jet(0), every other patch
+    cmap = HeatmapOptions().cmap
+    red = colourise(np.ones((1, 1)), None, alpha=1.0, cmap=cmap)[0, 0]  # the map's top: the planted patch (min-max: 1)
+    blue = colourise(np.zeros((1, 1)), None, alpha=1.0, cmap=cmap)[0, 0]  # its bottom: every other patch
     x0, x1, y0, y1 = (int(v[0]) for v in patch_boxes(coords[hot:hot + 1], P0, image.shape[:2], down))
     assert (x0, y0) == (int(HOT[0] // down), int(HOT[1] // down))
     expected = np.zeros(image.shape[:2], bool)
@@ -162,6 +163,31 @@ def test_hot_patch_lands_on_its_pixels_at_every_level(world, tmp_path, max_size)
     assert (panel[~expected] == blue).all(axis=1).mean() > 0.95
     if down in (1.0, 2.0, 4.0):  # a whole level: the square's pixels are exactly the patch's
         assert (x1 - x0, y1 - y0) == (P0 / down, P0 / down) and is_red[expected].all()
+
+
+def test_hot_patch_rows_follow_the_overviews_own_y_scale(world, tmp_path):
+    # at 166 px the overview is 124 x 166: 8.903 level-0 pixels per pixel along x, 8.867 along y
+    root, levels, coords, hot = world
+    out = tmp_path / "s1.png"
+    render_slide(planted_run(root), root / "features" / "s1.h5", out, wsi=root / "slides" / "s1.tif",
+                 options=HeatmapOptions(max_size=166, normalise="minmax", alpha=1.0))
+    png = np.asarray(Image.open(out).convert("RGB"))
+    with Slide(root / "slides" / "s1.tif") as slide:
+        image, down = slide.overview(166)
+        scale = (slide.dimensions[0] / image.shape[1], slide.dimensions[1] / image.shape[0])
+    assert scale[0] == down != scale[1]
+    layout = panel_layout(1, image.shape[:2])
+    panel = png[layout.top:layout.top + image.shape[0], layout.lefts[0]:layout.lefts[0] + image.shape[1]]
+    red = colourise(np.ones((1, 1)), None, alpha=1.0, cmap=HeatmapOptions().cmap)[0, 0]
+    painted = np.flatnonzero((panel == red).all(axis=2).any(axis=1))
+    one_hot = np.zeros(len(coords))
+    one_hot[hot] = 1.0
+
+    def red_rows(downsample):
+        return np.flatnonzero((rasterise(one_hot, coords, P0, image.shape[:2], downsample) == 1.0).any(axis=1))
+
+    assert not np.array_equal(red_rows(down), red_rows(scale))  # the two scales paint the patch on other rows
+    assert np.array_equal(painted, red_rows(scale))
 
 
 def test_overlay_keeps_the_slide_and_side_by_side_shows_it(world, tmp_path):
@@ -328,7 +354,7 @@ def test_cli_bad_input_names_the_file_and_writes_nothing(world, tmp_path, capsys
 def test_missing_openslide_names_the_extra(world, tmp_path, monkeypatch, capsys):
     root, *_ = world
     monkeypatch.setitem(sys.modules, "openslide", None)  # import openslide -> ImportError
-    with pytest.raises(ImportError, match=r"abmil\[slides\]"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[slides\]'"):
         Slide(root / "slides" / "s1.tif")
     fail(capsys, ["heatmap", "--run", str(root / "run2" / "run"), "--slide", str(root / "features" / "s1.h5"),
-                  "--wsi", str(root / "slides" / "s1.tif"), "--out", str(tmp_path / "x.png")], "abmil[slides]")
+                  "--wsi", str(root / "slides" / "s1.tif"), "--out", str(tmp_path / "x.png")], "'.[slides]'")

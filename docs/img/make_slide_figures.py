@@ -1,6 +1,6 @@
 """The README's slide heatmap figures, from the shipped H&E image (abmil/data/files/cmu1_small_region_he.jpg).
 
-    python docs/img/make_slide_figures.py        # needs abmil[slides] and tifffile
+    python docs/img/make_slide_figures.py        # needs the slides extra and tifffile (both in the test extra)
 
 The image is written as a 3-level tiled pyramidal TIFF (as tests/slide_image_helpers.py does) and opened by OpenSlide;
 tissue patches of 64 level-0 pixels (CLAM attributes: patch_size 32 at patch_level 1) get a 16-number "feature":
@@ -14,15 +14,26 @@ import sys
 import tempfile
 from pathlib import Path
 
-import h5py
-import numpy as np
-import torch
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
+import abmil  # noqa: E402, F401 - before torch: it sets OMP_WAIT_POLICY=PASSIVE while that still counts
+
+# isort: split
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
 from abmil.cli import main  # noqa: E402
+from abmil.errors import MissingDependency, optional_import  # noqa: E402
+
+try:  # before any work: a missing package is one line naming the install, not a traceback halfway
+    optional_import("openslide", "slides", "reading the pyramidal TIFF")
+    optional_import("tifffile", "test", "writing the pyramidal TIFF", package="tifffile")
+except MissingDependency as e:
+    print(f"make_slide_figures.py: error: {e}", file=sys.stderr)
+    sys.exit(2)
 from abmil.slides.heatmap import HeatmapOptions, render_slide  # noqa: E402
 from abmil.slides.predict import load_run  # noqa: E402
 from abmil.slides.wsi import tissue_mask  # noqa: E402

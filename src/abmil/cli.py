@@ -26,7 +26,9 @@ file, ...) prints one line ``abmil: error: ...`` on stderr naming the file, flag
 before anything is written; so does an output that cannot be written (no permission, a full disk), naming the file.
 
 Every default is read from the library (:func:`default_of`: the config dataclass or the function a command calls,
-and the library's constants), so the command and the API cannot disagree.
+and the library's constants), so the command and the API cannot disagree. The parser reads them with
+:func:`abmil._light.library_names`: the modules' definitions run from their source without torch, numpy or
+scikit-learn, so ``--help`` answers at once; those are imported once a command runs.
 """
 from __future__ import annotations
 
@@ -41,11 +43,7 @@ from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
-# OpenMP worker threads that spin while waiting make the many tiny per-bag ops of MIL training 10-20x slower as
-# soon as the cores are shared with anything else (measured on 2 cores: 2 CV epochs of Musk1 65.7 s spinning vs
-# 2.7 s passive). Must be set before torch loads its OpenMP runtime, so here, before any handler imports torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads must not spin) is set by importing abmil, before any torch import.
 PROG = "abmil"
 _DEFAULT_OUT = "runs/benchmarks"
 
@@ -73,9 +71,14 @@ def _joined(values: Iterable[Any]) -> str:
     return ",".join(map(str, values))
 
 
-def _slide_training() -> ModuleType:
+def _slide_training(*, light: bool = False) -> ModuleType:
     """The library module behind ``abmil train`` (WSIConfig, train_feature_model): named here only, so that
-    renaming it touches one line."""
+    renaming it touches one line. ``light``: its definitions read without torch, for the parser's defaults
+    (:mod:`abmil._light`)."""
+    if light:
+        from abmil._light import library_names
+
+        return library_names("abmil.slides", "train")[0]
     import abmil.slides.train as module
 
     return module
@@ -101,21 +104,22 @@ def _data_paths(values: Sequence[str] | None) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The library's names, read without importing torch (abmil._light): --help answers at once.
     from abmil import __version__
-    from abmil.data.patches import MAX_WHITE_FRACTION
-    from abmil.experiments.benchmarks import (
-        DEFAULT_DATASETS,
-        DEFAULT_EPOCHS,
-        DEFAULT_MODELS,
-        demo,
-        reproduce_benchmarks,
-    )
-    from abmil.experiments.histology import DATASETS, explain_histology, reproduce_histology
-    from abmil.experiments.mnist_bags import bag_spread, explain_mnist_bags, reproduce_mnist_bags
-    from abmil.nn.zoo import MNIST_BAGS_KEYS
-    from abmil.report.metrics import BAG_METRICS
-    from abmil.train.engines import ENGINES
-    from abmil.train.presets import BENCHMARK_PRESETS, histology_config
+    from abmil._light import library_names as lib
+
+    (MAX_WHITE_FRACTION,) = lib("abmil.data.patches", "MAX_WHITE_FRACTION")
+    DEFAULT_DATASETS, DEFAULT_EPOCHS, DEFAULT_MODELS, demo, reproduce_benchmarks = lib(
+        "abmil.experiments.benchmarks", "DEFAULT_DATASETS", "DEFAULT_EPOCHS", "DEFAULT_MODELS", "demo",
+        "reproduce_benchmarks")
+    DATASETS, explain_histology, reproduce_histology = lib(
+        "abmil.experiments.histology", "DATASETS", "explain_histology", "reproduce_histology")
+    bag_spread, explain_mnist_bags, reproduce_mnist_bags = lib(
+        "abmil.experiments.mnist_bags", "bag_spread", "explain_mnist_bags", "reproduce_mnist_bags")
+    (MNIST_BAGS_KEYS,) = lib("abmil.nn.zoo", "MNIST_BAGS_KEYS")
+    (BAG_METRICS,) = lib("abmil.report.metrics", "BAG_METRICS")
+    (ENGINES,) = lib("abmil.train.engines", "ENGINES")
+    BENCHMARK_PRESETS, histology_config = lib("abmil.train.presets", "BENCHMARK_PRESETS", "histology_config")
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="Attention-based deep multiple-instance learning (Ilse et al., ICML 2018).")
@@ -300,15 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _wsi_commands(commands) -> None:
     """train / predict / heatmap: attention MIL on whole-slide feature bags (abmil.slides.train)."""
-    import abmil.slides.study as study
-    from abmil.experiments.histology import explain_histology
-    from abmil.explain.heatmap import LAYOUTS
-    from abmil.nn.zoo import SLIDE_KEYS as POOLINGS
-    from abmil.slides.heatmap import HeatmapOptions, slide_heatmap
-    from abmil.slides.predict import load_run
+    from abmil._light import library_names as lib
+
+    (study,) = lib("abmil.slides", "study")
+    (explain_histology,) = lib("abmil.experiments.histology", "explain_histology")
+    (LAYOUTS,) = lib("abmil.explain.heatmap", "LAYOUTS")
+    (POOLINGS,) = lib("abmil.nn.zoo", "SLIDE_KEYS")
+    HeatmapOptions, slide_heatmap = lib("abmil.slides.heatmap", "HeatmapOptions", "slide_heatmap")
+    (load_run,) = lib("abmil.slides.predict", "load_run")
 
     heat_option = functools.partial(default_of, HeatmapOptions)
-    slides = _slide_training()
+    slides = _slide_training(light=True)
     config = functools.partial(default_of, slides.WSIConfig)
     train = commands.add_parser(
         "train", help="train attention MIL on whole-slide feature bags (HDF5 / .pt + manifest)",
@@ -384,7 +390,7 @@ def _wsi_commands(commands) -> None:
     train.add_argument("--sampler", default=config("sampler"), metavar="|".join(slides.SAMPLERS),
                        help="each epoch's slide order: shuffle (every slide once) or balanced (drawn with "
                             "replacement, each class equally likely; seeded) (default %(default)s)")
-    from abmil.tasks import TASKS
+    (TASKS,) = lib("abmil.tasks", "TASKS")
 
     train.add_argument("--task", choices=list(TASKS), default=config("task"),
                        help="what the head predicts: " + ", ".join(t.description for t in TASKS.values())
@@ -416,12 +422,12 @@ def _wsi_commands(commands) -> None:
     heat = commands.add_parser(
         "heatmap", help="paint a trained run's attention over slides or an H&E image (PNG, top-k tiles, GeoJSON)",
         description="Paint each patch's attention at its coords with a colour bar: over the slide image read with "
-                    "OpenSlide (--wsi, or --manifest with --slides: .svs, .ndpi, .mrxs, tiled TIFF...; needs "
-                    "`pip install 'abmil[slides]'`), over a thumbnail, or on a white canvas (--slide: rank "
-                    "percentile within the slide); multi-class runs add each class's share of its logit. Or over "
-                    "an H&E image cut into the patches of a histology run (--image: min-max scaled; epithelial "
-                    "nuclei circled on annotated Warwick images). --manifest paints every slide into --out DIR, "
-                    "skipping slides already done.")
+                    "OpenSlide (--wsi, or --manifest with --slides: .svs, .ndpi, .mrxs, tiled TIFF...; needs the "
+                    "slides extra: `pip install -e '.[slides]'` in a clone of abmil), over a thumbnail, or on a white "
+                    "canvas (--slide: rank percentile within the slide); multi-class runs add each class's share of "
+                    "its logit. Or over an H&E image cut into the patches of a histology run (--image: min-max "
+                    "scaled; epithelial nuclei circled on annotated Warwick images). --manifest paints every slide "
+                    "into --out DIR, skipping slides already done.")
     heat.add_argument("--run", required=True, metavar="RUN",
                       help="an `abmil train` --out folder (with --slide / --manifest) or an `abmil reproduce "
                            "histology` --out folder (with --image)")
@@ -448,8 +454,11 @@ def _wsi_commands(commands) -> None:
     heat.add_argument("--mpp", type=float, default=None, metavar="UM",
                       help="the slide's microns per level-0 pixel, for feature files with coordinates in "
                            "micrometres (STAMP) (default: the file's, else the slide image's)")
-    heat.add_argument("--scale", choices=("rank", "minmax"), default=default_of(slide_heatmap, "normalise"),
-                      help="colour scale: rank percentile (default, as CLAM) or min-max")
+    heat.add_argument("--scale", choices=("attention", "rank", "minmax"),
+                      default=default_of(slide_heatmap, "normalise"),
+                      help="colour scale, named under the colour bar: attention (the weights, linear from 0: only "
+                           "the patches that hold the attention are bright), rank (percentile in the slide, as CLAM: "
+                           "half the patches look hot whatever the weights) or minmax (default %(default)s)")
     heat.add_argument("--max-size", type=int, default=heat_option("max_size"), metavar="PX",
                       help="longer side of the slide overview in pixels (default %(default)s); read from the "
                            "pyramid level just above it")
@@ -468,7 +477,7 @@ def _wsi_commands(commands) -> None:
     heat.add_argument("--no-progress", action="store_true", help="no progress bar (--manifest)")
     heat.set_defaults(handler=_heatmap)
 
-    from abmil.report.evaluate import LABEL_SOURCES, evaluate_predictions
+    LABEL_SOURCES, evaluate_predictions = lib("abmil.report.evaluate", "LABEL_SOURCES", "evaluate_predictions")
 
     evaluate = commands.add_parser(
         "evaluate", help="metrics with bootstrap confidence intervals, calibration, ROC/PR curves of predictions",
@@ -510,8 +519,7 @@ def _wsi_commands(commands) -> None:
     evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
     evaluate.set_defaults(handler=_evaluate)
 
-    from abmil.report.compare import compare_runs
-
+    (compare_runs,) = lib("abmil.report.compare", "compare_runs")
     compare = commands.add_parser(
         "compare", help="paired comparison of studies on the same cases: differences with paired bootstrap CIs, "
                         "DeLong's test",
@@ -543,8 +551,9 @@ def _cv_args(parser: argparse.ArgumentParser, default: Callable[[str], Any]) -> 
 
 def _unit_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     """--repeat / --fold: which saved model of a histology run paints the heatmap."""
-    from abmil.experiments.histology import explain_histology
+    from abmil._light import library_names
 
+    (explain_histology,) = library_names("abmil.experiments.histology", "explain_histology")
     for name, what in (("repeat", "CV repetition"), ("fold", "fold")):
         parser.add_argument(f"--{name}", type=int, default=default_of(explain_histology, name),
                             help=f"{prefix}the {what} of the saved model (default %(default)s; others need "
@@ -598,8 +607,9 @@ def _check_out(args: argparse.Namespace, *, folder: bool) -> None:
 
 
 def _mnist_dir_args(parser: argparse.ArgumentParser) -> None:
-    from abmil.data.mnist import DEFAULT_MNIST_DIR
+    from abmil._light import library_names
 
+    (DEFAULT_MNIST_DIR,) = library_names("abmil.data.mnist", "DEFAULT_MNIST_DIR")
     parser.add_argument("--mnist-dir", default=None, metavar="DIR",
                         help=f"folder with the four MNIST idx files, gzipped or not (default {DEFAULT_MNIST_DIR})")
     parser.add_argument("--download", action="store_true",
@@ -772,23 +782,20 @@ def _heatmap(args: argparse.Namespace) -> int:
 
     options = HeatmapOptions(max_size=args.max_size, layout=args.layout, tissue=args.tissue, top_k=args.top_k,
                              geojson=args.geojson, normalise=args.scale, patch_size=args.patch_size, mpp=args.mpp)
-    try:
-        if args.manifest is not None:
-            for flag in ("wsi", "thumbnail", "downsample"):
-                if getattr(args, flag) is not None:
-                    raise ValueError(f"--{flag} is for one --slide; with --manifest give --slides DIR")
-            print(manifest_heatmaps(args.run, args.manifest, args.out, features_dir=args.features,
-                                    slides_dir=args.slides, options=options, device=args.device,
-                                    progress=not args.no_progress))
-            return 0
-        for flag in ("features", "slides"):
+    if args.manifest is not None:
+        for flag in ("wsi", "thumbnail", "downsample"):
             if getattr(args, flag) is not None:
-                raise ValueError(f"--{flag} is for --manifest; with --slide give --wsi SLIDE")
-        print(slide_heatmap(args.run, args.slide, args.out, thumbnail=args.thumbnail, downsample=args.downsample,
-                            patch_size=args.patch_size, device=args.device, normalise=args.scale, wsi=args.wsi,
-                            options=options))
-    except ImportError as e:  # OpenSlide missing: the message names the extra to install
-        raise ValueError(str(e)) from None
+                raise ValueError(f"--{flag} is for one --slide; with --manifest give --slides DIR")
+        print(manifest_heatmaps(args.run, args.manifest, args.out, features_dir=args.features,
+                                slides_dir=args.slides, options=options, device=args.device,
+                                progress=not args.no_progress))
+        return 0
+    for flag in ("features", "slides"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag} is for --manifest; with --slide give --wsi SLIDE")
+    print(slide_heatmap(args.run, args.slide, args.out, thumbnail=args.thumbnail, downsample=args.downsample,
+                        patch_size=args.patch_size, device=args.device, normalise=args.scale, wsi=args.wsi,
+                        options=options))
     return 0
 
 
@@ -851,7 +858,7 @@ def _record_settings(parser: argparse.ArgumentParser, argv: Sequence[str], args:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``abmil`` command; returns the exit status."""
     from abmil.cli_config import add_config_flag, apply_settings_file
-    from abmil.errors import DataError, OutputError
+    from abmil.errors import DataError, MissingDependency, OutputError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -874,8 +881,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if status == 0 and args.command == "train":
             _record_settings(parser, argv, args)
         return status
-    except (DataError, ValueError, FileNotFoundError, OutputError) as e:
-        _error(str(e))  # bad input, or an output that cannot be written: one line naming the file, flag or bag
+    except (DataError, ValueError, FileNotFoundError, OutputError, MissingDependency) as e:
+        # bad input, an output that cannot be written, an optional package missing: one line naming the file, flag,
+        # bag or the install to run
+        _error(str(e))
         return 2
     except OSError as e:
         _error(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}")

@@ -32,3 +32,46 @@ class OutputError(OSError):
 
     def __str__(self) -> str:
         return f"cannot write {self.filename}: {self.strerror}"
+
+
+class MissingDependency(ImportError):
+    """An optional package is not installed (or cannot be imported): the one-line message says what to install.
+
+    An :class:`ImportError`, so ``except ImportError`` still catches it; the ``abmil`` command prints it as
+    ``abmil: error: ...`` and exits with status 2.
+    """
+
+
+def extra_packages(extra: str) -> list[str]:
+    """The pip names of abmil's ``extra`` (``slides``: ``openslide-python``, ``openslide-bin``), from the installed
+    package's metadata (pyproject.toml); [] where abmil is not installed."""
+    import re
+    from importlib import metadata
+
+    try:
+        requires = metadata.requires("abmil") or []
+    except metadata.PackageNotFoundError:
+        return []
+    marker = re.compile(r"""extra\s*==\s*["']""" + re.escape(extra) + r"""["']""")
+    return [re.match(r"[A-Za-z0-9_.\-]+(\[[^\]]*\])?", r).group(0) for r in requires if marker.search(r)]
+
+
+def optional_import(module: str, extra: str, purpose: str, *, package: str | None = None):
+    """``import module`` for ``purpose`` (e.g. "reading whole-slide images"), or :class:`MissingDependency` naming the
+    install that provides it: ``package`` (default: all of the extra's packages), and the extra itself from a clone or
+    a wheel of abmil (abmil is not on a package index: ``pip install 'abmil[extra]'`` cannot work)."""
+    import importlib
+
+    from . import __version__
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        packages = [package] if package else extra_packages(extra) or [module]
+        names = " ".join(f"'{p}'" if "[" in p else p for p in packages)
+        missing = e.name is not None and (e.name == module or module.startswith(f"{e.name}."))
+        why = "is not installed" if missing else f"cannot be imported ({' '.join(str(e).split())})"
+        raise MissingDependency(
+            f"{purpose} needs {module}, which {why}: pip install {names} (or, in a clone of abmil, pip install -e "
+            f"'.[{extra}]'; with its wheel, pip install './dist/abmil-{__version__}-py3-none-any.whl[{extra}]')",
+            name=module) from None

@@ -49,7 +49,7 @@ from abmil.data.patches import (
     grid_patches,
     patches_to_tensor,
 )
-from abmil.errors import DataError
+from abmil.errors import DataError, optional_import
 
 __all__ = [
     "BREAST_SUFFIXES",
@@ -114,8 +114,8 @@ def read_rgb(path: str | Path, *, level: int = 0) -> np.ndarray:
     everything else with Pillow (first page of a multi-page TIFF).
 
     Raises:
-        DataError (naming the file): missing, unreadable, truncated or undecodable file; a mode with no RGB meaning;
-        ``.svs`` without ``openslide`` installed.
+        DataError (naming the file): missing, unreadable, truncated or undecodable file; a mode with no RGB meaning.
+        MissingDependency: ``.svs`` without ``openslide`` installed (the message names the file and the install).
     """
     path = Path(path)
     if not path.is_file():
@@ -138,10 +138,7 @@ def read_rgb(path: str | Path, *, level: int = 0) -> np.ndarray:
 
 
 def _read_svs(path: Path, level: int) -> np.ndarray:
-    try:
-        import openslide  # optional, never a hard dependency
-    except ImportError as e:
-        raise DataError("reading .svs needs the optional 'openslide-python' package", path=str(path)) from e
+    openslide = optional_import("openslide", "slides", f"reading {path}")  # optional, never a hard dependency
     try:
         slide = openslide.OpenSlide(str(path))
         try:

@@ -26,17 +26,26 @@ _NAMESPACE = uuid.UUID("6f1c2b1e-4d0a-4a55-9a57-0b5e1f0c2a11")
 
 def patch_feature_collection(coords: np.ndarray, patch_size: float, measurements: Mapping[str, np.ndarray], *,
                              object_type: str = "detection", name: str = "",
-                             classification: str | None = None) -> dict:
+                             classification: str | None = None,
+                             classification_color: tuple[int, int, int] | None = None) -> dict:
     """The FeatureCollection of the patches (level-0 corners ``coords`` (n, 2), side ``patch_size`` level-0 px),
     with ``measurements``: name → (n,) values, one per patch (non-finite values are left out: JSON has no NaN).
 
-    ``name``: the slide, seeding the Features' UUIDs and kept as the collection's ``name``."""
+    ``name``: the slide, seeding the Features' UUIDs and kept as the collection's ``name``. ``classification``: every
+    patch's class, as QuPath reads it: the name alone (a string; QuPath gives the class its colour), or with
+    ``classification_color`` (r, g, b) ``{"name": ..., "color": [r, g, b]}`` as QuPath writes it (a name without a
+    colour is not a class QuPath's reader accepts)."""
     if object_type not in OBJECT_TYPES:
         raise ValueError(f"unknown QuPath object type {object_type!r}: expected one of {', '.join(OBJECT_TYPES)}")
     xy = np.asarray(coords, dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] != 2:
         raise ValueError(f"coords must be (n, 2), got {xy.shape}")
     n = xy.shape[0]
+    color = None
+    if classification_color is not None:
+        color = [int(c) for c in classification_color]
+        if len(color) != 3 or not all(0 <= c <= 255 for c in color):
+            raise ValueError(f"classification_color must be (r, g, b) in 0..255, got {classification_color!r}")
     columns = {}
     for key, values in measurements.items():
         v = np.asarray(values, dtype=np.float64).reshape(-1)
@@ -54,7 +63,7 @@ def patch_feature_collection(coords: np.ndarray, patch_size: float, measurements
         props: dict = {"objectType": object_type,
                        "measurements": {key: col[k] for key, col in columns.items() if math.isfinite(col[k])}}
         if classification is not None:
-            props["classification"] = {"name": classification}
+            props["classification"] = classification if color is None else {"name": classification, "color": color}
         features.append({"type": "Feature", "id": str(uuid.uuid5(_NAMESPACE, f"{name}/{k}")),
                          "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": props})
     collection = {"type": "FeatureCollection", "features": features}

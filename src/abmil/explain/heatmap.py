@@ -16,8 +16,9 @@ so image pixel ``(col, row)`` covers PNG pixels from ``(zoom * col, top + zoom *
 MIN_WIDTH_PX x MIN_HEIGHT_PX so that the title and the colour bar fit.
 
 Scores are normalised for display (:func:`normalise_scores`): by default to rank percentiles, as
-CLAM's heatmaps do, because attention weights of a slide span orders of magnitude (a few patches
-take most of the softmax) and a linear scale would show one hot spot on a uniform background.
+CLAM's heatmaps do (from 0, where CLAM's start at 1/n), because attention weights of a slide span
+orders of magnitude (a few patches take most of the softmax) and a linear scale would show one hot
+spot on a uniform background.
 Where patches overlap, a pixel shows the mean of the normalised scores of the patches covering it.
 """
 from __future__ import annotations
@@ -44,15 +45,20 @@ DPI = 100
 MAX_CANVAS_SIDE = 2048
 """Without a background image, the white canvas is shrunk (``downsample`` raised) to at most this."""
 
-NORMALISATIONS = ("rank", "minmax", "none")
+NORMALISATIONS = ("rank", "attention", "minmax", "none")
 
 
 def normalise_scores(scores: np.ndarray, method: str = "rank") -> np.ndarray:
     """Map scores ``(n,)`` to ``[0, 1]`` for display, ``(n,)`` float64.
 
     - ``"rank"``: rank percentile, ``(rank - 1) / (n - 1)`` with tied scores sharing their mean
-      rank (CLAM's ``to_percentiles``): the lowest score maps to 0, the highest to 1, and the
-      colour says "in the top x % of this slide", whatever the scale of the scores.
+      rank: the lowest score maps to 0, the highest to 1, and the colour says "in the top x % of
+      this slide", whatever the scale of the scores. (CLAM's ``to_percentiles``,
+      ``rankdata(scores, "average") / n``, maps the lowest to 1/n instead, so it never uses the
+      bottom of the colour map; the two differ by less than 1/n.)
+    - ``"attention"``: ``s / max(s)``, linear in the score from 0 (raw attention weights: a patch twice as bright
+      holds twice the weight, and three patches holding most of the softmax are the only bright ones; negative
+      scores show as 0).
     - ``"minmax"``: ``(s - min) / (max - min)``, linear in the score.
     - ``"none"``: the scores as given, clipped to [0, 1] (e.g. probabilities).
 
@@ -65,6 +71,9 @@ def normalise_scores(scores: np.ndarray, method: str = "rank") -> np.ndarray:
         if s.size <= 1:
             return np.full(s.shape, 0.5)
         return (average_ranks(s) - 1.0) / (s.size - 1.0)
+    if method == "attention":
+        hi = float(s.max()) if s.size else 0.0
+        return np.full(s.shape, 0.5) if hi <= 0 else np.clip(s / hi, 0.0, 1.0)
     if method == "minmax":
         lo, hi = (float(s.min()), float(s.max())) if s.size else (0.0, 0.0)
         return np.full(s.shape, 0.5) if hi <= lo else (s - lo) / (hi - lo)
@@ -135,22 +144,36 @@ def _rgb_image(image: np.ndarray) -> np.ndarray:
     return img[:, :, :3].astype(np.float32) / 255.0
 
 
-def patch_boxes(coords: np.ndarray, patch_size: float, shape: tuple[int, int], downsample: float
+Downsample = float | tuple[float, float]
+"""Level-0 pixels per image pixel: one number, or ``(along x, along y)`` (a slide's overview is rounded to whole
+pixels on each axis, so its two scales differ by up to a pixel over the image)."""
+
+
+def scales(downsample: Downsample) -> tuple[float, float]:
+    """``(along x, along y)`` of a :data:`Downsample`."""
+    if isinstance(downsample, (tuple, list)):
+        dx, dy = downsample
+        return float(dx), float(dy)
+    return float(downsample), float(downsample)
+
+
+def patch_boxes(coords: np.ndarray, patch_size: float, shape: tuple[int, int], downsample: Downsample
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Image-pixel boxes ``[x0, x1) × [y0, y1)`` of patches (level-0 corners ``coords`` (n, 2), side ``patch_size``)
-    in an image of ``shape`` (H, W) at ``downsample``: ``floor(x / downsample)`` to ``ceil((x + patch_size) /
-    downsample)``, at least one pixel, clipped to the image."""
+    in an image of ``shape`` (H, W) at ``downsample`` (dx, dy): ``floor(x / dx)`` to ``ceil((x + patch_size) / dx)``,
+    ``floor(y / dy)`` to ``ceil((y + patch_size) / dy)``, at least one pixel, clipped to the image."""
     h, w = shape
+    dx, dy = scales(downsample)
     xy = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
-    x0 = np.floor(xy[:, 0] / downsample).astype(np.int64)
-    y0 = np.floor(xy[:, 1] / downsample).astype(np.int64)
-    x1 = np.maximum(np.ceil((xy[:, 0] + patch_size) / downsample).astype(np.int64), x0 + 1)
-    y1 = np.maximum(np.ceil((xy[:, 1] + patch_size) / downsample).astype(np.int64), y0 + 1)
+    x0 = np.floor(xy[:, 0] / dx).astype(np.int64)
+    y0 = np.floor(xy[:, 1] / dy).astype(np.int64)
+    x1 = np.maximum(np.ceil((xy[:, 0] + patch_size) / dx).astype(np.int64), x0 + 1)
+    y1 = np.maximum(np.ceil((xy[:, 1] + patch_size) / dy).astype(np.int64), y0 + 1)
     return np.clip(x0, 0, w), np.clip(x1, 0, w), np.clip(y0, 0, h), np.clip(y1, 0, h)
 
 
 def rasterise(values: np.ndarray, coords: np.ndarray, patch_size: float, shape: tuple[int, int],
-              downsample: float) -> np.ndarray:
+              downsample: Downsample) -> np.ndarray:
     """Paint ``values`` (n,) as squares into an (H, W) float array, NaN where no patch lies.
 
     Patch k covers level-0 ``[x, x + patch_size) × [y, y + patch_size)``, i.e. the image pixels of
@@ -178,7 +201,7 @@ def rasterise(values: np.ndarray, coords: np.ndarray, patch_size: float, shape: 
 
 
 def rasterise_loop(values: np.ndarray, coords: np.ndarray, patch_size: float, shape: tuple[int, int],
-                   downsample: float) -> np.ndarray:
+                   downsample: Downsample) -> np.ndarray:
     """:func:`rasterise` as one slice assignment per patch (the implementation before the vectorised one; the
     reference of its tests and of ``benchmarks/heatmap_speed.py``)."""
     h, w = shape
@@ -210,7 +233,8 @@ def paint_heatmap(scores: np.ndarray, coords: np.ndarray, patch_size: int, out: 
         alpha: opacity of the colours over the image (patches only; the rest shows the image).
         cmap: matplotlib colour map name.
         score_label: the colour bar's label (the normalisation is appended).
-        normalise: ``"rank"`` (default), ``"minmax"`` or ``"none"``; see :func:`normalise_scores`.
+        normalise: ``"rank"`` (default), ``"attention"``, ``"minmax"`` or ``"none"``; see :func:`normalise_scores`
+            (named under the colour bar, :func:`bar_scale`).
 
     The PNG's layout is :func:`heatmap_layout`'s.
     """
@@ -235,11 +259,40 @@ def paint_heatmap(scores: np.ndarray, coords: np.ndarray, patch_size: int, out: 
     z = layout.zoom
     if z > 1:
         blended = np.repeat(np.repeat(blended, z, axis=0), z, axis=1)
+    bar_label, lo, hi = bar_scale(normalise, [(score_label, scores)], score_label)
     _render(layout.width, layout.height, [(blended, layout.top, 0)], out, title=title, top=layout.top,
-            title_width=layout.width, bar_label=score_label + _SCALE_SUFFIX[normalise], cmap=cmap)
+            title_width=layout.width, bar_label=bar_label, cmap=cmap, bar_range=(lo, hi))
 
 
-_SCALE_SUFFIX = {"rank": " (percentile)", "minmax": " (min-max)", "none": ""}
+SCALE_NAMES = {"rank": "rank percentile in the slide", "attention": "linear from 0 to the slide's largest",
+               "minmax": "linear, min to max", "none": "as given, clipped to [0, 1]"}
+"""How each normalisation is named under the colour bar."""
+
+
+def bar_scale(normalise: str, maps: list[tuple[str, np.ndarray]], score_label: str) -> tuple[str, float, float]:
+    """The colour bar's label and its value range: under ``"attention"`` with one map, the map's own units (0 to its
+    largest score, e.g. the attention weight itself); otherwise 0 to 1 of the normalised scores."""
+    if normalise == "attention" and len(maps) == 1:
+        label, scores = maps[0]
+        hi = float(np.max(scores))
+        if hi > 0:
+            return f"{label if score_label == 'score' else score_label} (linear from 0)", 0.0, hi
+    return f"{score_label}: {SCALE_NAMES[normalise]}", 0.0, 1.0
+
+
+def nice_length(target: float) -> float:
+    """The 1-2-5 number at most ``target`` (> 0): the length of a scale bar."""
+    power = 10.0 ** math.floor(math.log10(target))
+    return max(m * power for m in (1.0, 2.0, 5.0) if m * power <= target)
+
+
+def scale_bar(mpp: float, downsample: Downsample, panel_width: int) -> tuple[int, str]:
+    """A scale bar for an image at ``downsample`` level-0 pixels per pixel of a slide of ``mpp`` µm per level-0
+    pixel: ``(length in image pixels, label)``, a round length of about a fifth of ``panel_width``."""
+    um_per_px = float(mpp) * scales(downsample)[0]
+    um = nice_length(max(panel_width / 5.0, 1.0) * um_per_px)
+    label = f"{um / 1000:g} mm" if um >= 1000 else f"{um:g} µm"
+    return max(1, round(um / um_per_px)), label
 LAYOUTS = ("overlay", "side-by-side")
 
 
@@ -268,20 +321,21 @@ def panel_layout(n_panels: int, image_shape: tuple[int, int]) -> PanelLayout:
 
 def paint_panels(maps: list[tuple[str, np.ndarray]], coords: np.ndarray, patch_size: float,
                  out: str | os.PathLike, *, image: np.ndarray | None = None, shape: tuple[int, int] | None = None,
-                 downsample: float = 1.0, layout: str = "overlay", title: str = "", alpha: float = 0.5,
+                 downsample: Downsample = 1.0, layout: str = "overlay", title: str = "", alpha: float = 0.5,
                  cmap: str = "jet", normalise: str = "rank", score_label: str = "score",
-                 outline: np.ndarray | None = None) -> PanelLayout:
+                 outline: np.ndarray | None = None, mpp: float | None = None) -> PanelLayout:
     """One or several score maps of the same patches in one PNG, at ``out`` (atomically).
 
     Args:
         maps: ``(label, scores (n,))`` per map, e.g. the attention and each class's share of its logit.
         coords: (n, 2) level-0 top-left corners; ``patch_size`` their side in level-0 pixels.
-        image: (H, W, 3) uint8 overview of the slide at ``downsample`` level-0 pixels per pixel, or None
-            (white, of ``shape`` (H, W)).
+        image: (H, W, 3) uint8 overview of the slide at ``downsample`` level-0 pixels per pixel (one number, or
+            (along x, along y)), or None (white, of ``shape`` (H, W)).
         layout: ``"overlay"``: one panel per map, its colours blended with ``alpha`` over the image;
             ``"side-by-side"``: the image alone, then one panel per map in opaque colours on white.
         normalise: each map is scaled on its own (:func:`normalise_scores`).
         outline: (H, W) bool pixels drawn as a contour (the tissue outline) on every panel.
+        mpp: µm per level-0 pixel (the slide's ``openslide.mpp-x``): a scale bar at the bottom left of each panel.
 
     Image pixel ``(col, row)`` of panel ``i`` is PNG pixel ``(lefts[i] + col, top + row)`` of the returned
     :class:`PanelLayout`: patch ``(x, y)`` covers image pixels ``floor(x / downsample)`` to
@@ -298,7 +352,7 @@ def paint_panels(maps: list[tuple[str, np.ndarray]], coords: np.ndarray, patch_s
                              f"{np.asarray(scores).shape} and {coords.shape}")
     if n == 0:
         raise ValueError("no patches to paint")
-    if patch_size <= 0 or downsample <= 0 or not 0.0 <= alpha <= 1.0:
+    if patch_size <= 0 or min(scales(downsample)) <= 0 or not 0.0 <= alpha <= 1.0:
         raise ValueError("patch_size must be > 0, downsample > 0 and alpha in [0, 1]")
     if image is not None:
         background = np.asarray(image)
@@ -323,10 +377,15 @@ def paint_panels(maps: list[tuple[str, np.ndarray]], coords: np.ndarray, patch_s
         else:
             panels.append((label, colourise(grid, None, alpha=1.0, cmap=cmap, outline=outline)))
     geometry = panel_layout(len(panels), (h, w))
+    bar_label, lo, hi = bar_scale(normalise, maps, score_label)
+    bars = []
+    if mpp is not None and mpp > 0:
+        length, text = scale_bar(mpp, downsample, w)
+        bars = [(left, geometry.top + h, length, text) for left in geometry.lefts]
     _render(geometry.width, geometry.height, [(p, geometry.top, left) for (_, p), left in zip(panels, geometry.lefts)],
-            out, title=title, top=geometry.top, title_width=geometry.width,
-            bar_label=score_label + _SCALE_SUFFIX[normalise], cmap=cmap,
-            labels=[(label, left, w) for (label, _), left in zip(panels, geometry.lefts)])
+            out, title=title, top=geometry.top, title_width=geometry.width, bar_label=bar_label, cmap=cmap,
+            labels=[(label, left, w) for (label, _), left in zip(panels, geometry.lefts)], bar_range=(lo, hi),
+            scale_bars=bars)
     return geometry
 
 
@@ -355,10 +414,13 @@ def colourise(grid: np.ndarray, background: np.ndarray | None, *, alpha: float =
 
 def _render(width: int, height: int, images: list[tuple[np.ndarray, int, int]], out: str | os.PathLike, *,
             title: str, top: int, title_width: int, bar_label: str, cmap: str,
-            labels: list[tuple[str, int, int]] = ()) -> None:
+            labels: list[tuple[str, int, int]] = (), bar_range: tuple[float, float] = (0.0, 1.0),
+            scale_bars: list[tuple[int, int, int, str]] = ()) -> None:
     """Save a ``width`` x ``height`` PNG at ``out`` (atomically): each ``(image (h, w, 3) uint8, row, col)`` pasted
     pixel for pixel at that PNG position, a colour bar in the right COLORBAR_PX columns, ``title`` centred over the
-    first ``title_width`` columns, each ``(text, col, width)`` label centred in the band just above the images.
+    first ``title_width`` columns, each ``(text, col, width)`` label centred in the band just above the images; the
+    colour bar's ticks run over ``bar_range``. Each ``(col, bottom, length, text)`` of ``scale_bars`` is a black bar
+    ``length`` pixels long with ``text`` above it, drawn over the image from PNG column ``col`` up from row ``bottom``.
 
     Text and colour bar are drawn by matplotlib (Agg) on a white canvas; the images are pasted into its pixels
     afterwards: no resampling, so image pixel (r, c) is PNG pixel (row + r, col + c) exactly, and fast (imshow
@@ -371,7 +433,7 @@ def _render(width: int, height: int, images: list[tuple[np.ndarray, int, int]], 
         fw, fh = width, height
         bar_h = (fh - top) * 0.9
         cax = fig.add_axes(((fw - COLORBAR_PX + 10) / fw, (fh - top - bar_h) / fh, 14 / fw, bar_h / fh))
-        mappable = plt.cm.ScalarMappable(cmap=plt.get_cmap(cmap), norm=plt.Normalize(0.0, 1.0))
+        mappable = plt.cm.ScalarMappable(cmap=plt.get_cmap(cmap), norm=plt.Normalize(*bar_range))
         bar = fig.colorbar(mappable, cax=cax)
         bar.set_label(bar_label, fontsize=8)
         bar.ax.tick_params(labelsize=7)
@@ -391,8 +453,26 @@ def _render(width: int, height: int, images: list[tuple[np.ndarray, int, int]], 
     for image, row, col in images:
         ih, iw = image.shape[:2]
         canvas[row:row + ih, col:col + iw] = image[:, :, :3]
+    picture = Image.fromarray(canvas)
+    if scale_bars:
+        _draw_scale_bars(picture, scale_bars)
     with atomic_open(out, "wb") as f:
-        Image.fromarray(canvas).save(f, format="PNG", compress_level=1)
+        picture.save(f, format="PNG", compress_level=1)
+
+
+def _draw_scale_bars(picture, bars: list[tuple[int, int, int, str]]) -> None:
+    """Black bars with their length above them, on a white box, at the bottom left of each image (Pillow)."""
+    from matplotlib import font_manager
+    from PIL import ImageDraw, ImageFont
+
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 11)  # matplotlib's own font: it has µ
+    for col, bottom, length, text in bars:
+        x0, y1 = col + 6, bottom - 6
+        tw = draw.textlength(text, font=font)
+        draw.rectangle((x0 - 3, y1 - 22, x0 + max(length, tw) + 3, y1 + 2), fill=(255, 255, 255))
+        draw.rectangle((x0, y1 - 4, x0 + length - 1, y1), fill=(0, 0, 0))
+        draw.text((x0, y1 - 20), text, fill=(0, 0, 0), font=font)
 
 
 def _fit_title(fig, text, width_px: int) -> None:

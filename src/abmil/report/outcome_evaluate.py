@@ -1,8 +1,8 @@
 """``abmil evaluate`` for survival and regression predictions: metrics with case-bootstrap intervals, and figures.
 
-Survival (``abmil predict``'s ``slide_id, time, event, risk[, surv_<t>...]``), with scikit-survival
-(``pip install 'abmil[survival]'``): one well-kept, scikit-learn-style library that has all of Harrell's and Uno's
-concordance, the time-dependent AUC, the integrated Brier score, Kaplan-Meier and the log-rank test.
+Survival (``abmil predict``'s ``slide_id, time, event, risk[, surv_<t>...]``), with scikit-survival (the
+``survival`` extra: ``pip install scikit-survival``): one well-kept, scikit-learn-style library that has all of
+Harrell's and Uno's concordance, the time-dependent AUC, the integrated Brier score, Kaplan-Meier and the log-rank test.
 
 - ``c_index_harrell``: ``concordance_index_censored(event, time, risk)``;
 - ``c_index_uno``: ``concordance_index_ipcw`` truncated at ``tau`` = the last evaluation time; its censoring
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, optional_import
 from ..slides.tables import SURV_PREFIX
 from ..slides.tables import case_column as _case_column
 from ..slides.tables import read_table as _read_table
@@ -47,11 +47,7 @@ IBS_POINTS = 50
 
 
 def _sksurv():
-    try:
-        import sksurv  # noqa: F401
-    except ImportError:
-        raise ImportError("evaluating survival predictions needs scikit-survival: pip install 'abmil[survival]'") \
-            from None
+    optional_import("sksurv", "survival", "evaluating survival predictions")
 
 
 def _number(cells: dict, column: str, line: int, path: str, *, non_negative: bool = False) -> float:

@@ -58,7 +58,11 @@ class HeatmapOptions:
     """Save the K highest- and K lowest-attention patches (needs the slide image)."""
     geojson: bool = False
     """Write the patches as a QuPath GeoJSON."""
-    normalise: str = "rank"
+    normalise: str = "attention"
+    """Colour scale (:func:`~abmil.explain.heatmap.normalise_scores`): ``attention`` (linear from 0: the raw weights),
+    ``rank`` (percentile in the slide: half the patches always look hot) or ``minmax``."""
+    cmap: str = "viridis"
+    """matplotlib colour map: perceptually uniform by default (brightness follows the score)."""
     alpha: float = 0.5
     patch_size: int | None = None
     """Patch side in level-0 pixels, overriding the feature file's attributes."""
@@ -238,7 +242,7 @@ def render_slide(run, features: str | os.PathLike | FeatureFile, out: str | os.P
 
 
 def _render(run, job: _Job, options: HeatmapOptions, *, thumbnail: np.ndarray | None = None,
-            downsample: float | None = None) -> str:
+            downsample: float | tuple[float, float] | None = None) -> str:
     from .predict import ensemble_head, predict_file
     from .wsi import Slide, outline, tissue_mask
 
@@ -252,11 +256,15 @@ def _render(run, job: _Job, options: HeatmapOptions, *, thumbnail: np.ndarray | 
     maps = _maps(run, job.file, pred)
     files = outputs(job.out)
 
+    mpp = None
     with (Slide(job.image) if job.image is not None else contextlib.nullcontext()) as slide:
         geometry = patch_geometry(attrs, coords, slide, patch_size=options.patch_size)
         size0 = geometry.size0
         if slide is not None:
-            image, downsample = slide.overview(options.max_size)
+            image, _ = slide.overview(options.max_size)
+            mpp = _mpp(slide.properties)
+            # each axis rounded to whole pixels on its own: the y scale is not the x scale
+            downsample = (slide.dimensions[0] / image.shape[1], slide.dimensions[1] / image.shape[0])
         elif thumbnail is not None:
             image = thumbnail
         else:
@@ -272,7 +280,7 @@ def _render(run, job: _Job, options: HeatmapOptions, *, thumbnail: np.ndarray | 
         # a thumbnail or a white canvas, one map: the single-panel layout of paint_heatmap
         paint_heatmap(pred.instance_scores, coords, size0, job.out, image=image,
                       downsample=downsample if downsample is not None else max(size0 / PATCH_PIXELS, 1e-9),
-                      title=title, normalise=options.normalise, alpha=options.alpha)
+                      title=title, normalise=options.normalise, alpha=options.alpha, cmap=options.cmap)
     else:
         shape = None
         if image is None:  # white canvas just covering the patches
@@ -284,13 +292,22 @@ def _render(run, job: _Job, options: HeatmapOptions, *, thumbnail: np.ndarray | 
             contour = outline(tissue_mask(image), width=max(1, max(image.shape[:2]) // 500))
         paint_panels(maps, coords, size0, job.out, image=image, shape=shape, downsample=downsample,
                      layout=options.layout, title=title, alpha=options.alpha, normalise=options.normalise,
-                     score_label="score", outline=contour)
+                     score_label="score", outline=contour, cmap=options.cmap, mpp=mpp)
     return f"{title}; {len(coords)} patches of {size0} px"
+
+
+def _mpp(properties: dict) -> float | None:
+    """µm per level-0 pixel along x (``openslide.mpp-x``), None where the slide does not say."""
+    try:
+        mpp = float(properties.get("openslide.mpp-x", "nan"))
+    except ValueError:
+        return None
+    return mpp if mpp > 0 and np.isfinite(mpp) else None
 
 
 def slide_heatmap(run_dir: str | os.PathLike, slide_file: str | os.PathLike, out: str | os.PathLike, *,
                   thumbnail: str | os.PathLike | None = None, downsample: float | None = None,
-                  patch_size: int | None = None, device: str = "cpu", normalise: str = "rank",
+                  patch_size: int | None = None, device: str = "cpu", normalise: str = "attention",
                   wsi: str | os.PathLike | None = None, options: HeatmapOptions | None = None) -> str:
     """Paint the attention of ``run_dir``'s model on one slide's patches; returns a one-line summary.
 

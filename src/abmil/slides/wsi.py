@@ -1,6 +1,7 @@
 """Whole-slide images through OpenSlide: the pyramid, an overview at a requested size, patches, a tissue outline.
 
-OpenSlide (``pip install 'abmil[slides]'``: openslide-python and the openslide-bin library wheel) reads Aperio
+OpenSlide (the ``slides`` extra: openslide-python and the openslide-bin library wheel; ``pip install -e '.[slides]'``
+in a clone) reads Aperio
 ``.svs``, Hamamatsu ``.ndpi``, MIRAX ``.mrxs``, Leica, Philips, Ventana, DICOM and generic tiled TIFF (one tiled
 TIFF directory per pyramid level; non-tiled directories are not levels). This module is imported lazily, so the
 rest of the package works without OpenSlide.
@@ -17,24 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, optional_import
 
 #: File suffixes looked for when a slide is found by its id in a folder (``--slides DIR``), in this order.
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".czi",
                   ".dcm")
-MISSING_OPENSLIDE = "reading whole-slide images needs OpenSlide: pip install 'abmil[slides]' (openslide-python " \
-                    "and openslide-bin)"
 #: An overview is read from one level at once up to this many pixels, else tile by tile.
 MAX_READ_PIXELS = 1 << 26
 OVERVIEW_TILE = 1024
 
 
 def _openslide():
-    try:
-        import openslide
-    except ImportError as e:  # the package, or its C library (openslide-bin)
-        raise ImportError(f"{MISSING_OPENSLIDE} ({e})") from None
-    return openslide
+    """openslide, or :class:`~abmil.errors.MissingDependency` (the package, or its C library: openslide-bin)."""
+    return optional_import("openslide", "slides", "reading whole-slide images")
 
 
 class Slide:
@@ -144,13 +140,17 @@ class Slide:
 
 
 def _on_white(rgba: np.ndarray) -> np.ndarray:
-    """OpenSlide's premultiplied RGBA → RGB over white (transparent = outside the scanned area)."""
+    """openslide-python's RGBA → RGB over white (transparent = outside the scanned area).
+
+    openslide-python un-premultiplies the C library's ARGB ("Unlike in the C interface, the image data returned by
+    this function is not premultiplied", ``OpenSlide.read_region``): straight alpha, so a pixel over white is
+    ``c·a + 255·(1 - a)``, rounded to the nearest integer."""
     if rgba.ndim == 3 and rgba.shape[2] == 4:
-        alpha = rgba[:, :, 3:4]
+        alpha = rgba[:, :, 3:4].astype(np.uint32)
         if (alpha == 255).all():
             return np.ascontiguousarray(rgba[:, :, :3])
-        rgb = rgba[:, :, :3].astype(np.uint16) + (255 - alpha.astype(np.uint16))  # premultiplied: c + (1-a)·white
-        return np.minimum(rgb, 255).astype(np.uint8)
+        rgb = (rgba[:, :, :3].astype(np.uint32) * alpha + 255 * (255 - alpha) + 127) // 255
+        return rgb.astype(np.uint8)
     return np.ascontiguousarray(rgba[:, :, :3])
 
 

@@ -132,8 +132,9 @@ class ClassificationTask(Task):
         return decide(values, classes, threshold)
 
     def summary(self, values: np.ndarray, classes: Sequence[str]) -> str:
+        """The predicted class and its probability, in words (heatmap titles)."""
         k = int(np.argmax(values))
-        return f"{classes[k]} ({values[k]:.2f})"
+        return f"predicted {classes[k]!r}, P = {float(values[k]):.2f}"
 
     def patch_maps(self, shares: Callable[[], np.ndarray], classes: Sequence[str]) -> list[tuple[str, np.ndarray]]:
         """More than two classes (one logit each): each patch's share of each class logit; two: none."""
