@@ -461,6 +461,7 @@ def _wsi_commands(commands) -> None:
                       help="cpu, cuda or mps (default %(default)s)")
     heat.add_argument("--no-progress", action="store_true", help="no progress bar (--manifest)")
     heat.set_defaults(handler=_heatmap)
+    _extract_command(commands)
 
     from abmil.report.evaluate import LABEL_SOURCES, evaluate_predictions
 
@@ -503,6 +504,47 @@ def _wsi_commands(commands) -> None:
                                "(3) of the risk (default %(default)s)")
     evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
     evaluate.set_defaults(handler=_evaluate)
+
+
+def _extract_command(commands) -> None:
+    from abmil.extract.settings import ExtractSettings
+
+    setting = functools.partial(default_of, ExtractSettings)
+    ex = commands.add_parser(
+        "extract", help="slides to feature files: tissue, tiles at a physical scale, an encoder, TRIDENT HDF5",
+        description="Write OUT/features/<slide_id>.h5 (TRIDENT's layout, what `abmil train` reads), OUT/qc/*.png, "
+                    "OUT/tissue/*.geojson (QuPath) and OUT/summary.csv. Finished slides are skipped on a rerun. "
+                    "Under `torchrun --nproc-per-node K -m abmil extract ...` the slides are shared over K processes.")
+    where = ex.add_mutually_exclusive_group(required=True)
+    where.add_argument("--slides", metavar="DIR", help="a folder of slides (.svs, .ndpi, .tif, ...)")
+    where.add_argument("--manifest", metavar="CSV", help="a manifest; its path cells or <slide_id>.* beside it")
+    ex.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    ex.add_argument("--encoder", required=True, metavar="NAME", help="resnet50-trunc, uni, uni2-h, virchow2, "
+                    "h-optimus-0, h-optimus-1, prov-gigapath or timm:NAME (docs/extract.md)")
+    ex.add_argument("--weights", default=None, metavar="FILE|none",
+                    help="a weights file (offline), or none: random weights (default: the Hugging Face hub)")
+    scale = ex.add_mutually_exclusive_group()
+    scale.add_argument("--mpp", type=float, default=setting("mpp"), help="target um/px (default %(default)s)")
+    scale.add_argument("--magnification", type=float, default=None, metavar="X", help="target magnification "
+                       "(20 = 0.5 um/px)")
+    ex.add_argument("--mpp-level0", type=float, default=None, metavar="M",
+                    help="level-0 um/px for slides whose properties have none")
+    ex.add_argument("--patch-size", type=int, default=setting("patch_size"), help="tile side at the target "
+                    "scale, pixels (default %(default)s)")
+    ex.add_argument("--overlap", type=int, default=setting("overlap"), help="pixels (default %(default)s)")
+    ex.add_argument("--min-tissue", type=float, default=setting("min_tissue"),
+                    help="fraction of a tile that must be tissue (default %(default)s)")
+    ex.add_argument("--batch-size", type=int, default=32, help="tiles per batch (default %(default)s)")
+    ex.add_argument("--workers", type=int, default=2, help="reading processes (default %(default)s)")
+    ex.add_argument("--device", default="cpu", help="cpu, cuda or mps (default %(default)s)")
+    ex.add_argument("--bf16", action="store_true", help="encode in bfloat16 (GPU)")
+    ex.set_defaults(handler=_extract)
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from abmil.extract.command import run_extract
+
+    return run_extract(args)
 
 
 def _cv_args(parser: argparse.ArgumentParser, default: Callable[[str], Any]) -> None:
