@@ -38,15 +38,22 @@ def run_extract(args: argparse.Namespace) -> int:
     if world > 1 and device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
 
+    held: list[str] = []  # errors before any slide succeeded: if none does, the CLI's one error line says it
+
     def log(r: SlideResult) -> None:
         if r.status == "error":
-            print(f"abmil: error: {r.message}", file=sys.stderr)
+            held.append(r.message)
         else:
+            for message in held:
+                print(f"abmil: error: {message}", file=sys.stderr)
+            held[:] = []
             rate = f", {r.tiles / r.seconds:.1f} tiles/s" if r.status == "done" and r.seconds > 0 else ""
             print(f"{r.slide_id}: {r.status}, {r.tiles} tiles{rate}", flush=True)
 
     results = extract_all(slides, args.out, encoder, settings, batch_size=args.batch_size, workers=args.workers,
                           device=device, bf16=args.bf16, rank=rank, world=world, log=log)
+    for message in held:
+        print(f"abmil: error: {message}", file=sys.stderr)
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "no tissue", "error")}
     print(f"wrote {args.out}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     return 1 if counts["error"] else 0

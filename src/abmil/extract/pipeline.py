@@ -136,6 +136,8 @@ def extract_slide(slide_id: str, path: str | os.PathLike, out: Path, encoder: En
     start = time.perf_counter()
     target = out / "features" / f"{slide_id}.h5"
     try:
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # a run killed while writing this slide's file
+            stale.unlink()
         key = resume_key(path, encoder, settings)
         if target.is_file() and stored_key(target) == key:
             with _h5(target) as f:
