@@ -186,15 +186,15 @@ def test_weights_file_is_used_and_the_layout_trains(slides, tmp_path):
     folder.mkdir()
     for k, offset in enumerate([(350, 950), (500, 900)]):
         write_slide(folder / f"s{k}.tif", tissue_canvas(512, 512, (128, 128, 384, 384), offset))
-    assert main(["extract", "--slides", str(folder), "--out", str(tmp_path / "out"), "--encoder", "tiny-test",
+    manifest = folder / "manifest.csv"  # the slides found beside it by their ids
+    manifest.write_text("slide_id,label\ns0,0\ns1,1\n")
+    assert main(["extract", "--manifest", str(manifest), "--out", str(tmp_path / "out"), "--encoder", "tiny-test",
                  "--weights", str(tmp_path / "tiny.safetensors"), *TILES]) == 0
     with h5py.File(tmp_path / "out" / "features" / "s0.h5") as f:
         feats, coords = f["features"][:], f["coords"][:]
         assert f["features"].attrs["encoder_weights"].startswith("tiny.safetensors sha256:")
     _, expected = by_hand(folder / "s0.tif", coords[:3], 1, 32, 32, state)
     np.testing.assert_allclose(feats[:3], expected, rtol=1e-5, atol=1e-5)
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text("slide_id,label\ns0,0\ns1,1\n")
     assert main(["train", "--manifest", str(manifest), "--features", str(tmp_path / "out" / "features"),
                  "--out", str(tmp_path / "run"), "--epochs", "1", "--val-split", "0"]) == 0
     assert (tmp_path / "run" / "checkpoint.json").is_file()
@@ -236,3 +236,29 @@ def test_refusals_name_the_flag_or_file(tmp_path, capsys):
         assert err.startswith("abmil: error: ") and err.count("\n") == 1, err
         assert culprit.format(ws=tmp_path) in err, err
         assert tree(tmp_path) == before
+
+
+def test_saturation_is_hsv_saturation_and_tissue_geojson_has_the_mask_area():
+    from matplotlib.colors import rgb_to_hsv
+
+    from abmil.extract.qc import tissue_polygons
+    from abmil.extract.tissue import saturation
+
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    expected = rgb_to_hsv(rgb / 255.0)[..., 1] * 255
+    assert np.abs(saturation(rgb) - expected).max() <= 0.5 + 1e-9  # rounded, as OpenCV's uint8 HSV
+    mask = np.zeros((40, 50), dtype=bool)
+    mask[5:35, 5:45] = True
+    mask[15:25, 15:30] = False  # a hole
+    mask[2:4, 47:49] = True  # a second region
+    polygons = tissue_polygons(mask, downsample=4.0)
+    assert [len(rings) for rings in polygons] == [2, 1] or [len(rings) for rings in polygons] == [1, 2]
+
+    def area(ring):
+        x, y = np.asarray(ring).T
+        return abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2
+
+    total = sum(area(rings[0]) - sum(area(r) for r in rings[1:]) for rings in polygons)
+    # the 0.5 level lies midway between pixel centres, on the pixels' edges: the mask's area, but for an eighth of a
+    # pixel cut (or added) at each of the 12 corners
+    assert abs(total / 16 - mask.sum()) <= 12 / 8
