@@ -47,6 +47,7 @@ def extract(slides_dir: Path, out: Path, *args: str) -> int:
 
 
 def summary(out: Path, name: str = "summary.csv") -> dict[str, dict]:
+    """A CSV's rows by slide id (the extraction summary by default)."""
     with open(out / name, newline="") as f:
         return {row["slide_id"]: row for row in csv.DictReader(f)}
 
@@ -215,6 +216,20 @@ def test_weights_file_is_used_and_the_layout_trains(slides, tmp_path):
     assert main(["train", "--manifest", str(manifest), "--features", str(tmp_path / "out" / "features"),
                  "--out", str(tmp_path / "run"), "--epochs", "1", "--val-split", "0"]) == 0
     assert (tmp_path / "run" / "checkpoint.json").is_file()
+    # the deploy path: the raw slides, extracted as the run's features were (encoder, weights, scale), then predicted
+    run = ["predict", "--run", str(tmp_path / "run")]
+    assert main([*run, "--manifest", str(manifest), "--features", str(tmp_path / "out" / "features"),
+                 "--out", str(tmp_path / "from_features.csv")]) == 0
+    assert main([*run, "--slides", str(folder), "--out", str(tmp_path / "from_slides.csv")]) == 2  # which weights?
+    assert main([*run, "--slides", str(folder), "--weights", str(tmp_path / "tiny.safetensors"),
+                 "--out", str(tmp_path / "from_slides.csv")]) == 0
+    with_labels, new = (summary(tmp_path, f"from_{k}.csv") for k in ("features", "slides"))
+    assert {k: {**r, "label": ""} for k, r in with_labels.items()} == new  # new slides come without labels
+    with h5py.File(tmp_path / "from_slides.features" / "features" / "s1.h5") as a, \
+            h5py.File(tmp_path / "out" / "features" / "s1.h5") as b:  # the same settings (another batch size)
+        assert a["features"].attrs["extract_key"] == b["features"].attrs["extract_key"]
+        np.testing.assert_array_equal(a["coords"][:], b["coords"][:])
+        np.testing.assert_allclose(a["features"][:], b["features"][:], rtol=1e-5, atol=1e-6)
 
 
 def test_slide_without_mpp_needs_the_flag(tmp_path, capsys):

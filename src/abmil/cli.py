@@ -400,8 +400,15 @@ def _wsi_commands(commands) -> None:
         description="Write OUT (CSV: slide_id, label, prob_<class>..., predicted) and, beside it, "
                     "OUT's stem + .attention.h5 (per slide: attention, attention_logits, coords).")
     predict.add_argument("--run", required=True, metavar="RUN", help="an `abmil train` --out folder")
-    predict.add_argument("--manifest", required=True, metavar="CSV", help="slides to predict")
+    inputs = predict.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--manifest", metavar="CSV", help="slides to predict")
+    inputs.add_argument("--slides", metavar="DIR", help="raw slides, extracted on the fly with the encoder and "
+                        "scale of the run's training features (cached in --features-cache)")
     predict.add_argument("--features", default=None, metavar="DIR", help="feature folder (default: the manifest's)")
+    predict.add_argument("--features-cache", default=None, metavar="DIR",
+                         help="--slides: where their features go (default: OUT's stem + .features)")
+    predict.add_argument("--weights", default=None, metavar="FILE",
+                         help="--slides: the encoder weights file the run's features were made with")
     predict.add_argument("--out", required=True, metavar="CSV", help="predictions CSV")
     predict.add_argument("--device", default=default_of(load_run, "device"),
                          help="cpu, cuda or mps (default %(default)s)")
@@ -762,6 +769,12 @@ def _predict(args: argparse.Namespace) -> int:
     runs = load_models(args.run, args.device, args.fold)
     classes = runs[0].classes
     threshold = run_threshold(args.run, args.fold)
+    if args.slides is not None:
+        from abmil.extract.deploy import extract_for_run
+
+        cache = args.features_cache or os.path.splitext(args.out)[0] + ".features"
+        args.manifest, args.features = extract_for_run(args.run, args.slides, cache, weights=args.weights,
+                                                       device=args.device)
     dataset = FeatureBagDataset(args.manifest, args.features, classes=classes, require_labels=False,
                                 task=runs[0].task)
     preds = predict_dataset(runs, dataset)
