@@ -47,3 +47,16 @@ def register_tiny() -> None:
 
     ENCODERS["tiny-test"] = EncoderSpec("tiny-test", lambda: TruncatedResNet((1, 1, 1), width=4), 64,
                                         Preprocess(resize=32, crop=32), "MIT")
+
+
+def corrupt_tile(path: Path, level: int, tile: int) -> None:
+    """Overwrite the compressed bytes of one TIFF tile of ``level`` with garbage (a slide that opens but cannot be
+    read there)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[level]
+        offset, count = page.dataoffsets[tile], page.databytecounts[tile]
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes((7 * k + 3) % 256 for k in range(count)))

@@ -16,7 +16,7 @@ from PIL import Image
 
 from abmil.cli import main
 from cli_helpers import assert_refused
-from extract_helpers import SVS, WHITE, register_tiny, tissue_canvas, write_slide
+from extract_helpers import SVS, WHITE, corrupt_tile, register_tiny, tissue_canvas, write_slide
 
 openslide = pytest.importorskip("openslide", reason="extraction needs the 'slides' extra (openslide-python, "
                                                     "openslide-bin)")
@@ -33,11 +33,14 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory) -> Path:
-    """good.tif (tissue in BOX, 3 levels, 0.25 µm/px), white.tif (glass only), broken.svs (not a slide)."""
+    """good.tif (tissue in BOX, 3 levels, 0.25 µm/px), white.tif (glass only), broken.svs (not a slide), torn.tif
+    (good.tif with a corrupt tile)."""
     root = tmp_path_factory.mktemp("slides")
     write_slide(root / "good.tif", tissue_canvas(1024, 1024, BOX))
     write_slide(root / "white.tif", np.full((512, 512, 3), WHITE, dtype=np.uint8))
     (root / "broken.svs").write_bytes(b"II*\x00" + bytes(range(256)) * 8)
+    write_slide(root / "torn.tif", tissue_canvas(1024, 1024, BOX))
+    corrupt_tile(root / "torn.tif", 1, 6)  # level 1 (tiles read there), in BOX: it opens, then fails mid-slide
     return root
 
 
@@ -137,9 +140,12 @@ def test_white_slide_is_no_tissue_and_a_corrupt_one_is_reported_while_others_go_
     status = extract(slides, tmp_path / "out")
     err = capsys.readouterr().err
     assert status == 1
-    assert err.count("\n") == 1 and "broken.svs" in err and err.startswith("abmil: error: "), err
+    lines = err.splitlines()
+    assert len(lines) == 2 and all(line.startswith("abmil: error: ") for line in lines), err
+    assert "broken.svs" in lines[0] and "torn.tif" in lines[1] and "cannot read region" in lines[1], err
     rows = summary(tmp_path / "out")
-    assert {k: r["status"] for k, r in rows.items()} == {"broken": "error", "good": "done", "white": "no tissue"}
+    assert {k: r["status"] for k, r in rows.items()} == {"broken": "error", "good": "done", "torn": "error",
+                                                          "white": "no tissue"}
     assert sorted(p.name for p in (tmp_path / "out" / "features").iterdir()) == ["good.h5"]
 
 
