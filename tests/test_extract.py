@@ -86,7 +86,7 @@ def test_tiles_lie_on_tissue_and_features_are_the_tiles_encoded(slides, tmp_path
         feats, coords, attrs = f["features"][:], f["coords"][:], dict(f["coords"].attrs)
     assert feats.dtype == np.float32 and coords.dtype == np.int64 and feats.shape == (len(coords), 64)
     # 0.5 µm/px on a 0.25 µm/px slide: 64 level-0 pixels a tile, read at level 1 (downsample 2) as 32 pixels
-    assert (attrs["patch_size"], attrs["patch_size_level0"], attrs["patch_level"]) == (32, 64, 1)
+    assert (attrs["patch_size"], attrs["patch_size_level0"], attrs["read_level"]) == (32, 64, 1)
     assert attrs["target_magnification"] == 20 and attrs["level0_magnification"] == 40
     x0, y0, x1, y1 = BOX
     inside = {(x, y) for x in range(x0, x1, 64) for y in range(y0, y1, 64)}
@@ -111,7 +111,7 @@ def test_resnet50_trunc_features_are_its_tiles_encoded(slides, tmp_path):
                  "--weights", "none", "--mpp", "1", "--patch-size", "112", "--workers", "1"]) == 0
     with h5py.File(tmp_path / "out" / "features" / "good.h5") as f:
         feats, coords = f["features"][:], f["coords"][:]
-        assert f["coords"].attrs["patch_level"] == 2 and f["coords"].attrs["patch_size_level0"] == 448
+        assert f["coords"].attrs["read_level"] == 2 and f["coords"].attrs["patch_size_level0"] == 448
     assert sorted(map(tuple, coords.tolist())) == [(0, 448), (448, 448)]
     _, expected = by_hand(slides / "good.tif", coords, 2, 112, 112, encoder="resnet50-trunc")
     assert feats.shape == (2, 1024)

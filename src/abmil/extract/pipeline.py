@@ -121,7 +121,7 @@ def file_attrs(grid: TileGrid, encoder: Encoder, settings: ExtractSettings, slid
     return {"patch_size": grid.patch_size, "patch_size_level0": grid.patch_size_level0,
             "target_magnification": round(grid.magnification, 4),
             "level0_magnification": round(10.0 / grid.mpp_level0, 4), "overlap": settings.overlap,
-            "name": slide_id, "mpp": grid.mpp, "mpp_level0": grid.mpp_level0, "patch_level": grid.level,
+            "name": slide_id, "mpp": grid.mpp, "mpp_level0": grid.mpp_level0, "read_level": grid.level,
             "encoder": encoder.name, "encoder_weights": encoder.weights, KEY_ATTR: key}
 
 

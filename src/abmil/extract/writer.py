@@ -3,7 +3,8 @@
     <slide>.h5   ``features`` (n_instances, dim) float32, ``coords`` (n_instances, 2) int64: the tiles' top-left
                  corners in level-0 pixels; on both datasets the attributes TRIDENT writes on ``coords``
                  (``patch_size``, ``patch_size_level0``, ``target_magnification``, ``level0_magnification``,
-                 ``overlap``, ``name``) and abmil's own (``mpp``, ``mpp_level0``, ``patch_level``, ``encoder``,
+                 ``overlap``, ``name``) and abmil's own (``mpp``, ``mpp_level0``, ``read_level``: the pyramid
+                 level read, named so that no CLAM reader takes ``patch_size`` to be at it, ``encoder``,
                  ``encoder_weights``, ``extract_key``: the resume key).
 
 :func:`abmil.slides.feature_files.FeatureFile` reads it, as do CLAM's and TRIDENT's loaders (the datasets are the
