@@ -409,8 +409,15 @@ def _wsi_commands(commands) -> None:
         description="Write OUT (CSV: slide_id, label, prob_<class>..., predicted) and, beside it, "
                     "OUT's stem + .attention.h5 (per slide: attention, attention_logits, coords).")
     predict.add_argument("--run", required=True, metavar="RUN", help="an `abmil train` --out folder")
-    predict.add_argument("--manifest", required=True, metavar="CSV", help="slides to predict")
+    inputs = predict.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--manifest", metavar="CSV", help="slides to predict")
+    inputs.add_argument("--slides", metavar="DIR", help="raw slides, extracted on the fly with the encoder and "
+                        "scale of the run's training features (cached in --features-cache)")
     predict.add_argument("--features", default=None, metavar="DIR", help="feature folder (default: the manifest's)")
+    predict.add_argument("--features-cache", default=None, metavar="DIR",
+                         help="--slides: where their features go (default: OUT's stem + .features)")
+    predict.add_argument("--weights", default=None, metavar="FILE",
+                         help="--slides: the encoder weights file the run's features were made with")
     predict.add_argument("--out", required=True, metavar="CSV", help="predictions CSV")
     predict.add_argument("--device", default=default_of(load_run, "device"),
                          help="cpu, cuda or mps (default %(default)s)")
@@ -476,6 +483,7 @@ def _wsi_commands(commands) -> None:
                       help="cpu, cuda or mps (default %(default)s)")
     heat.add_argument("--no-progress", action="store_true", help="no progress bar (--manifest)")
     heat.set_defaults(handler=_heatmap)
+    _extract_command(commands)
 
     LABEL_SOURCES, evaluate_predictions = lib("abmil.report.evaluate", "LABEL_SOURCES", "evaluate_predictions")
 
@@ -539,6 +547,47 @@ def _wsi_commands(commands) -> None:
                          help="seed of the resamples (default %(default)s)")
     compare.add_argument("--out", required=True, metavar="DIR", help="output folder")
     compare.set_defaults(handler=_compare)
+
+
+def _extract_command(commands) -> None:
+    from abmil.extract.settings import ExtractSettings
+
+    setting = functools.partial(default_of, ExtractSettings)
+    ex = commands.add_parser(
+        "extract", help="slides to feature files: tissue, tiles at a physical scale, an encoder, TRIDENT HDF5",
+        description="Write OUT/features/<slide_id>.h5 (TRIDENT's layout, what `abmil train` reads), OUT/qc/*.png, "
+                    "OUT/tissue/*.geojson (QuPath) and OUT/summary.csv. Finished slides are skipped on a rerun. "
+                    "Under `torchrun --nproc-per-node K -m abmil extract ...` the slides are shared over K processes.")
+    where = ex.add_mutually_exclusive_group(required=True)
+    where.add_argument("--slides", metavar="DIR", help="a folder of slides (.svs, .ndpi, .tif, ...)")
+    where.add_argument("--manifest", metavar="CSV", help="a manifest; its path cells or <slide_id>.* beside it")
+    ex.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    ex.add_argument("--encoder", required=True, metavar="NAME", help="resnet50-trunc, uni, uni2-h, virchow2, "
+                    "h-optimus-0, h-optimus-1, prov-gigapath or timm:NAME (docs/extract.md)")
+    ex.add_argument("--weights", default=None, metavar="FILE|none",
+                    help="a weights file (offline), or none: random weights (default: the Hugging Face hub)")
+    scale = ex.add_mutually_exclusive_group()
+    scale.add_argument("--mpp", type=float, default=setting("mpp"), help="target um/px (default %(default)s)")
+    scale.add_argument("--magnification", type=float, default=None, metavar="X", help="target magnification "
+                       "(20 = 0.5 um/px)")
+    ex.add_argument("--mpp-level0", type=float, default=None, metavar="M",
+                    help="level-0 um/px for slides whose properties have none")
+    ex.add_argument("--patch-size", type=int, default=setting("patch_size"), help="tile side at the target "
+                    "scale, pixels (default %(default)s)")
+    ex.add_argument("--overlap", type=int, default=setting("overlap"), help="pixels (default %(default)s)")
+    ex.add_argument("--min-tissue", type=float, default=setting("min_tissue"),
+                    help="fraction of a tile that must be tissue (default %(default)s)")
+    ex.add_argument("--batch-size", type=int, default=32, help="tiles per batch (default %(default)s)")
+    ex.add_argument("--workers", type=int, default=2, help="reading processes (default %(default)s)")
+    ex.add_argument("--device", default="cpu", help="cpu, cuda or mps (default %(default)s)")
+    ex.add_argument("--bf16", action="store_true", help="encode in bfloat16 (GPU)")
+    ex.set_defaults(handler=_extract)
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from abmil.extract.command import run_extract
+
+    return run_extract(args)
 
 
 def _cv_args(parser: argparse.ArgumentParser, default: Callable[[str], Any]) -> None:
@@ -758,6 +807,12 @@ def _predict(args: argparse.Namespace) -> int:
     runs = load_models(args.run, args.device, args.fold)
     classes = runs[0].classes
     threshold = run_threshold(args.run, args.fold)
+    if args.slides is not None:
+        from abmil.extract.deploy import extract_for_run
+
+        cache = args.features_cache or os.path.splitext(args.out)[0] + ".features"
+        args.manifest, args.features = extract_for_run(args.run, args.slides, cache, weights=args.weights,
+                                                       device=args.device)
     dataset = FeatureBagDataset(args.manifest, args.features, classes=classes, require_labels=False,
                                 task=runs[0].task)
     preds = predict_dataset(runs, dataset)
