@@ -550,7 +550,9 @@ def _wsi_commands(commands) -> None:
 
 
 def _extract_command(commands) -> None:
-    from abmil.extract.settings import ExtractSettings
+    from abmil._light import library_names
+
+    (ExtractSettings,) = library_names("abmil.extract.settings", "ExtractSettings")
 
     setting = functools.partial(default_of, ExtractSettings)
     ex = commands.add_parser(
