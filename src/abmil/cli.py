@@ -11,7 +11,8 @@
                 [--lr] [--seed] [--batch-size B | --batch-instances N] [--device cpu] [--bf16] [--resume]
                 [--folds K [--repeats R]] [--bag-level slide|case] [--patience N] [--monitor val_loss|val_error|val_auc]
                 [--class-weights balanced] [--sampler shuffle|balanced]
-                [--task classification|survival|regression] [--loss nll|cox|mse|huber] [--n-bins K]
+                [--task classification|survival|regression|multilabel] [--targets A,B,...]
+                [--loss nll|cox|mse|huber] [--n-bins K]
     abmil predict --run RUN --manifest CSV [--features DIR] --out preds.csv [--fold R,F]
     abmil heatmap --run RUN --slide FILE.h5 [--wsi SLIDE | --thumbnail IMG --downsample K] --out heat.png
     abmil heatmap --run RUN --manifest CSV [--features DIR] [--slides DIR] --out DIR [--max-size PX]
@@ -399,6 +400,8 @@ def _wsi_commands(commands) -> None:
                        metavar="|".join(k for t in TASKS.values() if len(t.losses) > 1 for k in t.losses),
                        help="survival: nll (discrete-time hazards, default) or cox (partial likelihood over each "
                             "step's slides: use --batch-size > 1); regression: mse (default) or huber")
+    train.add_argument("--targets", default=config("targets"), metavar="A,B,...",
+                       help="--task multilabel: the manifest's target columns (each 0 or 1), comma-separated")
     train.add_argument("--n-bins", type=int, default=config("n_bins"), metavar="K",
                        help="survival nll: time bins, at the quantiles of the training part's event times "
                             "(default %(default)s)")
@@ -772,7 +775,7 @@ def _train(args: argparse.Namespace) -> int:
     from abmil.train.distributed import world_from_env
 
     config = wsi_config_from_args(args)
-    dataset = FeatureBagDataset(args.manifest, args.features, task=config.task)
+    dataset = FeatureBagDataset(args.manifest, args.features, task=config.task_class())
 
     def show(record: dict) -> None:
         print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
@@ -816,7 +819,7 @@ def _predict(args: argparse.Namespace) -> int:
         args.manifest, args.features = extract_for_run(args.run, args.slides, cache, weights=args.weights,
                                                        device=args.device)
     dataset = FeatureBagDataset(args.manifest, args.features, classes=classes, require_labels=False,
-                                task=runs[0].task)
+                                task=type(runs[0].head))
     preds = predict_dataset(runs, dataset)
     level = runs[0].bag_level
     h5 = write_predictions(preds, classes, args.out, id_column=f"{level}_id", head=ensemble_head(runs),
@@ -892,8 +895,7 @@ def _compare(args: argparse.Namespace) -> int:
         ci = "" if r["ci_low"] is None else f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
         print(f"{r['group']:>8} {r['level']:>5} {name:>20}: {r['value_a']:.3f} -> {r['value_b']:.3f}, "
               f"B - A {r['difference']:+.3f}{ci}{delong}")
-    print(f"wrote {args.out}/compare.json, compare.csv, compare.md" + (", roc.png" if meta["task"] == "classification"
-                                                                        else ""))
+    print(f"wrote {args.out}/" + ", ".join(meta["files"]))
     return 0
 
 

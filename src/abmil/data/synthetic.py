@@ -1,8 +1,8 @@
 """Synthetic slide cohorts written as a study's real inputs (CLAM-style HDF5 files and a manifest), for tests and
-demonstrations where the truth is known: :func:`write_patient_cohort` (patient-level leakage) and
-:func:`write_outcome_cohort` (survival or regression outcomes carried by a few key patches) and
+demonstrations where the truth is known: :func:`write_patient_cohort` (patient-level leakage),
+:func:`write_outcome_cohort` (survival or regression outcomes carried by a few key patches),
 :func:`write_key_patch_cohort` (a classification cohort whose positive slides carry a few key patches: localisation
-has a truth).
+has a truth) and :func:`write_multilabel_cohort` (several 0/1 targets, each carried by its own key patches).
 
 :func:`write_patient_cohort` makes the case that shows why splits must keep a patient's slides together: every slide
 of a patient shares that patient's *signature* (a random feature vector plus noise) and the label is drawn per patient,
@@ -126,4 +126,44 @@ def write_key_patch_cohort(root: str | os.PathLike, n_patients: int = 60, *, see
     manifest = root / "manifest.csv"
     with open(manifest, "w", newline="") as f:
         csv.writer(f).writerows(rows)
+    return manifest, features, keys
+
+
+def write_multilabel_cohort(root: str | os.PathLike, targets: tuple[str, ...] = ("A", "B", "C"), n_slides: int = 60,
+                            *, seed: int = 0, sizes: tuple[int, int] = (16, 32), dim: int = 8, shift: float = 3.0
+                            ) -> tuple[Path, Path, dict[str, dict[str, np.ndarray]]]:
+    """A synthetic multilabel cohort with a planted truth per target: each target ``t`` (the k-th) is an independent
+    fair coin per slide, and a slide positive for ``t`` has its own *key* patches for it (``max(2, n // 8)`` of them,
+    disjoint from the other targets' keys) whose feature ``k + 1`` is shifted by ``shift``; every other value is
+    N(0, 1) noise (``dim`` > len(targets)). A target is then learnable from its key patches only. Writes
+    ``root/features/<slide_id>.h5`` (``features``, ``coords``: a grid of 256-px patches, 8 to a row) and
+    ``root/manifest.csv`` (``slide_id, <target>...``, 0/1). Returns (manifest, features_dir,
+    ``{target: {slide_id: key rows}}``, the key rows of the slides positive for the target)."""
+    if dim <= len(targets):
+        raise ValueError(f"dim must exceed the number of targets ({len(targets)}), got {dim}")
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    features = root / "features"
+    features.mkdir(parents=True, exist_ok=True)
+    lines, keys = [",".join(("slide_id", *targets))], {t: {} for t in targets}
+    for i in range(n_slides):
+        n = int(rng.integers(*sizes))
+        x = rng.standard_normal((n, dim)).astype(np.float32)
+        y = rng.integers(0, 2, len(targets))
+        per = max(2, n // 8)
+        order = rng.permutation(n)
+        sid = f"m{i:03d}"
+        for k, t in enumerate(targets):
+            if y[k]:
+                hot = np.sort(order[k * per:(k + 1) * per])
+                x[hot, k + 1] += shift
+                keys[t][sid] = hot
+        k = np.arange(n)
+        coords = np.stack([(k % 8) * 256, (k // 8) * 256], 1).astype(np.int64)
+        with h5py.File(features / f"{sid}.h5", "w") as f:
+            f.create_dataset("features", data=x)
+            f.create_dataset("coords", data=coords)
+        lines.append(",".join((sid, *[str(int(v)) for v in y])))
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
     return manifest, features, keys

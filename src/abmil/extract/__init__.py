@@ -12,5 +12,6 @@
     settings.py   the settings that decide the numbers
     pipeline.py   all of it per slide, resumable
 
-``abmil extract`` (``abmil.cli``) is the command; this package needs OpenSlide (``pip install 'abmil[slides]'``).
+``abmil extract`` (``abmil.cli``) is the command; this package needs OpenSlide (the ``slides``
+extra: ``pip install -e '.[slides]'`` in a clone).
 """

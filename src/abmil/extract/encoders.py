@@ -202,11 +202,11 @@ def _few(keys: list[str]) -> str:
 
 
 def _hub_file(spec: EncoderSpec) -> Path:
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise ValueError(f"--encoder {spec.name}: downloading its weights needs huggingface_hub (pip install "
-                         f"'abmil[extract]'); or give --weights FILE (offline) or --weights none") from None
+    from ..errors import optional_import
+
+    hf_hub_download = optional_import("huggingface_hub", "extract",
+                                      f"--encoder {spec.name}: downloading its weights (or give --weights FILE, "
+                                      "offline, or --weights none)").hf_hub_download
     try:
         return Path(hf_hub_download(spec.repo, spec.filename))
     except Exception as e:  # gated without a token, offline, no such file: the hub client's message says which

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..slides.manifest import read_manifest
 from ..slides.run_folder import THRESHOLD_FILES, read_run_threshold, run_classes
 from ..slides.tables import PROB_PREFIX
 from ..slides.tables import case_column as _case_column
@@ -128,17 +129,15 @@ def read_predictions(predictions: str | os.PathLike, *, manifest: str | os.PathL
     mpath = None
     if manifest is not None:
         mpath = os.fspath(manifest)
-        mcolumns, mrows = _read_table(mpath, "manifest")
-        joined = {cells["slide_id"]: cells.get("label", "") for _, cells in mrows}
+        mrows = read_manifest(mpath, require_labels=False, truth_columns=labels_from != "predictions")
+        joined = {r.slide_id: r.label for r in mrows}
         missing = [s for s in slide_ids if s not in joined]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise DataError(f"slide is in the predictions {path} but not in the manifest{more}", path=mpath,
                             bag=missing[0])
-        if "label" not in mcolumns and labels_from != "predictions":
-            raise DataError(f"manifest has no 'label' column (found: {', '.join(mcolumns)})", path=mpath)
-        if "case_id" in mcolumns:
-            mcases = _case_column(mpath, mrows)
+        if any(r.case_id is not None for r in mrows):
+            mcases = {r.slide_id: r.case for r in mrows}
             for s in slide_ids:
                 if cases is not None and cases[s] != mcases[s]:
                     raise DataError(f"column 'case_id': {cases[s]!r} in the predictions {path}, {mcases[s]!r} in "

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..tasks import Task
 from .bootstrap import CI_LEVEL, Level, bootstrap, write_folder
 
 __all__ = ["COMPARE_COLUMNS", "RunPredictions", "compare_runs", "read_run_predictions"]
@@ -41,7 +42,7 @@ class RunPredictions:
 
     name: str
     path: str
-    task: str
+    task: type[Task]
     slide_ids: list[str]
     case_ids: list[str]
     has_cases: bool
@@ -65,32 +66,23 @@ def _predictions_file(run: str | os.PathLike) -> Path:
 
 
 def read_run_predictions(run: str | os.PathLike, manifest: str | os.PathLike | None = None) -> RunPredictions:
-    """A study's ``oof.csv`` (or a predictions CSV) read by its task's reader, the truth joined from ``manifest``
-    when given."""
+    """A study's ``oof.csv`` (or a predictions CSV) read by its task
+    (:meth:`~abmil.tasks.base.Task.scored_predictions`), the truth joined from ``manifest`` when given."""
     from ..slides.predictions import predictions_task
 
     path = _predictions_file(run)
     task = predictions_task(path)
-    if task.name == "classification":
-        from .class_evaluate import read_predictions
-
-        p = read_predictions(path, manifest=manifest)
-        return RunPredictions(os.fspath(run), os.fspath(path), task.name, p.slide_ids, p.case_ids, p.has_cases,
-                              p.classes, p.labels, p.probs)
-    if task.name == "survival":
-        from .outcome_evaluate import read_outcomes
-
-        slide_ids, truth, outputs, case_ids, has_cases, *_ = read_outcomes(os.fspath(path), task.name, manifest)
-        return RunPredictions(os.fspath(run), os.fspath(path), task.name, slide_ids, case_ids, has_cases, [],
-                              truth, outputs[:, :1])
-    raise DataError(f"compare handles classification and survival studies, not {task.name}", path=os.fspath(path))
+    slide_ids, case_ids, has_cases, classes, truth, scores = task.scored_predictions(
+        os.fspath(path), None if manifest is None else os.fspath(manifest))
+    return RunPredictions(os.fspath(run), os.fspath(path), task, slide_ids, case_ids, has_cases, classes, truth,
+                          scores)
 
 
 def _check_same_cases(a: RunPredictions, b: RunPredictions) -> np.ndarray:
     """Positions of ``a``'s slides in ``b``; DataError naming the slides only one holds, or of other truth."""
     if a.task != b.task or a.classes != b.classes:
-        raise DataError(f"{b.name} is a {b.task} run with classes {b.classes}, {a.name} a {a.task} run with classes "
-                        f"{a.classes}: compare runs of one task and the same classes", path=b.path)
+        raise DataError(f"{b.name} is a {b.task.name} run with classes {b.classes}, {a.name} a {a.task.name} run "
+                        f"with classes {a.classes}: compare runs of one task and the same classes", path=b.path)
     if len(set(b.slide_ids)) != len(b.slide_ids) or len(set(a.slide_ids)) != len(a.slide_ids):
         raise DataError("a slide appears twice (a study of several --repeats): compare one repeat's predictions",
                         path=b.path if len(set(b.slide_ids)) != len(b.slide_ids) else a.path)
@@ -114,17 +106,6 @@ def _check_same_cases(a: RunPredictions, b: RunPredictions) -> np.ndarray:
     return order
 
 
-def _metrics(task: str, classes: Sequence[str]):
-    """``metrics(truth, scores) -> {(metric, class): value}`` of the task."""
-    if task == "classification":
-        from .class_evaluate import compute_metrics
-
-        return lambda truth, scores: compute_metrics(truth, scores, classes)
-    from .metrics import harrell_c_index
-
-    return lambda truth, scores: {("c_index", ""): harrell_c_index(truth[:, 0], truth[:, 1], scores[:, 0])}
-
-
 def _levels(truth: np.ndarray, scores: np.ndarray, case_ids: list[str], has_cases: bool) -> list[Level]:
     """The slide level and, with case ids, the case level (scores averaged per case), as evaluate has them."""
     cases = list(dict.fromkeys(case_ids))
@@ -139,6 +120,11 @@ def _levels(truth: np.ndarray, scores: np.ndarray, case_ids: list[str], has_case
     return levels
 
 
+def _two_classes(run: RunPredictions) -> bool:
+    """Class probabilities of two classes: DeLong's test and the ROC figure apply."""
+    return run.task.has_classes and len(run.classes) == 2
+
+
 def _plain(v: float) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
@@ -147,7 +133,7 @@ def _pair_rows(a: RunPredictions, b: RunPredictions, order: np.ndarray, rows: np
                n_bootstrap: int, seed: int) -> list[dict[str, Any]]:
     """The rows of one pair of runs over the slides ``rows`` (positions in ``a``)."""
     k = a.scores.shape[1]
-    metrics = _metrics(a.task, a.classes)
+    metrics = a.task.comparison_metrics(a.classes)
     both = np.concatenate([a.scores[rows], b.scores[order[rows]]], 1)  # side by side: one draw scores both
 
     def paired(truth: np.ndarray, scores: np.ndarray) -> dict:
@@ -161,7 +147,7 @@ def _pair_rows(a: RunPredictions, b: RunPredictions, order: np.ndarray, rows: np
     for lv in levels:
         ma, mb = metrics(lv.labels, lv.probs[:, :k]), metrics(lv.labels, lv.probs[:, k:])
         delong = None
-        if a.task == "classification" and k == 2:
+        if _two_classes(a):
             from .delong import delong_test
 
             try:
@@ -271,22 +257,23 @@ def compare_runs(runs: Sequence[str | os.PathLike], *, out_dir: str | os.PathLik
     groups = _groups(first, manifest, by)
     rows = [row for other, order in zip(preds[1:], orders) for group, where in groups
             for row in _pair_rows(first, other, order, where, group, n_bootstrap, seed)]
-    meta = {"runs": [p.name for p in preds], "predictions": [p.path for p in preds], "task": first.task,
+    meta = {"runs": [p.name for p in preds], "predictions": [p.path for p in preds], "task": first.task.name,
             "n_slides": len(first.slide_ids), "n_cases": len(set(first.case_ids)), "by": by,
             "n_bootstrap": n_bootstrap, "seed": seed,
             "method": f"B - A on the same slides; {CI_LEVEL:.0%} paired percentile intervals of {n_bootstrap} case "
                       f"resamples (seed {seed}), each scoring both runs on the same drawn cases"
-                      + ("; DeLong's test of the AUC difference" if first.task == "classification"
-                         and len(first.classes) == 2 else "")}
+                      + ("; DeLong's test of the AUC difference" if _two_classes(first) else "")}
     result = {"meta": meta, "rows": rows}
     import json
 
     files = {"compare.json": (json.dumps(result, indent=2) + "\n").encode(), "compare.csv": _csv(rows).encode(),
              "compare.md": _markdown(result).encode()}
-    if first.task == "classification" and len(first.classes) == 2:
+    if _two_classes(first):
         aligned = [first] + [RunPredictions(p.name, p.path, p.task, first.slide_ids, first.case_ids, p.has_cases,
                                             p.classes, first.truth, p.scores[order])
                              for p, order in zip(preds[1:], orders)]
         files["roc.png"] = plot_rocs(aligned, title=f"{len(first.slide_ids)} slides, the same for every run")
+    meta["files"] = list(files)
+    files["compare.json"] = (json.dumps(result, indent=2) + "\n").encode()  # with the list of files
     write_folder(Path(out_dir), files)
     return result

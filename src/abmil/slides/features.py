@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..tasks import DEFAULT_TASK
+from ..tasks import DEFAULT_TASK, Task, get_task
 from .feature_files import FeatureFile
 from .formats import find_feature_file, find_feature_folder, suffixes
 from .manifest import encode_labels, read_manifest
@@ -95,8 +95,10 @@ class FeatureBagDataset(Dataset):
             Each DataLoader worker process keeps its own cache; treat cached tensors as read-only.
         check_finite: reject features holding NaN or ±Inf when they are read.
         require_labels: ``False`` lets ``label`` cells be empty (slides to predict); their label is None.
-        task: ``classification`` (``label``), ``survival`` (``time``, ``event``) or ``regression`` (``target``):
-            the manifest's outcome columns (:func:`~abmil.slides.manifest.read_manifest`); :attr:`outcomes`.
+        task: ``classification`` (``label``), ``survival`` (``time``, ``event``), ``regression`` (``target``) or
+            a task's class (:func:`abmil.tasks.get_task`, e.g. multilabel of its targets): the manifest's outcome
+            columns (:func:`~abmil.slides.manifest.read_manifest`); :attr:`outcomes`, :attr:`task` (its name),
+            :attr:`task_class`.
         mpp: the slides' microns per level-0 pixel, for feature files with coordinates in micrometres (STAMP) that
             record none (coords are None without it; features are read either way).
 
@@ -107,12 +109,13 @@ class FeatureBagDataset(Dataset):
     def __init__(self, manifest: str | os.PathLike, features_dir: str | os.PathLike | None = None, *,
                  split: str | None = None, classes: Sequence[str] | None = None,
                  dtype: torch.dtype | None = torch.float32, cache_bytes: int = 0,
-                 check_finite: bool = True, require_labels: bool = True, task: str = DEFAULT_TASK,
+                 check_finite: bool = True, require_labels: bool = True, task: str | type[Task] = DEFAULT_TASK,
                  mpp: float | None = None):
         self.manifest = os.fspath(manifest)
         self.features_dir = Path(features_dir) if features_dir is not None else Path(self.manifest).parent
-        self.task = task
-        rows = read_manifest(self.manifest, require_labels=require_labels, task=task)
+        self.task_class = get_task(task)
+        self.task = self.task_class.name
+        rows = read_manifest(self.manifest, require_labels=require_labels, task=self.task_class)
         if split is not None:
             if all(r.split is None for r in rows):
                 raise DataError(f"manifest has no 'split' column to select split {split!r} from",
@@ -277,6 +280,7 @@ class CaseBagDataset:
         self.outcomes: list = [next((slides.outcomes[i] for i in m if slides.outcomes[i] is not None), None)
                                for m in self.members]
         self.classes, self.manifest, self.task = slides.classes, slides.manifest, slides.task
+        self.task_class = slides.task_class
 
     @property
     def dim(self) -> int | None:

@@ -365,7 +365,7 @@ def manifest_heatmaps(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
         raise ValueError("--top-k reads the patches from the slide images: give --slides DIR")
     run = load_models(run_dir, device)
     dataset = FeatureBagDataset(manifest, features_dir, classes=run[0].classes, require_labels=False,
-                                task=run[0].task)
+                                task=type(run[0].head))
     out_dir = Path(out_dir)
     jobs = []
     for file, label in zip(dataset.files, dataset.labels):

@@ -21,14 +21,16 @@ A case's slides carry one outcome; a survival manifest to train on needs at leas
 """
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
-from ..tasks import DEFAULT_TASK, get_task
+from .tables import read_csv
+
+if TYPE_CHECKING:
+    from ..tasks.base import Task
 
 REQUIRED_COLUMNS = ("slide_id", "label")
 OPTIONAL_COLUMNS = ("split", "path", "case_id")
@@ -53,41 +55,40 @@ class ManifestRow:
         return self.case_id if self.case_id is not None else self.slide_id
 
 
-def read_manifest(path: str | os.PathLike, *, require_labels: bool = True,
-                  task: str = DEFAULT_TASK) -> list[ManifestRow]:
-    """Read and check a manifest CSV: columns present, not empty, no duplicate or blank ids/labels.
+def read_manifest(path: str | os.PathLike, *, task: type[Task] | None = None, require_labels: bool = True,
+                  truth_columns: bool = True) -> list[ManifestRow]:
+    """Read and check a manifest CSV (:func:`abmil.slides.tables.read_csv`, the one CSV reader): columns present,
+    not empty, no duplicate or blank ids/labels; every reader of a manifest (the datasets, ``abmil evaluate``) reads
+    it here.
 
-    ``require_labels=False`` (prediction on new slides): an empty ``label`` cell is allowed and read as ``""``
-    (survival and regression: empty ``time``/``event``/``target`` cells, or no such columns).
-    ``task`` (:mod:`abmil.tasks`) names its columns (:attr:`~abmil.tasks.base.Task.columns`: survival ``time`` and
-    ``event``, regression ``target`` instead of ``label``) and reads and checks their cells
-    (:meth:`~abmil.tasks.base.Task.parse_row`: time >= 0 and finite, event 0 or 1, target finite; a slide with a time
-    needs an event and the reverse; :meth:`~abmil.tasks.base.Task.check_rows`: training data (``require_labels``) for
-    survival needs at least one event).
+    ``task`` (a :class:`~abmil.tasks.base.Task` class, :func:`abmil.tasks.get_task`; None: the ``label`` column's
+    text only, as classification reads it, for readers below the tasks) names its columns
+    (:attr:`~abmil.tasks.base.Task.columns`: classification ``label``, survival ``time`` and ``event``, regression
+    ``target``) and reads and checks their cells (:meth:`~abmil.tasks.base.Task.parse_row`: time >= 0 and finite,
+    event 0 or 1, target finite; a slide with a time needs an event and the reverse;
+    :meth:`~abmil.tasks.base.Task.check_rows`: training data (``require_labels``) for survival needs at least one
+    event). ``require_labels=False`` (prediction on new slides, evaluation): empty cells are allowed (a label is
+    then read as ``""``, an outcome as None), and the columns themselves may be absent unless the task needs them
+    to predict (:attr:`~abmil.tasks.base.Task.columns_to_predict`) and ``truth_columns`` (False: a manifest read for
+    its case ids only).
     """
-    kind = get_task(task)
-    outcome_columns = kind.columns
+    outcome_columns = ("label",) if task is None else task.columns
     path = os.fspath(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
-            reader = csv.DictReader(f)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            required = ("slide_id", *outcome_columns) if require_labels or kind.columns_to_predict else ("slide_id",)
-            missing = [c for c in required if c not in columns]
-            if missing:
-                raise DataError(f"manifest is missing column(s) {', '.join(missing)} "
-                                f"(found: {', '.join(columns) or 'none'})", path=path)
-            reader.fieldnames = columns
-            raw = list(reader)
-    except FileNotFoundError:
-        raise DataError("manifest not found", path=path) from None
+    columns, raw = read_csv(path, "manifest")
+    if require_labels:
+        required = ("slide_id", *outcome_columns)
+    elif (task is None or task.columns_to_predict) and truth_columns:
+        required = ("slide_id", *outcome_columns)
+    else:
+        required = ("slide_id",)
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise DataError(f"manifest is missing column(s) {', '.join(missing)} "
+                        f"(found: {', '.join(columns) or 'none'})", path=path)
 
     rows: list[ManifestRow] = []
     seen: dict[str, int] = {}
-    for line, r in enumerate(raw, start=2):  # line 1 is the header
-        cells = {k: (v or "").strip() for k, v in r.items() if k is not None}
-        if not any(cells.values()):
-            continue  # a trailing blank line is not a slide
+    for line, cells in raw:
         slide_id = cells["slide_id"]
         if not slide_id:
             raise DataError(f"line {line}: field 'slide_id' is empty", path=path)
@@ -99,7 +100,8 @@ def read_manifest(path: str | os.PathLike, *, require_labels: bool = True,
             for column in outcome_columns:
                 if not cells.get(column):
                     raise DataError(f"line {line}: field '{column}' is empty", path=path, bag=slide_id)
-        label, outcome = kind.parse_row(cells, line, path, slide_id)
+        label, outcome = (cells.get("label", ""), None) if task is None else \
+            task.parse_row(cells, line, path, slide_id)
         split = (cells.get("split") or "").lower() or None  # "Train", "TEST": spreadsheets capitalise
         if split is not None and split not in SPLIT_VALUES:
             raise DataError(f"line {line}: field 'split': unknown value {split!r} (expected one of "
@@ -108,7 +110,8 @@ def read_manifest(path: str | os.PathLike, *, require_labels: bool = True,
                                 outcome))
     if not rows:
         raise DataError("manifest is empty: no slides listed", path=path)
-    kind.check_rows(rows, path, require_labels)
+    if task is not None:
+        task.check_rows(rows, path, require_labels)
     check_cases(rows, manifest=path)
     return rows
 

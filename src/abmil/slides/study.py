@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..tasks import DEFAULT_TASK, combine_heads, get_task, head_from_info
+from ..tasks import DEFAULT_TASK, Task, combine_heads, get_task, head_from_info
 from ..train.loop import Callback
 from ..train.splits import CaseSplit, case_cv_splits
 from .features import FeatureBagDataset, bags_at_level
@@ -84,11 +84,11 @@ def _check_out(out: Path, settings: dict) -> None:
 
 
 def _plain_label(label):
-    """A prediction's truth as JSON: a class index, [time, event], a target, or None."""
+    """A prediction's truth as JSON: a class index, [time, event], a target, [0/1 per target], or None."""
     if label is None:
         return None
-    if isinstance(label, tuple):
-        return [float(label[0]), int(label[1])]
+    if isinstance(label, tuple):  # survival (time, event), multilabel's 0/1 per target
+        return [_plain_label(v) for v in label]
     return int(label) if isinstance(label, (int, np.integer)) else float(label)
 
 
@@ -125,9 +125,10 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
                         "held-out test slides in another manifest, for `abmil predict`)", path=dataset.manifest)
     out = Path(out)
     config = replace(config, val_split=config.val_split or DEFAULT_VAL_FRACTION)
-    task = get_task(config.task)
-    if getattr(dataset, "task", DEFAULT_TASK) != task.name:
-        raise ValueError(f"the dataset was read for the {dataset.task} task, the study is for {task.name}")
+    task = config.task_class()
+    if getattr(dataset, "task_class", get_task(DEFAULT_TASK)) is not task:
+        raise ValueError(f"the dataset was read for the {dataset.task} task ({', '.join(dataset.task_class.columns)}), "
+                         f"the study is for {task.name} ({', '.join(task.columns)})")
     bags = bags_at_level(dataset, config.bag_level)
     classes = task.class_names(bags)
     in_dim = bags.validate()
@@ -228,7 +229,7 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
 
 
 def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[CaseSplit], records: dict[str, dict],
-                   classes: list[str], bag_level: str, task: str = DEFAULT_TASK) -> dict:
+                   classes: list[str], bag_level: str, task: str | type[Task] = DEFAULT_TASK) -> dict:
     """oof.csv and summary.{json,csv,md} of the finished folds (all of them at the end). A survival nll study's
     ``surv_<t>`` columns are at the mean of the finished folds' bin ends (each fold's survival function interpolated
     there: :func:`~abmil.tasks.combine_heads`); its ``risk`` is each fold model's own

@@ -10,7 +10,7 @@ import csv
 
 from ..errors import DataError
 
-__all__ = ["PROB_PREFIX", "SURV_PREFIX", "case_column", "read_table"]
+__all__ = ["PROB_PREFIX", "SURV_PREFIX", "case_column", "read_csv", "read_table"]
 
 #: Classification: a ``prob_<class>`` column per class.
 PROB_PREFIX = "prob_"
@@ -18,9 +18,10 @@ PROB_PREFIX = "prob_"
 SURV_PREFIX = "surv_"
 
 
-def read_table(path: str, what: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """A CSV's stripped header and its non-blank rows as ``(line, {column: stripped cell})``; DataError naming the
-    file (and line, slide) where it is not a table of slides with unique, non-empty ``slide_id`` s."""
+def read_csv(path: str, what: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """A CSV's stripped header and its non-blank rows as ``(line, {column: stripped cell})``: the one CSV reader of
+    manifests (:func:`abmil.slides.manifest.read_manifest`) and predictions files (:func:`read_table`). DataError
+    naming the file where it is missing, unreadable, without a header or with a column twice."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
             reader = csv.DictReader(f)
@@ -42,6 +43,13 @@ def read_table(path: str, what: str) -> tuple[list[str], list[tuple[int, dict[st
     if len(set(columns)) != len(columns):
         dup = sorted({c for c in columns if columns.count(c) > 1})
         raise DataError(f"{what} has duplicate column(s) {', '.join(dup)}", path=path)
+    return columns, rows
+
+
+def read_table(path: str, what: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """:func:`read_csv`, checked as a table of slides: unique, non-empty ``slide_id`` s; DataError naming the file
+    (and line, slide) otherwise."""
+    columns, rows = read_csv(path, what)
     if "slide_id" not in columns:
         raise DataError(f"{what} has no 'slide_id' column (found: {', '.join(columns)})", path=path)
     if not rows:

@@ -91,6 +91,7 @@ class WSIConfig:
         loss: the task's loss (survival ``nll`` (default) or ``cox``; regression ``mse`` (default) or ``huber``);
             None: the task's default.
         n_bins: survival ``nll``: time bins (quantiles of the training part's event times).
+        targets: multilabel: the manifest's target columns, comma-separated (``"A,B"``); None for the other tasks.
     """
 
     pooling: str = "gated"
@@ -115,6 +116,7 @@ class WSIConfig:
     task: str = DEFAULT_TASK
     loss: str | None = None
     n_bins: int = DEFAULT_BINS
+    targets: str | None = None
 
     def __post_init__(self) -> None:
         self.train_config()  # validates optimizer, lr, epochs, weight_decay
@@ -138,7 +140,9 @@ class WSIConfig:
             raise ValueError("hidden, att_dim and chunk_size must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        task = get_task(self.task)
+        task = self.task_class()
+        if task.needs_targets and not task.columns:
+            raise ValueError(f"--task {self.task} needs --targets A,B,... (its manifest columns)")
         object.__setattr__(self, "loss", task(self.loss).loss)  # validates the loss
         if self.monitor not in task.monitors:
             raise ValueError(f"--monitor {self.monitor} is not for the {self.task} task: use one of "
@@ -147,6 +151,10 @@ class WSIConfig:
             raise ValueError("--class-weights and --sampler balanced are for classification")
         if isinstance(self.n_bins, bool) or self.n_bins < 1:
             raise ValueError(f"n_bins must be >= 1, got {self.n_bins}")
+
+    def task_class(self) -> type[Task]:
+        """The run's task (:func:`abmil.tasks.get_task` of :attr:`task` and :attr:`targets`)."""
+        return get_task(self.task, self.targets)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
@@ -161,7 +169,10 @@ class WSIConfig:
                              monitor=MONITORS[self.monitor])
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["targets"] is None:  # added with multilabel: runs of the other tasks store what they stored before
+            del d["targets"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> WSIConfig:
@@ -305,10 +316,11 @@ def train_feature_model(dataset: FeatureBagDataset | CaseBagDataset, run_dir: st
 def _train(dataset: FeatureBagDataset | CaseBagDataset, run_dir: Path, config: WSIConfig, world: World,
            dev: torch.device, resume: bool, on_epoch: Callable[[dict], None] | None, callbacks: Sequence[Callback],
            split: tuple[Sequence[int], Sequence[int]] | None, select_best: bool) -> dict:
-    read_for = getattr(dataset, "task", DEFAULT_TASK)
-    if read_for != config.task:
-        raise ValueError(f"the dataset was read for the {read_for} task, the run is for {config.task}")
-    task = get_task(config.task)
+    task = config.task_class()
+    read_for = getattr(dataset, "task_class", get_task(DEFAULT_TASK))
+    if read_for is not task:
+        raise ValueError(f"the dataset was read for the {read_for.name} task ({', '.join(read_for.columns)}), the "
+                         f"run is for {task.name} ({', '.join(task.columns)})")
     classes = task.class_names(dataset)
     in_dim = dataset.validate()
     outcomes = getattr(dataset, "outcomes", [None] * len(dataset.slide_ids))

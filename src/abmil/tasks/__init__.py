@@ -2,6 +2,7 @@
 
     get_task("survival")                          the task's class: columns, losses, monitors, metrics ...
     get_task("survival").fit("nll", outcomes, 4)  fitted on a training part (time bins): a run's head
+    get_task("multilabel", ("A", "B"))            a task of named targets (manifest columns A and B)
     head_from_info(checkpoint_info)               a trained run's head (a run from before heads: classification)
 
 A new task is a module with a :class:`~abmil.tasks.base.Task` subclass and a line in :data:`TASKS`
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 
 from .base import Task
 from .classification import ClassificationTask
+from .multilabel import MultilabelTask
 from .regression import RegressionTask
 from .survival import DEFAULT_BINS, SurvivalTask
 
@@ -20,15 +22,27 @@ __all__ = ["DEFAULT_BINS", "DEFAULT_TASK", "TASKS", "Task", "combine_heads", "ge
            "task_for_columns"]
 
 #: The tasks by name, in the order ``--help`` lists them; the first is the default.
-TASKS: dict[str, type[Task]] = {t.name: t for t in (ClassificationTask, SurvivalTask, RegressionTask)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (ClassificationTask, SurvivalTask, RegressionTask,
+                                                    MultilabelTask)}
 DEFAULT_TASK = next(iter(TASKS))
 
 
-def get_task(name: str) -> type[Task]:
-    """The task called ``name``; ValueError naming the choices otherwise."""
-    if name not in TASKS:
+def get_task(name: str | type[Task], targets: Sequence[str] | str | None = None) -> type[Task]:
+    """The task called ``name`` (a task's class: itself); ValueError naming the choices otherwise. ``targets`` (a
+    sequence or ``"A,B"``): the manifest columns of a task that is told them (:attr:`Task.needs_targets`,
+    multilabel's ``--targets``); refused for the others."""
+    if isinstance(name, type) and issubclass(name, Task):
+        kind = name
+    elif name not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {name!r}")
-    return TASKS[name]
+    else:
+        kind = TASKS[name]
+    if targets is None:
+        return kind
+    if not kind.needs_targets:
+        raise ValueError(f"--targets names the columns of a multilabel task; the {kind.name} task's are "
+                         f"{', '.join(kind.columns)}")
+    return kind.with_targets(targets.split(",") if isinstance(targets, str) else targets)
 
 
 def head_from_info(info: dict) -> Task:

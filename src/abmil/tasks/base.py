@@ -76,10 +76,17 @@ class Task:
     """Whether bags have classes (``label``): class names, class weights, the balanced sampler, thresholds."""
     description: ClassVar[str] = ""
     """A few words for ``--help``."""
+    needs_targets: ClassVar[bool] = False
+    """Whether the task's columns are named by the user (``--targets``, :meth:`with_targets`)."""
     default_name: ClassVar[str] = "classification"
     """The task of a run stored before runs had heads (no ``info["head"]``)."""
 
     loss: str | None = None
+
+    @classmethod
+    def with_targets(cls, targets: Sequence[str]) -> type[Task]:
+        """The task whose columns are ``targets`` (tasks that :attr:`needs_targets`)."""
+        raise ValueError(f"the {cls.name} task has fixed columns ({', '.join(cls.columns)}), not --targets")
 
     def __post_init__(self) -> None:
         if self.loss is None:
@@ -246,6 +253,25 @@ class Task:
                  run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int) -> dict:
         """``abmil evaluate`` of a predictions CSV of this task (:func:`abmil.report.evaluate.evaluate_predictions`)."""
         raise NotImplementedError
+
+    @classmethod
+    def output_columns(cls, columns: Sequence[str], path: str) -> list[str]:
+        """The columns of a predictions CSV (``columns``, at ``path``) that hold an outcome task's outputs, in order
+        (:func:`abmil.report.outcome_evaluate.read_outcomes`)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ paired comparison (abmil compare)
+    @classmethod
+    def scored_predictions(cls, predictions_csv: str, manifest) -> tuple[list[str], list[str], bool, list[str],
+                                                                          np.ndarray, np.ndarray]:
+        """``(slide ids, case ids, has cases, classes, truth (n,) or (n, k), scores (n, m))`` of a predictions CSV,
+        for :func:`abmil.report.compare.compare_runs`; ValueError for a task that is not compared."""
+        raise ValueError(f"abmil compare does not compare {cls.name} predictions yet")
+
+    @classmethod
+    def comparison_metrics(cls, classes: Sequence[str]) -> Callable[[np.ndarray, np.ndarray], dict]:
+        """``metrics(truth, scores) -> {(metric, class): value}`` of one sample, the rows of a paired comparison."""
+        raise ValueError(f"abmil compare does not compare {cls.name} predictions yet")
 
     @classmethod
     def check_run(cls, run) -> None:

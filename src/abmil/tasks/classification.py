@@ -180,6 +180,19 @@ class ClassificationTask(Task):
 
     # ------------------------------------------------------------------ evaluation
     @classmethod
+    def scored_predictions(cls, predictions_csv: str, manifest):
+        from ..report.class_evaluate import read_predictions
+
+        p = read_predictions(predictions_csv, manifest=manifest)
+        return p.slide_ids, p.case_ids, p.has_cases, p.classes, p.labels, p.probs
+
+    @classmethod
+    def comparison_metrics(cls, classes: Sequence[str]):
+        from ..report.class_evaluate import compute_metrics
+
+        return lambda labels, probs: compute_metrics(labels, probs, classes)
+
+    @classmethod
     def evaluate(cls, predictions_csv: str, *, out_dir, manifest, labels_from: str, threshold: float | None,
                  run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int) -> dict:
         from ..report.class_evaluate import evaluate_classification

@@ -2,7 +2,7 @@
 
 One output on the training part's standardised targets (``(y - mean) / sd``, stored); ``predicted`` =
 ``mean + sd * output``, in the target's units; loss ``mse`` (the default) or ``huber``. An ensemble of fold models
-averages the predictions. Evaluation: :mod:`abmil.report.outcome_evaluate`.
+averages the predictions. Evaluation: :mod:`abmil.report.regression_evaluate`.
 """
 from __future__ import annotations
 
@@ -106,15 +106,20 @@ class RegressionTask(Task):
     @classmethod
     def evaluate(cls, predictions_csv: str, *, out_dir, manifest, labels_from: str, threshold: float | None,
                  run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int) -> dict:
-        from ..report.outcome_evaluate import evaluate_outcomes
+        from ..report.regression_evaluate import evaluate_regression
 
         if threshold is not None:
             raise ValueError(f"a decision threshold is for classification; these are {cls.name} predictions")
+        if times is not None:
+            raise ValueError("--times is for survival predictions (a risk column)")
         if run is not None:
             cls.check_run(run)
-        return evaluate_outcomes(predictions_csv, cls.name, out_dir=out_dir, manifest=manifest,
-                                 labels_from=labels_from, n_bootstrap=n_bootstrap, seed=seed, times=times,
-                                 risk_groups=risk_groups)
+        return evaluate_regression(predictions_csv, cls, out_dir=out_dir, manifest=manifest, labels_from=labels_from,
+                                   n_bootstrap=n_bootstrap, seed=seed)
+
+    @classmethod
+    def output_columns(cls, columns: Sequence[str], path: str) -> list[str]:
+        return ["predicted"]
 
     # ------------------------------------------------------------------ storage
     def fitted(self) -> dict:

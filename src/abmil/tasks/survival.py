@@ -11,7 +11,7 @@
   hazard is not estimated).
 
 An ensemble of fold models averages the survival functions (nll; the risk is then that of the mean) or the log hazard
-ratios (cox). Evaluation: :mod:`abmil.report.outcome_evaluate` (scikit-survival).
+ratios (cox). Evaluation: :mod:`abmil.report.survival_evaluate` (scikit-survival).
 """
 from __future__ import annotations
 
@@ -235,15 +235,40 @@ class SurvivalTask(Task):
     @classmethod
     def evaluate(cls, predictions_csv: str, *, out_dir, manifest, labels_from: str, threshold: float | None,
                  run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int) -> dict:
-        from ..report.outcome_evaluate import evaluate_outcomes
+        from ..report.survival_evaluate import evaluate_survival
 
         if threshold is not None:
             raise ValueError(f"a decision threshold is for classification; these are {cls.name} predictions")
         if run is not None:
             cls.check_run(run)
-        return evaluate_outcomes(predictions_csv, cls.name, out_dir=out_dir, manifest=manifest,
-                                 labels_from=labels_from, n_bootstrap=n_bootstrap, seed=seed, times=times,
-                                 risk_groups=risk_groups)
+        return evaluate_survival(predictions_csv, cls, out_dir=out_dir, manifest=manifest, labels_from=labels_from,
+                                 n_bootstrap=n_bootstrap, seed=seed, times=times, risk_groups=risk_groups)
+
+    @classmethod
+    def scored_predictions(cls, predictions_csv: str, manifest):
+        """The risk column is the score (Harrell's C needs no survival function)."""
+        from ..report.outcome_evaluate import read_outcomes
+
+        slide_ids, truth, outputs, case_ids, has_cases, *_ = read_outcomes(predictions_csv, cls, manifest)
+        return slide_ids, case_ids, has_cases, [], truth, outputs[:, :1]
+
+    @classmethod
+    def comparison_metrics(cls, classes: Sequence[str]):
+        from ..report.metrics import harrell_c_index
+
+        return lambda truth, risk: {("c_index_harrell", ""): harrell_c_index(truth[:, 0], truth[:, 1], risk[:, 0])}
+
+    @classmethod
+    def output_columns(cls, columns: Sequence[str], path: str) -> list[str]:
+        """``risk`` and the ``surv_<t>`` columns (their times numbers)."""
+        surv = [c for c in columns if c.startswith(SURV_PREFIX)]
+        for c in surv:
+            try:
+                float(c[len(SURV_PREFIX):])
+            except ValueError:
+                raise DataError(f"columns {', '.join(surv)}: {SURV_PREFIX}<time> needs a number", path=path) \
+                    from None
+        return ["risk", *surv]
 
     # ------------------------------------------------------------------ storage
     def fitted(self) -> dict:

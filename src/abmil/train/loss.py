@@ -16,6 +16,9 @@ Survival (:class:`Objective` ``loss="nll"`` or ``"cox"``), targets ``(n_bags, 3)
   from them (:attr:`Objective.coupled`); a step of one bag, or without an event, contributes 0.
 
 Regression (``loss="mse"`` or ``"huber"``), targets ``(n_bags,)`` (standardised by the caller): ``mse`` or ``huber``.
+
+Multilabel (``loss="bce"``), targets ``(n_bags, K)`` 0/1: each target's binary cross-entropy on its own logit
+(``binary_cross_entropy_with_logits``), averaged over the K targets (:func:`multilabel_bce`).
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ def _binary_nll(prob: Tensor, y: Tensor) -> Tensor:
 #: losses of other heads' targets (:func:`task_losses`). Which task trains with which is the task's
 #: (:attr:`abmil.tasks.base.Task.losses`).
 BERNOULLI = "bernoulli"
-TARGET_LOSSES = ("nll", "cox", "mse", "huber")
+TARGET_LOSSES = ("nll", "cox", "mse", "huber", "bce")
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,19 @@ def regression_losses(pred: Tensor, target: Tensor, loss: str = "mse", delta: fl
     return F.huber_loss(pred, target, reduction="none", delta=delta)
 
 
+def multilabel_bce(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-bag binary cross-entropy of K independent targets, averaged over the targets, (n_bags,): ``logits``
+    (n_bags, K), ``y`` (n_bags, K) 0/1."""
+    logits = logits.float() if logits.dtype in _HALF else logits
+    y = y.to(logits.dtype).reshape(logits.shape)
+    return F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(1)
+
+
 def task_losses(out: MILOutput, y: Tensor, objective: Objective) -> Tensor:
-    """Per-bag losses of a survival or regression head (see the module docstring for ``y``)."""
+    """Per-bag losses of a survival, regression or multilabel head (see the module docstring for ``y``)."""
     logits = out.logits
+    if objective.loss == "bce":
+        return multilabel_bce(logits, y)
     if objective.loss in ("mse", "huber"):
         return regression_losses(logits[:, 0], y.reshape(-1), objective.loss, objective.huber_delta)
     y = y.reshape(-1, 3)
