@@ -328,33 +328,55 @@ def _markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_km(truth: np.ndarray, risk: np.ndarray, groups: int, *, title: str) -> bytes:
-    """Kaplan-Meier curves of the risk groups (:func:`risk_groups_of`) with the log-rank p, as PNG bytes."""
+def plot_km(truth: np.ndarray, risk: np.ndarray, groups: int, *, title: str, time_unit: str | None = None) -> bytes:
+    """Kaplan-Meier curves of the risk groups (:func:`risk_groups_of`) with their 95 % pointwise bands (log-log,
+    ``kaplan_meier_estimator(conf_type="log-log")``), a tick at each censored time, the numbers at risk under the
+    axis and the log-rank p (a p-value: no interval), as PNG bytes. ``time_unit``: named on the time axis."""
     from sksurv.compare import compare_survival
     from sksurv.nonparametric import kaplan_meier_estimator
     from sksurv.util import Surv
 
-    from .evaluation_plots import _png
+    from .evaluation_plots import _png, numbers_at_risk
     from .plots import _pyplot
 
     plt = _pyplot()
     time, event = truth[:, 0], truth[:, 1].astype(bool)
     g = risk_groups_of(risk, groups)
     names = ["low risk", "high risk"] if groups == 2 else ["low risk", "middle", "high risk"]
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    fig, (ax, table) = plt.subplots(2, 1, figsize=(5.8, 5.4), gridspec_kw={"height_ratios": [4, 1], "hspace": 0.45})
+    ticks = np.linspace(0.0, float(time.max()), 5)
+    rows = []
     for k in range(groups):
         m = g == k
         if not m.any():
             continue
-        t, s = kaplan_meier_estimator(event[m], time[m])
-        ax.step(np.concatenate([[0.0], t]), np.concatenate([[1.0], s]), where="post",
-                label=f"{names[k]} (n = {int(m.sum())}, {int(event[m].sum())} events)")
+        t, s, (lo, hi) = kaplan_meier_estimator(event[m], time[m], conf_type="log-log")
+        t0 = np.concatenate([[0.0], t])
+        (line,) = ax.step(t0, np.concatenate([[1.0], s]), where="post",
+                          label=f"{names[k]} (n = {int(m.sum())}, {int(event[m].sum())} events)")
+        ax.fill_between(t0, np.concatenate([[1.0], lo]), np.concatenate([[1.0], hi]), step="post",
+                        color=line.get_color(), alpha=0.15, lw=0)
+        censored = time[m][~event[m]]
+        at = np.searchsorted(t, censored, side="right") - 1  # the step's value at a censored time: S(t) just after
+        ax.plot(censored, np.where(at >= 0, s[np.maximum(at, 0)], 1.0), "|", color=line.get_color(), ms=7,
+                mew=1.2)
+        rows.append((names[k], line.get_color(), numbers_at_risk(time[m], ticks).tolist()))
     p = _nan(compare_survival, Surv.from_arrays(event, time), g) if np.unique(g).size > 1 else None
-    ax.set_xlabel("time")
+    unit = f" ({time_unit})" if time_unit else ""
+    ax.set_xlabel(f"time{unit}; | censored; bands: 95 % pointwise (log-log)", fontsize=8)
     ax.set_ylabel("survival (Kaplan-Meier)")
     ax.set_ylim(0, 1.02)
+    ax.set_xlim(0, float(time.max()) * 1.02)
     ax.set_title(f"{title}; log-rank p = {p[1]:.3g}" if p is not None else title, fontsize=9)
     ax.legend(fontsize=8)
+    table.set_xlim(ax.get_xlim())
+    table.set_ylim(-0.5, len(rows) - 0.5)
+    table.axis("off")
+    table.set_title("number at risk", fontsize=8, loc="left")
+    for r, (name, colour, counts) in enumerate(reversed(rows)):
+        table.text(-0.06 * float(time.max()), r, name, ha="right", va="center", fontsize=8, color=colour)
+        for x, c in zip(ticks, counts):
+            table.text(x, r, str(c), ha="center", va="center", fontsize=8, color=colour)
     return _png(fig)
 
 
