@@ -39,8 +39,6 @@ from .lenet import LeNetEncoder
 from .models import DeepSupervisedMINet, EmbeddingMIL, InstanceMIL, ResidualMINet
 from .pooling import make_pool
 
-ALL_TASKS = ("classification", "survival", "regression")
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -60,7 +58,7 @@ class ModelSpec:
             pass (the loop then packs nothing).
         chunked: a giant bag is pooled in chunks in training and streamed from disk at prediction
             (:mod:`abmil.nn.chunked`); False: a bag is forwarded whole.
-        tasks: the tasks it can learn.
+        tasks: the tasks (:data:`abmil.tasks.TASKS` names) it can learn; None: every task.
         binary: two classes only.
         trained: ``"loop"`` (:func:`abmil.train.loop.train_loop`) or ``"fitted"`` (closed form by scikit-learn,
             :meth:`~abmil.nn.probe.LinearProbe.fit_bags`).
@@ -75,10 +73,14 @@ class ModelSpec:
     instance_scores: str | None = None
     packed: bool = True
     chunked: bool = False
-    tasks: tuple[str, ...] = ALL_TASKS
+    tasks: tuple[str, ...] | None = None
     binary: bool = False
     trained: str = "loop"
     slide: Callable[..., nn.Module] | None = None
+
+    def supports(self, task: str) -> bool:
+        """Whether the model can learn ``task`` (a name of :data:`abmil.tasks.TASKS`)."""
+        return self.tasks is None or task in self.tasks
 
 
 def _slide_encoder(in_dim: int, hidden: int, dropout: float) -> MLPEncoder:
@@ -281,7 +283,7 @@ def slide_model(name: str, in_dim: int, n_classes: int = 2, *, hidden: int = 512
     if in_dim < 1 or hidden < 1 or att_dim < 1:
         raise ValueError("in_dim, hidden and att_dim must be >= 1")
     task = task or ("classification" if n_out is None else None)
-    if task is not None and task not in spec.tasks or (task is None and spec.tasks == ("classification",)):
+    if task is not None and not spec.supports(task) or (task is None and spec.tasks is not None):
         raise ValueError(f"--pooling {name} is for the {' and '.join(spec.tasks)} task(s), not {task or 'this one'}")
     if spec.binary and n_out is None and n_classes != 2:
         raise ValueError(f"--pooling {name} is for two classes, the data have {n_classes}")

@@ -122,7 +122,7 @@ class WSIConfig:
         self.train_config()  # validates optimizer, lr, epochs, weight_decay
         if self.pooling not in SLIDE_KEYS:
             raise ValueError(f"--pooling must be one of {', '.join(SLIDE_KEYS)}, got {self.pooling!r}")
-        if self.task not in model_spec(self.pooling).tasks:
+        if not model_spec(self.pooling).supports(self.task):
             raise ValueError(f"--pooling {self.pooling} is for the {' and '.join(model_spec(self.pooling).tasks)} "
                              f"task, not {self.task}")
         for name, allowed in (("monitor", tuple(MONITORS)), ("class_weights", (None, *CLASS_WEIGHTS)),
