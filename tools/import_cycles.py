@@ -6,7 +6,9 @@ Builds the module graph from every ``import`` / ``from ... import`` statement an
 functions, ``if TYPE_CHECKING`` blocks alike: a deferred import hides a cycle from Python, not from the design),
 and prints each strongly connected component of two or more modules (Tarjan) and one cycle through it. A
 ``from pkg import name`` counts as an edge to ``pkg.name`` where that is a module, else to ``pkg``; an edge to a
-package is an edge to its ``__init__``. Exit status: the number of components (0: no cycles).
+package is an edge to its ``__init__``, and an executed import of ``pkg.mod`` from outside ``pkg`` is also an edge
+to ``pkg``'s ``__init__``, which Python runs first (not so an ``if TYPE_CHECKING`` import, which never runs).
+Exit status: the number of components (0: no cycles).
 """
 from __future__ import annotations
 
@@ -30,7 +32,10 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
     """The modules of ``known`` that module ``name`` (at ``path``) imports."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
+                   for stmt in block.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -45,7 +50,20 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
                 t = t.rpartition(".")[0]
             if t and t != name:
                 found.add(t)
+                if id(node) in typing_only:  # never executed: no package __init__ runs
+                    continue
+                # importing pkg.mod runs pkg/__init__ first (unless the importer is inside pkg, where it has run)
+                parent = t.rpartition(".")[0]
+                while parent and parent != "abmil":
+                    if parent in known and not (name == parent or name.startswith(parent + ".")):
+                        found.add(parent)
+                    parent = parent.rpartition(".")[0]
     return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

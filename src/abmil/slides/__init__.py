@@ -13,10 +13,11 @@
     study.py          patient-level K-fold cross-validation: folds as resumable units, out-of-fold predictions, summary
     heatmap.py        a slide's attention painted over its thumbnail
 """
-from .features import FeatureBagDataset
-from .predict import load_models, load_run, predict_dataset, write_predictions
-from .study import cross_validate
-from .train import WSIConfig, train_feature_model
+from .._lazy import lazy_exports
 
-__all__ = ["FeatureBagDataset", "WSIConfig", "cross_validate", "load_models", "load_run", "predict_dataset",
-           "train_feature_model", "write_predictions"]
+# Lazy (PEP 562): the tasks read slides/tables.py, which must not pull in the datasets, which ask the tasks.
+__getattr__, __all__ = lazy_exports(__name__, {
+    "FeatureBagDataset": ".features", "load_models": ".predict", "load_run": ".predict",
+    "predict_dataset": ".predict", "write_predictions": ".predict", "cross_validate": ".study",
+    "WSIConfig": ".train", "train_feature_model": ".train",
+})
