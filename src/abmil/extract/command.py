@@ -50,8 +50,13 @@ def run_extract(args: argparse.Namespace) -> int:
             rate = f", {r.tiles / r.seconds:.1f} tiles/s" if r.status == "done" and r.seconds > 0 else ""
             print(f"{r.slide_id}: {r.status}, {r.tiles} tiles{rate}", flush=True)
 
-    results = extract_all(slides, args.out, encoder, settings, batch_size=args.batch_size, workers=args.workers,
-                          device=device, bf16=args.bf16, rank=rank, world=world, log=log)
+    from tqdm import tqdm
+
+    # tiles encoded, on a terminal only (logs and CI get the one line per slide)
+    with tqdm(unit="tile", disable=not sys.stderr.isatty(), leave=False) as bar:
+        results = extract_all(slides, args.out, encoder, settings, batch_size=args.batch_size,
+                              workers=args.workers, device=device, bf16=args.bf16, rank=rank, world=world,
+                              log=lambda r: (bar.clear(), log(r)), progress=bar.update)
     for message in held:
         print(f"abmil: error: {message}", file=sys.stderr)
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "no tissue", "error")}

@@ -49,7 +49,7 @@ class Preprocess:
         if self.crop != self.resize:
             top = (self.resize - self.crop) // 2
             tile = tile[top:top + self.crop, top:top + self.crop]
-        x = torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1).float().div_(255)
+        x = torch.from_numpy(np.require(tile, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return (x - mean) / std

@@ -185,9 +185,11 @@ def write_summary(path: Path, results: Sequence[SlideResult]) -> None:
 def extract_all(slides: Sequence[tuple[str, os.PathLike]], out: str | os.PathLike, encoder: Encoder,
                 settings: ExtractSettings, *, batch_size: int = 32, workers: int = 2,
                 device: str | torch.device = "cpu", bf16: bool = False, rank: int = 0, world: int = 1,
-                log: Callable[[SlideResult], None] | None = None) -> list[SlideResult]:
+                log: Callable[[SlideResult], None] | None = None,
+                progress: Callable[[int], None] | None = None) -> list[SlideResult]:
     """Every slide of this process's shard (:func:`shard`) through :func:`extract_slide`, in order; the summary
-    CSV rewritten after each (``summary.csv``, or ``summary.rank<R>.csv`` under ``torchrun``).
+    CSV rewritten after each (``summary.csv``, or ``summary.rank<R>.csv`` under ``torchrun``); ``log`` gets each
+    slide's result, ``progress`` the number of tiles of each encoded batch.
     :class:`DataError` with the first slide's message if no slide could be done at all."""
     out = Path(out)
     mine = shard(slides, rank, world)
@@ -196,7 +198,7 @@ def extract_all(slides: Sequence[tuple[str, os.PathLike]], out: str | os.PathLik
     results: list[SlideResult] = []
     for slide_id, path in mine:
         result = extract_slide(slide_id, path, out, encoder, settings, batch_size=batch_size, workers=workers,
-                               device=device, bf16=bf16)
+                               device=device, bf16=bf16, progress=progress)
         results.append(result)
         if any(r.status != "error" for r in results):  # a run that did nothing leaves nothing behind
             write_summary(summary, results)
