@@ -41,7 +41,6 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from types import ModuleType
 from typing import Any
 
 # OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads must not spin) is set by importing abmil, before any torch import.
@@ -72,14 +71,17 @@ def _joined(values: Iterable[Any]) -> str:
     return ",".join(map(str, values))
 
 
-def _slide_training(*, light: bool = False) -> ModuleType:
+def _slide_training(*, light: bool = False) -> Any:
     """The library module behind ``abmil train`` (WSIConfig, train_feature_model): named here only, so that
     renaming it touches one line. ``light``: its definitions read without torch, for the parser's defaults
     (:mod:`abmil._light`)."""
     if light:
+        from types import SimpleNamespace
+
         from abmil._light import library_names
 
-        return library_names("abmil.slides", "train")[0]
+        names = ("WSIConfig", "train_feature_model", "MONITORS", "SAMPLERS")
+        return SimpleNamespace(**dict(zip(names, library_names("abmil.slides.train", *names))))
     import abmil.slides.train as module
 
     return module
@@ -307,7 +309,7 @@ def _wsi_commands(commands) -> None:
     """train / predict / heatmap: attention MIL on whole-slide feature bags (abmil.slides.train)."""
     from abmil._light import library_names as lib
 
-    (study,) = lib("abmil.slides", "study")
+    DEFAULT_VAL_FRACTION, cross_validate = lib("abmil.slides.study", "DEFAULT_VAL_FRACTION", "cross_validate")
     (explain_histology,) = lib("abmil.experiments.histology", "explain_histology")
     (LAYOUTS,) = lib("abmil.explain.heatmap", "LAYOUTS")
     (POOLINGS,) = lib("abmil.nn.zoo", "SLIDE_KEYS")
@@ -343,7 +345,7 @@ def _wsi_commands(commands) -> None:
                        metavar="FRACTION",
                        help="hold out this fraction of the training cases, per class (default: the manifest's "
                             f"split column: train / val rows; no validation without one; with --folds "
-                            f"{study.DEFAULT_VAL_FRACTION} of each training part)")
+                            f"{DEFAULT_VAL_FRACTION} of each training part)")
     train.add_argument("--lr", type=float, default=config("lr"),
                        help="Adam learning rate (default %(default)g, CLAM's)")
     train.add_argument("--weight-decay", type=float, default=config("weight_decay"),
@@ -373,7 +375,7 @@ def _wsi_commands(commands) -> None:
                             "on the other folds less a validation part, its best validation epoch kept, predicting "
                             "its fold; writes OUT/oof.csv, OUT/summary.{json,csv,md}, OUT/splits.json, "
                             "OUT/folds/r<R>_f<F>/; rerun the same command to continue a stopped study")
-    train.add_argument("--repeats", type=int, default=default_of(study.cross_validate, "repeats"), metavar="R",
+    train.add_argument("--repeats", type=int, default=default_of(cross_validate, "repeats"), metavar="R",
                        help="with --folds: repeat the K folds R times, reshuffled (default %(default)s)")
     train.add_argument("--bag-level", default=config("bag_level"), metavar="slide|case",
                        help="a bag is a slide, or a case: all its slides pooled together, one prediction per case "
