@@ -130,6 +130,16 @@ class MultilabelTask(Task):
 
         return torch.sigmoid(logits.detach().double().cpu()).numpy()
 
+    @classmethod
+    def combine(cls, heads: Sequence[Task]) -> Task:
+        """Fold models of one set of targets (their probabilities are averaged)."""
+        first = heads[0]
+        for h in heads[1:]:
+            if h.columns != first.columns:
+                raise ValueError(f"an ensemble's models must share their targets: {', '.join(first.columns)} and "
+                                 f"{', '.join(h.columns)}")
+        return super().combine(heads)
+
     # ------------------------------------------------------------------ validation
     def val_record(self, rows: list[tuple], outcomes: Sequence, monitor: str | None) -> dict:
         """The mean loss, each target's AUC (``val_auc_<target>``, None where the part holds one value) and their
