@@ -27,7 +27,8 @@ import numpy as np
 
 from ..errors import DataError
 from ..tasks import Task
-from .bootstrap import CI_LEVEL, Level, bootstrap, write_folder
+from .bootstrap import CI_LEVEL, bootstrap, write_folder
+from .outcome_evaluate import outcome_levels
 
 __all__ = ["COMPARE_COLUMNS", "RunPredictions", "compare_runs", "read_run_predictions"]
 
@@ -106,20 +107,6 @@ def _check_same_cases(a: RunPredictions, b: RunPredictions) -> np.ndarray:
     return order
 
 
-def _levels(truth: np.ndarray, scores: np.ndarray, case_ids: list[str], has_cases: bool) -> list[Level]:
-    """The slide level and, with case ids, the case level (scores averaged per case), as evaluate has them."""
-    cases = list(dict.fromkeys(case_ids))
-    pos = {c: i for i, c in enumerate(cases)}
-    case_of = np.array([pos[c] for c in case_ids])
-    slide_rows = [np.flatnonzero(case_of == i) for i in range(len(cases))]
-    levels = [Level("slide", truth, scores, slide_rows)]
-    if has_cases:
-        levels.append(Level("case", np.stack([truth[r[0]] for r in slide_rows]),
-                            np.stack([scores[r].mean(0) for r in slide_rows]),
-                            [np.array([i]) for i in range(len(cases))]))
-    return levels
-
-
 def _two_classes(run: RunPredictions) -> bool:
     """Class probabilities of two classes: DeLong's test and the ROC figure apply."""
     return run.task.has_classes and len(run.classes) == 2
@@ -140,7 +127,7 @@ def _pair_rows(a: RunPredictions, b: RunPredictions, order: np.ndarray, rows: np
         ma, mb = metrics(truth, scores[:, :k]), metrics(truth, scores[:, k:])
         return {key: mb[key] - ma[key] for key in ma}
 
-    levels = _levels(a.truth[rows], both, [a.case_ids[i] for i in rows], a.has_cases)
+    levels = outcome_levels(a.truth[rows], both, [a.case_ids[i] for i in rows], a.has_cases)
     boot = bootstrap(levels, n_bootstrap, seed, paired)
     lo_q, hi_q = 100 * (1 - CI_LEVEL) / 2, 100 * (1 + CI_LEVEL) / 2
     out = []
