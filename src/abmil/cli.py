@@ -11,7 +11,7 @@
                 [--lr] [--seed] [--batch-size B | --batch-instances N] [--device cpu] [--bf16] [--resume]
                 [--folds K [--repeats R]] [--bag-level slide|case] [--patience N] [--monitor val_loss|val_error|val_auc]
                 [--class-weights balanced] [--sampler shuffle|balanced]
-                [--task classification|survival|regression|multilabel] [--targets A,B,...]
+                [--task classification|survival|regression|multilabel|multitarget] [--targets A,B,...]
                 [--loss nll|cox|mse|huber] [--n-bins K]
     abmil predict --run RUN --manifest CSV [--features DIR] --out preds.csv [--fold R,F]
     abmil heatmap --run RUN --slide FILE.h5 [--wsi SLIDE | --thumbnail IMG --downsample K] --out heat.png
@@ -403,7 +403,9 @@ def _wsi_commands(commands) -> None:
                        help="survival: nll (discrete-time hazards, default) or cox (partial likelihood over each "
                             "step's slides: use --batch-size > 1); regression: mse (default) or huber")
     train.add_argument("--targets", default=config("targets"), metavar="A,B,...",
-                       help="--task multilabel: the manifest's target columns (each 0 or 1), comma-separated")
+                       help="--task multilabel: the manifest's target columns (each 0 or 1), comma-separated; "
+                            "--task multitarget: the heads NAME[:TASK[:LOSS]], e.g. label,os:survival,grade:regression "
+                            "(columns label, os_time and os_event, grade)")
     train.add_argument("--n-bins", type=int, default=config("n_bins"), metavar="K",
                        help="survival nll: time bins, at the quantiles of the training part's event times "
                             "(default %(default)s)")

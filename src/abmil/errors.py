@@ -13,6 +13,7 @@ class DataError(ValueError):
             where.append(f"bag {bag}")
         self.path = path
         self.bag = bag
+        self.message = message
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
 
 

@@ -2,7 +2,8 @@
 demonstrations where the truth is known: :func:`write_patient_cohort` (patient-level leakage),
 :func:`write_outcome_cohort` (survival or regression outcomes carried by a few key patches),
 :func:`write_key_patch_cohort` (a classification cohort whose positive slides carry a few key patches: localisation
-has a truth) and :func:`write_multilabel_cohort` (several 0/1 targets, each carried by its own key patches).
+has a truth) and :func:`write_multilabel_cohort` (several 0/1 targets, each carried by its own key patches), and
+:func:`write_multitarget_cohort` (a class, a survival outcome and a grade, each carried by its own key patches).
 
 :func:`write_patient_cohort` makes the case that shows why splits must keep a patient's slides together: every slide
 of a patient shares that patient's *signature* (a random feature vector plus noise) and the label is drawn per patient,
@@ -73,11 +74,7 @@ def write_outcome_cohort(root: str | os.PathLike, task: str, n_slides: int = 60,
         x[hot, 1] += 2.0 + 2.0 * g
         sid = f"c{i:03d}"
         keys[sid] = np.sort(hot)
-        k = np.arange(n)  # coords: a row-major grid of 256-px patches, 8 to a row
-        coords = np.stack([(k % 8) * 256, (k // 8) * 256], 1).astype(np.int64)
-        with h5py.File(features / f"{sid}.h5", "w") as f:
-            f.create_dataset("features", data=x)
-            f.create_dataset("coords", data=coords)
+        _write_bag(features, sid, x)
         if task == "survival":
             t = rng.exponential(1.0 / (0.05 * np.exp(1.5 * g)))
             c = rng.exponential(censor_scale * 3.3)
@@ -158,12 +155,52 @@ def write_multilabel_cohort(root: str | os.PathLike, targets: tuple[str, ...] = 
                 hot = np.sort(order[k * per:(k + 1) * per])
                 x[hot, k + 1] += shift
                 keys[t][sid] = hot
-        k = np.arange(n)
-        coords = np.stack([(k % 8) * 256, (k // 8) * 256], 1).astype(np.int64)
-        with h5py.File(features / f"{sid}.h5", "w") as f:
-            f.create_dataset("features", data=x)
-            f.create_dataset("coords", data=coords)
+        _write_bag(features, sid, x)
         lines.append(",".join((sid, *[str(int(v)) for v in y])))
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest, features, keys
+
+
+def write_multitarget_cohort(root: str | os.PathLike, n_slides: int = 60, *, seed: int = 0,
+                             sizes: tuple[int, int] = (16, 32), dim: int = 8, shift: float = 4.0
+                             ) -> tuple[Path, Path, dict[str, dict[str, np.ndarray]]]:
+    """A synthetic cohort for a multitarget run (``--targets label,os:survival,grade:regression``) with a planted
+    truth per head, each carried by its own key patches (``max(2, n // 8)`` of them, disjoint between heads): the
+    class (``label``, ``tumor`` or ``normal``, a fair coin) by feature 1 shifted by ``shift`` in a tumour slide's keys;
+    the survival outcome (``os_time``, ``os_event``) by a high-risk coin ``z`` whose keys have feature 2 shifted
+    (hazard ``0.05 exp(3 z)``, exponential times, exponential censoring of mean 30); the grade (``1 + 2 g + N(0,
+    0.3)``, ``g`` a coin) by feature 3 shifted in a high grade's keys. Returns (manifest, features_dir,
+    ``{"label" | "os" | "grade": {slide_id: key rows}}``, the key rows of the slides positive for each)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    features = root / "features"
+    features.mkdir(parents=True, exist_ok=True)
+    lines, keys = ["slide_id,label,os_time,os_event,grade"], {"label": {}, "os": {}, "grade": {}}
+    for i in range(n_slides):
+        n = int(rng.integers(*sizes))
+        x = rng.standard_normal((n, dim)).astype(np.float32)
+        tumour, high, g = (int(v) for v in rng.integers(0, 2, 3))
+        per, order, sid = max(2, n // 8), rng.permutation(n), f"t{i:03d}"
+        for k, (head, on) in enumerate((("label", tumour), ("os", high), ("grade", g))):
+            if on:
+                hot = np.sort(order[k * per:(k + 1) * per])
+                x[hot, k + 1] += shift
+                keys[head][sid] = hot
+        t, c = rng.exponential(1.0 / (0.05 * np.exp(3.0 * high))), rng.exponential(30.0)
+        grade = 1.0 + 2.0 * g + rng.normal(0, 0.3)
+        _write_bag(features, sid, x)
+        lines.append(f"{sid},{'tumor' if tumour else 'normal'},{min(t, c):.4f},{int(t <= c)},{grade:.4f}")
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest, features, keys
+
+
+def _write_bag(features: Path, slide_id: str, x: np.ndarray) -> None:
+    """``features/<slide_id>.h5`` as CLAM writes it: ``features`` and ``coords``, a row-major grid of 256-px
+    patches, 8 to a row."""
+    k = np.arange(x.shape[0])
+    coords = np.stack([(k % 8) * 256, (k // 8) * 256], 1).astype(np.int64)
+    with h5py.File(features / f"{slide_id}.h5", "w") as f:
+        f.create_dataset("features", data=x)
+        f.create_dataset("coords", data=coords)

@@ -368,7 +368,8 @@ def manifest_heatmaps(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
                                 task=type(run[0].head))
     out_dir = Path(out_dir)
     jobs = []
-    for file, label in zip(dataset.files, dataset.labels):
+    for file, label, outcome in zip(dataset.files, dataset.labels, dataset.outcomes):
+        label = run[0].head.truth(label, outcome)  # the title's truth: the class, or the task's outcome
         image = None
         if slides_dir is not None:
             image = find_slide(slides_dir, file.slide_id)

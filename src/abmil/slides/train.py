@@ -330,7 +330,8 @@ def _train(dataset: FeatureBagDataset | CaseBagDataset, run_dir: Path, config: W
     else:
         train_idx, val_idx = [int(i) for i in split[0]], [int(i) for i in split[1]]
     task.check_training_part(dataset, train_idx, classes)
-    head = task.fit(config.loss, [outcomes[i] for i in train_idx], config.n_bins, manifest=dataset.manifest)
+    head = task.fit(config.loss, [outcomes[i] for i in train_idx], config.n_bins, manifest=dataset.manifest,
+                    classes=classes)
     if config.loss == "cox" and config.batch_instances is None and (config.batch_size or 1) * world.size < 2:
         raise ValueError("--loss cox compares the slides of each step: give --batch-size 2 or more (e.g. 16-64; "
                          "under torchrun the risk set is the global batch of all processes)")
@@ -362,7 +363,9 @@ def _train(dataset: FeatureBagDataset | CaseBagDataset, run_dir: Path, config: W
     baseline = head.baseline_logits([outcomes[i] for i in train_idx])
     if baseline is not None:  # the survival head starts from the training part's pooled hazards
         with torch.no_grad():
-            model.classifier.bias.copy_(torch.as_tensor(baseline, dtype=model.classifier.bias.dtype))
+            bias = model.classifier.bias
+            start = torch.as_tensor(baseline, dtype=bias.dtype)
+            bias.copy_(torch.where(torch.isnan(start), bias, start))  # NaN: an output keeps its initialisation
     model = model.to(dev)
     net = _data_parallel(model, dev) if world.distributed else model
 

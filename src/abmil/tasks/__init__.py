@@ -3,6 +3,7 @@
     get_task("survival")                          the task's class: columns, losses, monitors, metrics ...
     get_task("survival").fit("nll", outcomes, 4)  fitted on a training part (time bins): a run's head
     get_task("multilabel", ("A", "B"))            a task of named targets (manifest columns A and B)
+    get_task("multitarget", "label,os:survival")  several heads (a class and a survival outcome)
     head_from_info(checkpoint_info)               a trained run's head (a run from before heads: classification)
 
 A new task is a module with a :class:`~abmil.tasks.base.Task` subclass and a line in :data:`TASKS`
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from .base import Task
 from .classification import ClassificationTask
 from .multilabel import MultilabelTask
+from .multitarget import MultitargetTask
 from .regression import RegressionTask
 from .survival import DEFAULT_BINS, SurvivalTask
 
@@ -23,7 +25,7 @@ __all__ = ["DEFAULT_BINS", "DEFAULT_TASK", "TASKS", "Task", "combine_heads", "ge
 
 #: The tasks by name, in the order ``--help`` lists them; the first is the default.
 TASKS: dict[str, type[Task]] = {t.name: t for t in (ClassificationTask, SurvivalTask, RegressionTask,
-                                                    MultilabelTask)}
+                                                    MultilabelTask, MultitargetTask)}
 DEFAULT_TASK = next(iter(TASKS))
 
 
@@ -40,8 +42,8 @@ def get_task(name: str | type[Task], targets: Sequence[str] | str | None = None)
     if targets is None:
         return kind
     if not kind.needs_targets:
-        raise ValueError(f"--targets names the columns of a multilabel task; the {kind.name} task's are "
-                         f"{', '.join(kind.columns)}")
+        raise ValueError(f"--targets names the columns of a multilabel task or the heads of a multitarget task; "
+                         f"the {kind.name} task's are {', '.join(kind.columns)}")
     return kind.with_targets(targets.split(",") if isinstance(targets, str) else targets)
 
 

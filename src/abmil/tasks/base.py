@@ -78,6 +78,8 @@ class Task:
     """A few words for ``--help``."""
     needs_targets: ClassVar[bool] = False
     """Whether the task's columns are named by the user (``--targets``, :meth:`with_targets`)."""
+    loop_width: ClassVar[int] = 1
+    """How many numbers :meth:`loop_target` gives a bag."""
     default_name: ClassVar[str] = "classification"
     """The task of a run stored before runs had heads (no ``info["head"]``)."""
 
@@ -131,8 +133,9 @@ class Task:
 
     # ------------------------------------------------------------------ fitting and the head
     @classmethod
-    def fit(cls, loss: str | None, outcomes: Sequence, n_bins: int, *, manifest: str | None = None) -> Task:
-        """The task fitted on a run's training part (``outcomes``: its bags' truths)."""
+    def fit(cls, loss: str | None, outcomes: Sequence, n_bins: int, *, manifest: str | None = None,
+            classes: Sequence[str] = ()) -> Task:
+        """The task fitted on a run's training part (``outcomes``: its bags' truths; ``classes``: the run's)."""
         return cls(loss)
 
     def objective(self, **kwargs):
@@ -146,7 +149,7 @@ class Task:
         return 1
 
     def baseline_logits(self, outcomes: Sequence) -> np.ndarray | None:
-        """The output bias the head starts from (None: the model's initialisation)."""
+        """The output bias the head starts from (None, or NaN for an output: the model's initialisation)."""
         return None
 
     def loop_target(self, outcome: Any, label: int | None = None):

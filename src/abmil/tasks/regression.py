@@ -52,7 +52,7 @@ class RegressionTask(Task):
     # ------------------------------------------------------------------ fitting and the head
     @classmethod
     def fit(cls, loss: str | None, outcomes: Sequence, n_bins: int = 0, *,
-            manifest: str | None = None) -> RegressionTask:
+            manifest: str | None = None, classes: Sequence[str] = ()) -> RegressionTask:
         y = np.asarray(outcomes, dtype=np.float64)
         sd = float(y.std()) if y.size > 1 else 0.0
         return cls(loss, target_scale=(float(y.mean()), sd if sd > 0 else 1.0))

@@ -55,6 +55,7 @@ class SurvivalTask(Task):
     monitors: ClassVar[tuple[str, ...]] = ("val_loss", "val_cindex")
     metrics: ClassVar[tuple[str, ...]] = ("c_index",)
     stratum: ClassVar[str] = "event"
+    loop_width: ClassVar[int] = 3
     description: ClassVar[str] = "survival (time, event: 1 event, 0 censored)"
     metrics_note: ClassVar[str] = "c_index: Harrell's, of each fold's test risks."
 
@@ -89,7 +90,7 @@ class SurvivalTask(Task):
     # ------------------------------------------------------------------ fitting and the head
     @classmethod
     def fit(cls, loss: str | None, outcomes: Sequence, n_bins: int = DEFAULT_BINS, *,
-            manifest: str | None = None) -> SurvivalTask:
+            manifest: str | None = None, classes: Sequence[str] = ()) -> SurvivalTask:
         task = cls(loss)
         if task.loss == "nll":
             if n_bins < 1:

@@ -19,6 +19,8 @@ Regression (``loss="mse"`` or ``"huber"``), targets ``(n_bags,)`` (standardised 
 
 Multilabel (``loss="bce"``), targets ``(n_bags, K)`` 0/1: each target's binary cross-entropy on its own logit
 (``binary_cross_entropy_with_logits``), averaged over the K targets (:func:`multilabel_bce`).
+
+Multitarget (:class:`CompositeObjective`): the sum of several heads' losses, each on its slice.
 """
 from __future__ import annotations
 
@@ -78,6 +80,18 @@ class Objective:
 
 
 CLASSIFICATION = Objective()
+
+
+@dataclass(frozen=True)
+class CompositeObjective:
+    """Several heads trained at once (a multitarget task): a bag's loss is the sum of its heads' losses, each
+    ``(objective, output slice, target slice)`` on its slice of the logits and of the targets ``(n_bags, k)``;
+    objective None: the classifier's (its target the class index, the class weights its own). Per bag: none of
+    the heads may be coupled."""
+
+    parts: tuple[tuple[Objective | None, slice, slice], ...]
+    loss: str = "sum"
+    coupled: bool = False
 
 
 def discrete_survival_nll(logits: Tensor, bins: Tensor, events: Tensor, alpha: float = 0.0) -> Tensor:
@@ -144,6 +158,10 @@ def bag_losses(out: MILOutput, y: Tensor, class_weights: Tensor | None = None,
     step, not over their weights, so that a step of one bag keeps its weight). A model's ``aux_loss`` (CLAM) adds its
     label's term to ``bag_weight`` times the bag loss. ``objective``: a survival or
     regression head (:class:`Objective`; ``y`` its targets); None: classification."""
+    if isinstance(objective, CompositeObjective):
+        y = y.reshape(out.logits.shape[0], -1)
+        return sum(bag_losses(MILOutput(out.logits[:, o]), y[:, t.start] if part is None else y[:, t],
+                              class_weights if part is None else None, part) for part, o, t in objective.parts)
     if objective is not None and objective.loss in TARGET_LOSSES:
         if class_weights is not None:
             raise ValueError("class weights are for classification")
