@@ -442,7 +442,8 @@ def _render(width: int, height: int, images: list[tuple[np.ndarray, int, int]], 
                             va="center", fontsize=10)
             _fit_title(fig, text, title_width)
         for label, col, w in labels:
-            fig.text((col + w / 2) / fw, 1 - (top - LABEL_PX / 2) / fh, label, ha="center", va="center", fontsize=9)
+            _fit_label(fig, fig.text((col + w / 2) / fw, 1 - (top - LABEL_PX / 2) / fh, label, ha="center",
+                                     va="center", fontsize=9), w)
         fig.canvas.draw()
         canvas = np.array(fig.canvas.buffer_rgba())[:, :, :3]
     finally:
@@ -495,6 +496,25 @@ def _fit_title(fig, text, width_px: int) -> None:
         if extent <= room:
             break
         text.set_fontsize(text.get_fontsize() * 0.97 * room / extent)
+
+
+def _fit_label(fig, text, width_px: int) -> None:
+    """Keep a panel's label within its panel: two lines of 7 pt where it is wider, then smaller until it fits."""
+    renderer = fig.canvas.get_renderer()
+    if text.get_window_extent(renderer).width <= width_px:
+        return
+    label = text.get_text()
+    spaces = [i for i, c in enumerate(label) if c == " "]
+    if spaces:
+        cut = min(spaces, key=lambda i: abs(i - len(label) / 2))
+        text.set_text(label[:cut] + "\n" + label[cut + 1:])
+    text.set_fontsize(7)
+    text.set_linespacing(1.0)
+    for _ in range(8):
+        extent = text.get_window_extent(renderer).width
+        if extent <= width_px or text.get_fontsize() <= 4:
+            break
+        text.set_fontsize(max(4.0, text.get_fontsize() * 0.97 * width_px / extent))
 
 
 def _pyplot():

@@ -78,6 +78,8 @@ class Task:
     """A few words for ``--help``."""
     needs_targets: ClassVar[bool] = False
     """Whether the task's columns are named by the user (``--targets``, :meth:`with_targets`)."""
+    takes_times: ClassVar[bool] = False
+    """Whether ``abmil evaluate --times`` (the times of time-dependent metrics) is for this task's predictions."""
     loop_width: ClassVar[int] = 1
     """How many numbers :meth:`loop_target` gives a bag."""
     default_name: ClassVar[str] = "classification"
@@ -256,6 +258,14 @@ class Task:
                  run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int) -> dict:
         """``abmil evaluate`` of a predictions CSV of this task (:func:`abmil.report.evaluate.evaluate_predictions`)."""
         raise NotImplementedError
+
+    @classmethod
+    def check_evaluate_options(cls, threshold: float | None, times: Sequence[float] | None) -> None:
+        """ValueError for an option of :meth:`evaluate` that is another task's (a threshold, ``--times``)."""
+        if threshold is not None and not cls.has_classes:
+            raise ValueError(f"a decision threshold is for classification; these are {cls.name} predictions")
+        if times is not None and not cls.takes_times:
+            raise ValueError("--times is for survival predictions (a risk column)")
 
     @classmethod
     def output_columns(cls, columns: Sequence[str], path: str) -> list[str]:

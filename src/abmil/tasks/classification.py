@@ -197,8 +197,7 @@ class ClassificationTask(Task):
                  run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int) -> dict:
         from ..report.class_evaluate import evaluate_classification
 
-        if times is not None:
-            raise ValueError("--times is for survival predictions (a risk column)")
+        cls.check_evaluate_options(threshold, times)
         return evaluate_classification(predictions_csv, out_dir=out_dir, manifest=manifest, labels_from=labels_from,
                                        threshold=threshold, run=run, n_bootstrap=n_bootstrap, seed=seed)
 

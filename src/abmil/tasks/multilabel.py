@@ -211,10 +211,7 @@ class MultilabelTask(Task):
         from ..report.multilabel_evaluate import evaluate_multilabel
         from ..slides.tables import read_table
 
-        if threshold is not None:
-            raise ValueError(f"a decision threshold is for classification; these are {cls.name} predictions")
-        if times is not None:
-            raise ValueError("--times is for survival predictions (a risk column)")
+        cls.check_evaluate_options(threshold, times)
         task = cls.with_targets(cls.targets_of(read_table(os.fspath(predictions_csv), "predictions file")[0]))
         if run is not None:
             task.check_run(run)

@@ -1,9 +1,9 @@
 """Multitarget: several heads of different tasks on one pooling (``--task multitarget --targets
 label,os:survival,grade:regression``).
 
-``--targets`` lists the heads ``NAME[:TASK[:LOSS]]``, comma-separated: ``TASK`` one of :data:`abmil.tasks.TASKS`
-but multilabel (default ``classification``), ``LOSS`` one of its losses (default its first). A head reads its task's
-manifest columns named after it: a task of one column reads the column ``NAME`` (``label`` reads ``label``,
+``--targets`` lists the heads ``NAME[:TASK[:LOSS]]``, comma-separated: ``TASK`` one of :data:`HEAD_TASKS`
+(classification, the default, survival, regression), ``LOSS`` one of its losses (default its first). A head reads its
+task's manifest columns named after it: a task of one column reads the column ``NAME`` (``label`` reads ``label``,
 ``grade:regression`` reads ``grade``), a task of several reads ``NAME_<column>`` (``os:survival`` reads ``os_time``
 and ``os_event``). At most one head is a classification (the run's classes); Cox is refused (its loss couples the
 bags of a step; the heads' losses are per bag: use ``nll``).
@@ -39,8 +39,15 @@ import numpy as np
 
 from ..errors import DataError
 from .base import Task
+from .classification import ClassificationTask
+from .regression import RegressionTask
+from .survival import SurvivalTask
 
-__all__ = ["MultitargetTask", "parse_heads"]
+__all__ = ["HEAD_TASKS", "MultitargetTask", "parse_heads"]
+
+#: The tasks a head may be, in the order a predictions file's columns are claimed (classification, the most general
+#: reader, last). Multilabel is not one: it is several heads itself. A new task that can be a head gets a place here.
+HEAD_TASKS: dict[str, type[Task]] = {t.name: t for t in (SurvivalTask, RegressionTask, ClassificationTask)}
 
 #: The columns of a predictions file that are a bag's, not a head's.
 _ID_COLUMNS = ("slide_id", "case_id", "repeat", "fold")
@@ -48,8 +55,6 @@ _ID_COLUMNS = ("slide_id", "case_id", "repeat", "fold")
 
 def parse_heads(targets: Sequence[str]) -> tuple[tuple[str, str, str | None], ...]:
     """``(name, task, loss)`` of each ``NAME[:TASK[:LOSS]]``; ValueError naming the item at fault."""
-    from . import TASKS
-
     heads = []
     for item in targets:
         parts = [p.strip() for p in str(item).split(":")]
@@ -59,9 +64,9 @@ def parse_heads(targets: Sequence[str]) -> tuple[tuple[str, str, str | None], ..
             parts[2] if len(parts) > 2 else None
         if "." in name or name in _ID_COLUMNS:
             raise ValueError(f"--targets: {name!r} cannot name a head (no '.', not {', '.join(_ID_COLUMNS)})")
-        kind = TASKS.get(task)
-        if kind is None or kind.needs_targets:
-            choices = ", ".join(t for t, k in TASKS.items() if not k.needs_targets)
+        kind = HEAD_TASKS.get(task)
+        if kind is None:
+            choices = ", ".join(HEAD_TASKS)
             raise ValueError(f"--targets: head {name!r}: task must be one of {choices}, got {task!r}")
         kind(loss)  # validates the loss
         if kind(loss).objective().coupled:
@@ -73,7 +78,7 @@ def parse_heads(targets: Sequence[str]) -> tuple[tuple[str, str, str | None], ..
         raise ValueError("--targets needs one or more heads NAME[:TASK[:LOSS]]")
     if len(set(names)) != len(names):
         raise ValueError(f"--targets names the head {sorted({n for n in names if names.count(n) > 1})[0]!r} twice")
-    if sum(TASKS[t].has_classes for _, t, _ in heads) > 1:
+    if sum(HEAD_TASKS[t].has_classes for _, t, _ in heads) > 1:
         raise ValueError("--targets: at most one classification head (the run's classes); several 0/1 targets are "
                          "a multilabel task")
     return tuple(heads)
@@ -131,11 +136,9 @@ class MultitargetTask(Task):
     @classmethod
     def kinds(cls) -> list[type[Task]]:
         """Each head's task."""
-        from . import TASKS
-
         if not cls.heads:
             raise ValueError("the multitarget task needs its heads: --targets label,os:survival,...")
-        return [TASKS[t] for _, t, _ in cls.heads]
+        return [HEAD_TASKS[t] for _, t, _ in cls.heads]
 
     @classmethod
     def names(cls) -> list[str]:
@@ -373,7 +376,6 @@ class MultitargetTask(Task):
         """Each head's evaluation, into ``out_dir/NAME/``, and the rows of all in ``out_dir/metrics.*``; all or
         nothing (staged beside ``out_dir``)."""
         from ..slides.tables import read_table
-        from . import task_for_columns
 
         predictions_csv = os.fspath(predictions_csv)
         columns, rows = read_table(predictions_csv, "predictions file")
@@ -384,6 +386,13 @@ class MultitargetTask(Task):
             stored = (run_head_info(run).get("head") or {})
             if stored.get("task") != cls.name or [h["name"] for h in stored.get("heads", [])] != names:
                 raise DataError(f"the run's heads are not this file's ({', '.join(names)})", path=os.fspath(run))
+        keep = [c for c in ("slide_id", "case_id") if c in columns]
+        views = {n: keep + [c[len(n) + 1:] for c in columns if c.startswith(f"{n}.")] for n in names}
+        kinds = {n: next(k for k in HEAD_TASKS.values() if k.claims(v)) for n, v in views.items()}
+        if threshold is not None and not any(k.has_classes for k in kinds.values()):
+            raise ValueError("a decision threshold is for a classification head; these predictions have none")
+        if times is not None and not any(k.takes_times for k in kinds.values()):
+            raise ValueError("--times is for a survival head (a risk column); these predictions have none")
         manifest_view = None if manifest is None else _read_manifest_cells(os.fspath(manifest))
         out_dir = Path(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -392,9 +401,7 @@ class MultitargetTask(Task):
             results, table = {}, []
             for name in names:
                 own = [c for c in columns if c.startswith(f"{name}.")]
-                keep = [c for c in ("slide_id", "case_id") if c in columns]
-                view_columns = keep + [c[len(name) + 1:] for c in own]
-                kind = task_for_columns(view_columns)
+                view_columns, kind = views[name], kinds[name]
                 view = stage / f".{name}.csv"
                 _write_csv(view, view_columns, [[cells[c] for c in keep + own] for _, cells in rows])
                 view_manifest = None
@@ -406,12 +413,10 @@ class MultitargetTask(Task):
                     have = [c for c in kind.columns if mapped[c] in m_cols]
                     _write_csv(view_manifest, ids + have,
                                [[cells[c] for c in ids] + [cells[mapped[c]] for c in have] for _, cells in m_rows])
-                from .survival import SurvivalTask
-
                 result = kind.evaluate(os.fspath(view), out_dir=stage / name, manifest=view_manifest,
                                        labels_from=labels_from, threshold=threshold if kind.has_classes else None,
                                        run=None, n_bootstrap=n_bootstrap, seed=seed,
-                                       times=times if issubclass(kind, SurvivalTask) else None,
+                                       times=times if kind.takes_times else None,
                                        risk_groups=risk_groups)
                 view.unlink()
                 if view_manifest is not None:
@@ -444,11 +449,9 @@ class MultitargetTask(Task):
 
     @classmethod
     def from_dict(cls, d: dict) -> Task:
-        from . import get_task
-
         specs = d.get("heads") or []
         task = _with_heads(tuple((h["name"], h["task"], h.get("loss")) for h in specs))
-        parts = tuple(get_task(h["task"]).from_dict(h) for h in specs)
+        parts = tuple(HEAD_TASKS[h["task"]].from_dict(h) for h in specs)
         return task(d.get("loss"), parts=parts, n_classes=int(d.get("n_classes") or 0))
 
 
@@ -500,10 +503,8 @@ def _move_into(stage: Path, out_dir: Path) -> None:
 @functools.cache
 def _with_heads(heads: tuple[tuple[str, str, str | None], ...]) -> type[MultitargetTask]:
     """One class per tuple of heads (cached: runs of the same heads share it)."""
-    from . import TASKS
-
-    columns = tuple(c for name, task, _ in heads for c in _columns_of(name, TASKS[task]).values())
-    metrics = tuple(f"{name}.{m}" for name, task, _ in heads for m in TASKS[task].metrics)
+    columns = tuple(c for name, task, _ in heads for c in _columns_of(name, HEAD_TASKS[task]).values())
+    metrics = tuple(f"{name}.{m}" for name, task, _ in heads for m in HEAD_TASKS[task].metrics)
     return type(f"MultitargetTask[{','.join(h[0] for h in heads)}]", (MultitargetTask,),
                 {"heads": heads, "columns": columns, "metrics": metrics, "__module__": __name__,
-                 "__qualname__": "MultitargetTask", "has_classes": any(TASKS[t].has_classes for _, t, _ in heads)})
+                 "__qualname__": "MultitargetTask", "has_classes": any(HEAD_TASKS[t].has_classes for _, t, _ in heads)})

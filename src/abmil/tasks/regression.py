@@ -108,10 +108,7 @@ class RegressionTask(Task):
                  run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int) -> dict:
         from ..report.regression_evaluate import evaluate_regression
 
-        if threshold is not None:
-            raise ValueError(f"a decision threshold is for classification; these are {cls.name} predictions")
-        if times is not None:
-            raise ValueError("--times is for survival predictions (a risk column)")
+        cls.check_evaluate_options(threshold, times)
         if run is not None:
             cls.check_run(run)
         return evaluate_regression(predictions_csv, cls, out_dir=out_dir, manifest=manifest, labels_from=labels_from,

@@ -56,6 +56,7 @@ class SurvivalTask(Task):
     metrics: ClassVar[tuple[str, ...]] = ("c_index",)
     stratum: ClassVar[str] = "event"
     loop_width: ClassVar[int] = 3
+    takes_times: ClassVar[bool] = True
     description: ClassVar[str] = "survival (time, event: 1 event, 0 censored)"
     metrics_note: ClassVar[str] = "c_index: Harrell's, of each fold's test risks."
 
@@ -238,8 +239,7 @@ class SurvivalTask(Task):
                  run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int) -> dict:
         from ..report.survival_evaluate import evaluate_survival
 
-        if threshold is not None:
-            raise ValueError(f"a decision threshold is for classification; these are {cls.name} predictions")
+        cls.check_evaluate_options(threshold, times)
         if run is not None:
             cls.check_run(run)
         return evaluate_survival(predictions_csv, cls, out_dir=out_dir, manifest=manifest, labels_from=labels_from,
