@@ -484,11 +484,7 @@ def _fit_title(fig, text, width_px: int) -> None:
     text.set_x(0.5)
     room = width_px - 8
     if text.get_window_extent(renderer).width > room:  # two lines of 7 pt fit the title band
-        title = text.get_text()
-        spaces = [i for i, c in enumerate(title) if c == " "]
-        if spaces:
-            cut = min(spaces, key=lambda i: abs(i - len(title) / 2))
-            text.set_text(title[:cut] + "\n" + title[cut + 1:])
+        text.set_text(_two_lines(text.get_text()))
         text.set_fontsize(7)
         text.set_linespacing(1.1)
     for _ in range(8):  # text width is not quite proportional to the font size (hinting): shrink until it fits
@@ -503,11 +499,7 @@ def _fit_label(fig, text, width_px: int) -> None:
     renderer = fig.canvas.get_renderer()
     if text.get_window_extent(renderer).width <= width_px:
         return
-    label = text.get_text()
-    spaces = [i for i, c in enumerate(label) if c == " "]
-    if spaces:
-        cut = min(spaces, key=lambda i: abs(i - len(label) / 2))
-        text.set_text(label[:cut] + "\n" + label[cut + 1:])
+    text.set_text(_two_lines(text.get_text()))
     text.set_fontsize(7)
     text.set_linespacing(1.0)
     for _ in range(8):
@@ -515,6 +507,15 @@ def _fit_label(fig, text, width_px: int) -> None:
         if extent <= width_px or text.get_fontsize() <= 4:
             break
         text.set_fontsize(max(4.0, text.get_fontsize() * 0.97 * width_px / extent))
+
+
+def _two_lines(text: str) -> str:
+    """``text`` cut in two lines at the space nearest its middle (as it is without a space)."""
+    spaces = [i for i, c in enumerate(text) if c == " "]
+    if not spaces:
+        return text
+    cut = min(spaces, key=lambda i: abs(i - len(text) / 2))
+    return text[:cut] + "\n" + text[cut + 1:]
 
 
 def _pyplot():

@@ -87,18 +87,26 @@ def write_folder(out_dir: Path, files: dict[str, bytes]) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the results from the user's group
-        if out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        if not out_dir.exists():
-            os.replace(tmp, out_dir)
-            return
-        if not out_dir.is_dir():
-            raise DataError("exists and is not a folder", path=os.fspath(out_dir))
-        for name in files:
-            os.replace(tmp / name, out_dir / name)
+        install_folder(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def install_folder(staged: Path, out_dir: Path) -> None:
+    """A folder written in full beside ``out_dir`` becomes it: renamed to ``out_dir`` (absent or empty), or each of
+    its entries moved into an existing ``out_dir`` (each move atomic; a subfolder replaces the one of its name)."""
+    os.chmod(staged, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the results from the user's group
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if not out_dir.exists():
+        os.replace(staged, out_dir)
+        return
+    if not out_dir.is_dir():
+        raise DataError("exists and is not a folder", path=os.fspath(out_dir))
+    for entry in staged.iterdir():
+        if (out_dir / entry.name).is_dir():
+            shutil.rmtree(out_dir / entry.name)
+        os.replace(entry, out_dir / entry.name)
 
 
 def _umask() -> int:

@@ -375,6 +375,7 @@ class MultitargetTask(Task):
                  run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int) -> dict:
         """Each head's evaluation, into ``out_dir/NAME/``, and the rows of all in ``out_dir/metrics.*``; all or
         nothing (staged beside ``out_dir``)."""
+        from ..report.bootstrap import install_folder
         from ..slides.tables import read_table
 
         predictions_csv = os.fspath(predictions_csv)
@@ -436,8 +437,7 @@ class MultitargetTask(Task):
             _write_csv(stage / "metrics.csv", list(table[0]) if table else ["target"],
                        [list(r.values()) for r in table])
             (stage / "metrics.md").write_text(_markdown(names, table))
-            os.chmod(stage, 0o755)
-            _move_into(stage, out_dir)
+            install_folder(stage, out_dir)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         return combined
@@ -482,22 +482,6 @@ def _markdown(names: list[str], table: list[dict]) -> str:
                              f"{'' if v is None else f'{v:.3f}'} | {ci} |")
         lines += ["", f"Each head's own report: `{name}/metrics.md`.", ""]
     return "\n".join(lines)
-
-
-def _move_into(stage: Path, out_dir: Path) -> None:
-    """``stage`` becomes ``out_dir`` (absent or empty), or its entries replace those of the same name there."""
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-    if not out_dir.exists():
-        os.replace(stage, out_dir)
-        return
-    if not out_dir.is_dir():
-        raise DataError("exists and is not a folder", path=os.fspath(out_dir))
-    for entry in stage.iterdir():
-        target = out_dir / entry.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(entry, target)
 
 
 @functools.cache
