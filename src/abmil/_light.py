@@ -32,6 +32,10 @@ _PREFIX = "_abmil_light."  # the copies live in sys.modules under this prefix (d
 _pending: dict[str, dict[str, tuple[str, str | None]]] = {}
 
 
+class _NotRun(Exception):
+    """A top-level statement that is not a definition: not run, so what it binds is unavailable."""
+
+
 def _bound_names(node: ast.stmt) -> set[str]:
     """Every module-level name a statement may bind."""
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -163,7 +167,7 @@ def _light_module(module: str) -> ModuleType:
                 _run_import(node, module, is_package)
                 continue
             if not isinstance(node, _DEFINITIONS):
-                raise NotImplementedError  # control flow, bare calls: not run; what they bind is unknown
+                raise _NotRun  # control flow, bare calls: not run; what they bind is unknown
             for name in _def_time_names(node, future) & _pending[module].keys():
                 _light_name(module, name)
             code = compile(ast.Module([node], type_ignores=[]), origin, "exec", flags=flags, dont_inherit=True)
