@@ -412,7 +412,10 @@ def _wsi_commands(commands) -> None:
     predict = commands.add_parser(
         "predict", help="class probabilities per slide and attention per patch from a trained run",
         description="Write OUT (CSV: slide_id, label, prob_<class>..., predicted) and, beside it, "
-                    "OUT's stem + .attention.h5 (per slide: attention, attention_logits, coords).")
+                    "OUT's stem + .attention.h5 (per slide: attention, attention_logits, coords). Slides the run's "
+                    "models trained or validated on are scored with a warning (how many, by which model) that is "
+                    "recorded in the HDF5: `abmil evaluate` refuses them without --allow-training-slides; a study's "
+                    "honest estimate is its OUT/oof.csv.")
     predict.add_argument("--run", required=True, metavar="RUN", help="an `abmil train` --out folder")
     inputs = predict.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--manifest", metavar="CSV", help="slides to predict")
@@ -516,7 +519,8 @@ def _wsi_commands(commands) -> None:
                                "(default 0.5); multi-class predictions take the argmax")
     decision.add_argument("--run", default=None, metavar="RUN",
                           help="read the threshold stored as \"threshold\" in RUN/threshold.json, run.json or "
-                               "checkpoint.json")
+                               "checkpoint.json; and refuse slides its models trained or validated on (a study's "
+                               "oof.csv: each row against its own fold's model)")
     evaluate.add_argument("--bootstrap", type=int, default=default_of(evaluate_predictions, "n_bootstrap"),
                           metavar="N", help="bootstrap resamples of the cases for 95%% intervals, 0 for none "
                                             "(default %(default)s)")
@@ -529,6 +533,10 @@ def _wsi_commands(commands) -> None:
                           default=default_of(evaluate_predictions, "risk_groups"),
                           help="survival: Kaplan-Meier curves and log-rank test of the median split (2) or tertiles "
                                "(3) of the risk (default %(default)s)")
+    evaluate.add_argument("--allow-training-slides", action="store_true",
+                          help="evaluate predictions of slides the run's models trained or validated on (which "
+                               "`abmil predict` records beside its CSV; or, with --run, its splits) with a warning "
+                               "in the output, instead of refusing them: their metrics are optimistic")
     evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -809,6 +817,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from abmil.slides.features import FeatureBagDataset
+    from abmil.slides.leakage import prediction_record, training_overlap
     from abmil.slides.predict import ensemble_head, load_models, predict_dataset, run_threshold, write_predictions
 
     runs = load_models(args.run, args.device, args.fold)
@@ -824,11 +833,14 @@ def _predict(args: argparse.Namespace) -> int:
                                 task=type(runs[0].head))
     preds = predict_dataset(runs, dataset)
     level = runs[0].bag_level
+    overlap = training_overlap(args.run, [p.slide_id for p in preds], args.fold)
     h5 = write_predictions(preds, classes, args.out, id_column=f"{level}_id", head=ensemble_head(runs),
-                           threshold=threshold)
+                           threshold=threshold, attrs=prediction_record(overlap))
     models = f", mean of {len(runs)} fold models" if len(runs) > 1 else ""
     decided = "" if threshold is None else f"; '{classes[1]}' at P >= {threshold:.4f}, the run's threshold"
     print(f"wrote {args.out} ({len(preds)} {level}s{models}{decided}), {h5}")
+    if overlap:
+        _warn(f"{overlap.message()}. `abmil evaluate` refuses these predictions without --allow-training-slides")
     return 0
 
 
@@ -867,8 +879,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate_predictions(args.predictions, out_dir=args.out, manifest=args.manifest,
                                   labels_from=args.labels_from, threshold=args.threshold, run=args.run,
                                   n_bootstrap=args.bootstrap, seed=args.seed, times=args.times,
-                                  risk_groups=args.risk_groups)
+                                  risk_groups=args.risk_groups, allow_training_slides=args.allow_training_slides)
     meta = result["meta"]
+    if "training_overlap" in meta:
+        _warn(meta["training_overlap"]["warning"])
     print(f"{meta['n_slides']} slides, {meta['n_cases']} cases; "
           + (meta["decision"] if "decision" in meta else f"{meta['task']}"))
     for r in result["metrics"]:
@@ -903,6 +917,11 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _error(message: str) -> None:
     print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _warn(message: str) -> None:
+    """A warning the user must not miss (stderr, one line, before the command's last words)."""
+    print(f"{PROG}: WARNING: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
 def _record_settings(parser: argparse.ArgumentParser, argv: Sequence[str], args: argparse.Namespace) -> None:
