@@ -407,6 +407,12 @@ def _wsi_commands(commands) -> None:
     train.add_argument("--n-bins", type=int, default=config("n_bins"), metavar="K",
                        help="survival nll: time bins, at the quantiles of the training part's event times "
                             "(default %(default)s)")
+    shown = train.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", dest="verbosity", action="store_const", const="quiet", default="normal",
+                       help="print the results only, no epoch or fold lines")
+    shown.add_argument("--verbose", dest="verbosity", action="store_const", const="verbose",
+                       help="with --folds: every epoch's line too (default: a progress bar per fold with its "
+                            "current validation metric, on a terminal, and a line per finished fold)")
     train.set_defaults(handler=_train)
 
     predict = commands.add_parser(
@@ -781,35 +787,35 @@ def wsi_config_from_args(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from abmil.cli_progress import TrainProgress
     from abmil.slides.features import FeatureBagDataset
+    from abmil.slides.manifest import VAL_SPLITS
     from abmil.train.distributed import world_from_env
 
     config = wsi_config_from_args(args)
     dataset = FeatureBagDataset(args.manifest, args.features, task=config.task_class())
-
-    def show(record: dict) -> None:
-        print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
-              flush=True)
+    progress = TrainProgress(args.verbosity, epochs=config.epochs, monitor=config.monitor)
 
     if args.folds is not None:
         from abmil.slides.study import cross_validate
 
-        def show_fold(record: dict) -> None:
-            test = record["test"]
-            print(f"fold {record['key']}: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in test.items() if v is not None) + f" (best epoch {record['best_epoch']})",
-                  flush=True)
-
-        summary = cross_validate(dataset, args.out, config, folds=args.folds, repeats=args.repeats,
-                                 device=args.device, on_epoch=lambda key, record: show({"fold": key, **record}),
-                                 on_fold=show_fold)
+        try:
+            summary = cross_validate(dataset, args.out, config, folds=args.folds, repeats=args.repeats,
+                                     device=args.device, on_epoch=lambda key, record: progress.epoch(record, key),
+                                     on_fold=progress.fold)
+        finally:
+            progress.close()
         print("mean over folds: " + ", ".join(
             f"{k} {v['mean']:.4f}" + (f" ± {v['sd']:.4f}" if v["sd"] is not None else "")
             for k, v in summary["mean"].items() if v["mean"] is not None))
         print(f"wrote {args.out}/oof.csv, summary.json/.csv/.md, splits.json, run.json")
         return 0
+    if not config.val_split and not any(s in VAL_SPLITS for s in dataset.splits) and world_from_env().is_main:
+        _warn("no validation slides (no --val-split, no val rows in the manifest's split column): nothing measures "
+              f"the model while it trains and the last of {config.epochs} epochs is kept whatever it is; give "
+              "--val-split 0.2 (or val rows) to watch it, --patience to stop early")
     info = _slide_training().train_feature_model(dataset, args.out, config, device=args.device, resume=args.resume,
-                                                 on_epoch=show)
+                                                 on_epoch=progress.epoch)
     if world_from_env().is_main:
         print(f"wrote {args.out}/checkpoint.json, {info['weights']} (epoch {info['epoch']})")
     return 0
