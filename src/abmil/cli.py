@@ -375,6 +375,10 @@ def _wsi_commands(commands) -> None:
                             "on the other folds less a validation part, its best validation epoch kept, predicting "
                             "its fold; writes OUT/oof.csv, OUT/summary.{json,csv,md}, OUT/splits.json, "
                             "OUT/folds/r<R>_f<F>/; rerun the same command to continue a stopped study")
+    train.add_argument("--splits-from", default=None, metavar="DIR",
+                       help="a study over CLAM's split files DIR/splits_K.csv (create_splits_seq.py: columns train, "
+                            "val, test of slide ids), K = 0..--folds-1 (default: all in DIR); disjoint test parts are "
+                            "one repeat's folds, overlapping ones (CLAM's Monte-Carlo splits) a repeat each")
     train.add_argument("--repeats", type=int, default=default_of(cross_validate, "repeats"), metavar="R",
                        help="with --folds: repeat the K folds R times, reshuffled (default %(default)s)")
     train.add_argument("--bag-level", default=config("bag_level"), metavar="slide|case",
@@ -796,13 +800,22 @@ def _train(args: argparse.Namespace) -> int:
     dataset = FeatureBagDataset(args.manifest, args.features, task=config.task_class())
     progress = TrainProgress(args.verbosity, epochs=config.epochs, monitor=config.monitor)
 
-    if args.folds is not None:
+    if args.folds is not None or args.splits_from is not None:
         from abmil.slides.study import cross_validate
 
+        given = {}
+        if args.splits_from is not None:
+            from abmil.slides.clam_splits import read_clam_splits
+
+            if args.repeats != 1:
+                raise ValueError("--repeats: the folds come from --splits-from (CLAM's splits_K.csv), not repeated")
+            given = {"splits": read_clam_splits(args.splits_from, dataset, bag_level=config.bag_level, k=args.folds,
+                                                seed=config.seed),
+                     "splitter": f"CLAM splits_K.csv files of {os.path.abspath(args.splits_from)}"}
         try:
             summary = cross_validate(dataset, args.out, config, folds=args.folds, repeats=args.repeats,
                                      device=args.device, on_epoch=lambda key, record: progress.epoch(record, key),
-                                     on_fold=progress.fold)
+                                     on_fold=progress.fold, **given)
         finally:
             progress.close()
         print("mean over folds: " + ", ".join(
