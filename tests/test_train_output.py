@@ -63,3 +63,13 @@ def test_a_run_without_validation_is_warned_about(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[0].startswith("wrote ")
     config = json.loads((tmp_path / "quiet" / "config.json").read_text())
     assert "quiet" not in config and "verbose" not in config and config["val-fraction"] == 0.25  # printing: no setting
+
+
+def test_the_library_warns_too(tmp_path):
+    from abmil.slides.features import FeatureBagDataset
+    from abmil.slides.train import NoValidationWarning, WSIConfig, train_feature_model
+
+    manifest, features = make_dataset(tmp_path, 4)
+    config = WSIConfig(epochs=1, hidden=8, att_dim=4)
+    with pytest.warns(NoValidationWarning, match="no validation slides"):
+        train_feature_model(FeatureBagDataset(manifest, features), tmp_path / "run", config)

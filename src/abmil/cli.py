@@ -40,6 +40,7 @@ import inspect
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -793,7 +794,6 @@ def wsi_config_from_args(args: argparse.Namespace) -> Any:
 def _train(args: argparse.Namespace) -> int:
     from abmil.cli_progress import TrainProgress
     from abmil.slides.features import FeatureBagDataset
-    from abmil.slides.manifest import VAL_SPLITS
     from abmil.train.distributed import world_from_env
 
     config = wsi_config_from_args(args)
@@ -823,12 +823,12 @@ def _train(args: argparse.Namespace) -> int:
             for k, v in summary["mean"].items() if v["mean"] is not None))
         print(f"wrote {args.out}/oof.csv, summary.json/.csv/.md, splits.json, run.json")
         return 0
-    if not config.val_split and not any(s in VAL_SPLITS for s in dataset.splits) and world_from_env().is_main:
-        _warn("no validation slides (no --val-split, no val rows in the manifest's split column): nothing measures "
-              f"the model while it trains and the last of {config.epochs} epochs is kept whatever it is; give "
-              "--val-split 0.2 (or val rows) to watch it, --patience to stop early")
-    info = _slide_training().train_feature_model(dataset, args.out, config, device=args.device, resume=args.resume,
-                                                 on_epoch=progress.epoch)
+    training = _slide_training()
+    with warnings.catch_warnings():  # the library's warning, as a line (under PYTHONWARNINGS=ignore too)
+        warnings.simplefilter("always", training.NoValidationWarning)
+        warnings.showwarning = lambda message, *_: _warn(str(message))
+        info = training.train_feature_model(dataset, args.out, config, device=args.device, resume=args.resume,
+                                            on_epoch=progress.epoch)
     if world_from_env().is_main:
         print(f"wrote {args.out}/checkpoint.json, {info['weights']} (epoch {info['epoch']})")
     return 0
