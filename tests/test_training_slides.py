@@ -117,6 +117,11 @@ def test_a_studys_own_cohort_points_to_oof_and_evaluate_checks_each_models_parts
     n = len(list(csv.DictReader(manifest.open())))
     assert f"{n} of the {n} slides scored" in err and "3 of the 3 fold model(s) that scored them (their mean)" in err
     assert str(run / "oof.csv") in err and "honest estimate" in err
+    with open(tmp_path / "all.csv", newline="") as fh:  # the manifest's patients kept, as in oof.csv
+        scored = list(csv.DictReader(fh))
+    assert list(scored[0])[:2] == ["slide_id", "case_id"]
+    assert [(r["slide_id"], r["case_id"]) for r in scored] == [
+        (r["slide_id"], r["case_id"] or r["slide_id"]) for r in csv.DictReader(manifest.open())]
     for key, f in folds.items():
         assert f"{key} trained on {len(f['train']['slides'])}, validated on {len(f['val']['slides'])}" in err
 

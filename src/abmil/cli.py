@@ -501,6 +501,11 @@ def _wsi_commands(commands) -> None:
     heat.add_argument("--device", default=default_of(slide_heatmap, "device"),
                       help="cpu, cuda or mps (default %(default)s)")
     heat.add_argument("--no-progress", action="store_true", help="no progress bar (--manifest)")
+    heat.add_argument("--skip-unreadable", action="store_true",
+                      help="--manifest: a slide that fails (image missing or unreadable, a corrupt tile, coordinates "
+                           "outside it, a bad feature file) is skipped and named at the end, the others painted "
+                           "(default: the first failure stops the batch, before anything is written where the checks "
+                           "find it)")
     heat.set_defaults(handler=_heatmap)
     _extract_command(commands)
 
@@ -853,8 +858,11 @@ def _predict(args: argparse.Namespace) -> int:
     preds = predict_dataset(runs, dataset)
     level = runs[0].bag_level
     overlap = training_overlap(args.run, [p.slide_id for p in preds], args.fold)
+    cases = dict(zip(dataset.slide_ids, dataset.case_ids))  # a manifest's patients: kept, as in oof.csv
+    keep_cases = level == "slide" and any(c != s for s, c in cases.items())
     h5 = write_predictions(preds, classes, args.out, id_column=f"{level}_id", head=ensemble_head(runs),
-                           threshold=threshold, attrs=prediction_record(overlap))
+                           threshold=threshold, attrs=prediction_record(overlap),
+                           case_ids=cases if keep_cases else None)
     models = f", mean of {len(runs)} fold models" if len(runs) > 1 else ""
     decided = "" if threshold is None else f"; '{classes[1]}' at P >= {threshold:.4f}, the run's threshold"
     print(f"wrote {args.out} ({len(preds)} {level}s{models}{decided}), {h5}")
@@ -881,7 +889,7 @@ def _heatmap(args: argparse.Namespace) -> int:
                 raise ValueError(f"--{flag} is for one --slide; with --manifest give --slides DIR")
         print(manifest_heatmaps(args.run, args.manifest, args.out, features_dir=args.features,
                                 slides_dir=args.slides, options=options, device=args.device,
-                                progress=not args.no_progress))
+                                progress=not args.no_progress, skip_unreadable=args.skip_unreadable))
         return 0
     for flag in ("features", "slides"):
         if getattr(args, flag) is not None:
