@@ -549,6 +549,8 @@ def _wsi_commands(commands) -> None:
                           default=default_of(evaluate_predictions, "risk_groups"),
                           help="survival: Kaplan-Meier curves and log-rank test of the median split (2) or tertiles "
                                "(3) of the risk (default %(default)s)")
+    evaluate.add_argument("--time-unit", default=None, metavar="UNIT",
+                          help="survival: the unit of the time column (e.g. months), named on km.png's time axis")
     evaluate.add_argument("--allow-training-slides", action="store_true",
                           help="evaluate predictions of slides the run's models trained or validated on (which "
                                "`abmil predict` records beside its CSV; or, with --run, its splits) with a warning "
@@ -906,7 +908,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate_predictions(args.predictions, out_dir=args.out, manifest=args.manifest,
                                   labels_from=args.labels_from, threshold=args.threshold, run=args.run,
                                   n_bootstrap=args.bootstrap, seed=args.seed, times=args.times,
-                                  risk_groups=args.risk_groups, allow_training_slides=args.allow_training_slides)
+                                  risk_groups=args.risk_groups, allow_training_slides=args.allow_training_slides,
+                                  time_unit=args.time_unit)
     meta = result["meta"]
     if "training_overlap" in meta:
         _warn(meta["training_overlap"]["warning"])
