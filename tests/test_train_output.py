@@ -29,8 +29,9 @@ def test_a_study_prints_a_line_per_fold(cohort, tmp_path, capsys, flag, epoch_li
     lines = captured.out.splitlines()
     assert sum(line.startswith("fold r0_f") and ", epoch " in line for line in lines) == epoch_lines
     assert sum(line.startswith("fold r0_f") and "(best epoch" in line for line in lines) == fold_lines
-    assert len(lines) == epoch_lines + fold_lines + 2  # + the mean over folds, the files written
-    assert lines[-2].startswith("mean over folds: auc ") and lines[-1].startswith("wrote ")
+    assert len(lines) == epoch_lines + fold_lines + 3  # + the mean over folds, the positive class, the files
+    assert lines[-3].startswith("mean over folds: auc ") and lines[-1].startswith("wrote ")
+    assert lines[-2].startswith("positive class 'tumor'")
     assert captured.err == ""  # no bar off a terminal; the study validates every fold: no warning
 
 
@@ -60,7 +61,7 @@ def test_a_run_without_validation_is_warned_about(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.err == "" and "val_loss" in captured.out
     assert main([*argv, "--out", str(tmp_path / "quiet"), "--val-split", "0.25", "--quiet"]) == 0
-    assert capsys.readouterr().out.splitlines()[0].startswith("wrote ")
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["positive", "wrote"]
     config = json.loads((tmp_path / "quiet" / "config.json").read_text())
     assert "quiet" not in config and "verbose" not in config and config["val-fraction"] == 0.25  # printing: no setting
 

@@ -412,6 +412,10 @@ def _wsi_commands(commands) -> None:
     train.add_argument("--n-bins", type=int, default=config("n_bins"), metavar="K",
                        help="survival nll: time bins, at the quantiles of the training part's event times "
                             "(default %(default)s)")
+    train.add_argument("--positive-class", default=None, metavar="NAME",
+                       help="two classes: the positive one, whose probability the AUC, the decision thresholds, "
+                            "sensitivity and the figures are about (stored in the run as the second class; "
+                            "default: the labels' last in sorted order)")
     shown = train.add_mutually_exclusive_group()
     shown.add_argument("--quiet", dest="verbosity", action="store_const", const="quiet", default="normal",
                        help="print the results only, no epoch or fold lines")
@@ -805,6 +809,18 @@ def _train(args: argparse.Namespace) -> int:
 
     config = wsi_config_from_args(args)
     dataset = FeatureBagDataset(args.manifest, args.features, task=config.task_class())
+    classes = config.task_class().class_names(dataset) if config.task == "classification" else []
+    if args.positive_class is not None:
+        from abmil.slides.manifest import positive_last
+
+        if config.task != "classification":
+            raise ValueError(f"--positive-class is for --task classification, not {config.task}")
+        classes = positive_last(classes, args.positive_class)  # the class order makes it the second
+        dataset = FeatureBagDataset(args.manifest, args.features, task=config.task_class(), classes=classes)
+    positive = "" if len(classes) != 2 else (
+        f"positive class {classes[1]!r}, the one AUC, thresholds and sensitivity are about ("
+        + ("--positive-class" if args.positive_class is not None else "the labels' last in sorted order; "
+           "--positive-class NAME to choose") + ")")
     progress = TrainProgress(args.verbosity, epochs=config.epochs, monitor=config.monitor)
 
     if args.folds is not None or args.splits_from is not None:
@@ -828,6 +844,8 @@ def _train(args: argparse.Namespace) -> int:
         print("mean over folds: " + ", ".join(
             f"{k} {v['mean']:.4f}" + (f" ± {v['sd']:.4f}" if v["sd"] is not None else "")
             for k, v in summary["mean"].items() if v["mean"] is not None))
+        if positive:
+            print(positive)
         print(f"wrote {args.out}/oof.csv, summary.json/.csv/.md, splits.json, run.json")
         return 0
     training = _slide_training()
@@ -837,6 +855,8 @@ def _train(args: argparse.Namespace) -> int:
         info = training.train_feature_model(dataset, args.out, config, device=args.device, resume=args.resume,
                                             on_epoch=progress.epoch)
     if world_from_env().is_main:
+        if positive:
+            print(positive)
         print(f"wrote {args.out}/checkpoint.json, {info['weights']} (epoch {info['epoch']})")
     return 0
 
