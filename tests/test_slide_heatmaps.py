@@ -351,6 +351,49 @@ def test_cli_bad_input_names_the_file_and_writes_nothing(world, tmp_path, capsys
     assert not (tmp_path / "one.png").exists()
 
 
+def test_skip_unreadable_paints_the_rest_of_a_batch(world, tmp_path, capsys, monkeypatch):
+    """One unreadable image, one missing, one corrupt tile found while painting: --skip-unreadable paints the
+    slides that can be painted and names the others; a rerun with the images repaired paints only those."""
+    root, *_ = world
+    manifest, feats, slides = cli_world(root, tmp_path)
+    for sid in ("s3", "s4"):
+        write_pyramidal_tiff(slides / f"{sid}.tif")
+        write_features(feats / f"{sid}.h5", grid_coords())
+    manifest.write_text("slide_id,label\ns1,tumor\ns2,\ns3,\ns4,\n")
+    (slides / "s2.tif").unlink()
+    (slides / "s2.svs").write_text("not a slide\n")
+    (slides / "s3.tif").rename(tmp_path / "s3.tif")
+    out = tmp_path / "out"
+    argv = ["heatmap", "--run", str(root / "run2" / "run"), "--manifest", str(manifest), "--features", str(feats),
+            "--slides", str(slides), "--out", str(out), "--max-size", "300", "--no-progress"]
+    fail(capsys, argv, "s3", "no slide image")  # the default: the first failure stops the batch
+    assert not out.exists()
+
+    from abmil.slides import wsi
+
+    read_region = wsi.Slide.read_region
+
+    def corrupt_s4(self, *args, **kwargs):
+        if self.path.name == "s4.tif":
+            raise self.error("a corrupt tile")
+        return read_region(self, *args, **kwargs)
+
+    monkeypatch.setattr(wsi.Slide, "read_region", corrupt_s4)
+    assert main([*argv, "--skip-unreadable"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 1 heatmap(s)" in printed and "skipped 3 slide(s)" in printed
+    assert "s2: " in printed and "not a whole-slide image" in printed and "s3: no slide image" in printed
+    assert "s4: " in printed and "corrupt tile" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["s1.png"]
+    monkeypatch.undo()
+    (slides / "s2.svs").unlink()
+    write_pyramidal_tiff(slides / "s2.tif")
+    (tmp_path / "s3.tif").rename(slides / "s3.tif")
+    assert main([*argv, "--skip-unreadable"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 3 heatmap(s)" in printed and "1 already there" in printed and "skipped" not in printed
+
+
 def test_missing_openslide_names_the_extra(world, tmp_path, monkeypatch, capsys):
     root, *_ = world
     monkeypatch.setitem(sys.modules, "openslide", None)  # import openslide -> ImportError

@@ -40,6 +40,7 @@ import inspect
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -375,6 +376,10 @@ def _wsi_commands(commands) -> None:
                             "on the other folds less a validation part, its best validation epoch kept, predicting "
                             "its fold; writes OUT/oof.csv, OUT/summary.{json,csv,md}, OUT/splits.json, "
                             "OUT/folds/r<R>_f<F>/; rerun the same command to continue a stopped study")
+    train.add_argument("--splits-from", default=None, metavar="DIR",
+                       help="a study over CLAM's split files DIR/splits_K.csv (create_splits_seq.py: columns train, "
+                            "val, test of slide ids), K = 0..--folds-1 (default: all in DIR); disjoint test parts are "
+                            "one repeat's folds, overlapping ones (CLAM's Monte-Carlo splits) a repeat each")
     train.add_argument("--repeats", type=int, default=default_of(cross_validate, "repeats"), metavar="R",
                        help="with --folds: repeat the K folds R times, reshuffled (default %(default)s)")
     train.add_argument("--bag-level", default=config("bag_level"), metavar="slide|case",
@@ -409,12 +414,25 @@ def _wsi_commands(commands) -> None:
     train.add_argument("--n-bins", type=int, default=config("n_bins"), metavar="K",
                        help="survival nll: time bins, at the quantiles of the training part's event times "
                             "(default %(default)s)")
+    train.add_argument("--positive-class", default=None, metavar="NAME",
+                       help="two classes: the positive one, whose probability the AUC, the decision thresholds, "
+                            "sensitivity and the figures are about (stored in the run as the second class; "
+                            "default: the labels' last in sorted order)")
+    shown = train.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", dest="verbosity", action="store_const", const="quiet", default="normal",
+                       help="print the results only, no epoch or fold lines")
+    shown.add_argument("--verbose", dest="verbosity", action="store_const", const="verbose",
+                       help="with --folds: every epoch's line too (default: a progress bar per fold with its "
+                            "current validation metric, on a terminal, and a line per finished fold)")
     train.set_defaults(handler=_train)
 
     predict = commands.add_parser(
         "predict", help="class probabilities per slide and attention per patch from a trained run",
         description="Write OUT (CSV: slide_id, label, prob_<class>..., predicted) and, beside it, "
-                    "OUT's stem + .attention.h5 (per slide: attention, attention_logits, coords).")
+                    "OUT's stem + .attention.h5 (per slide: attention, attention_logits, coords). Slides the run's "
+                    "models trained or validated on are scored with a warning (how many, by which model) that is "
+                    "recorded in the HDF5: `abmil evaluate` refuses them without --allow-training-slides; a study's "
+                    "honest estimate is its OUT/oof.csv.")
     predict.add_argument("--run", required=True, metavar="RUN", help="an `abmil train` --out folder")
     inputs = predict.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--manifest", metavar="CSV", help="slides to predict")
@@ -489,6 +507,11 @@ def _wsi_commands(commands) -> None:
     heat.add_argument("--device", default=default_of(slide_heatmap, "device"),
                       help="cpu, cuda or mps (default %(default)s)")
     heat.add_argument("--no-progress", action="store_true", help="no progress bar (--manifest)")
+    heat.add_argument("--skip-unreadable", action="store_true",
+                      help="--manifest: a slide that fails (image missing or unreadable, a corrupt tile, coordinates "
+                           "outside it, a bad feature file) is skipped and named at the end, the others painted "
+                           "(default: the first failure stops the batch, before anything is written where the checks "
+                           "find it)")
     heat.set_defaults(handler=_heatmap)
     _extract_command(commands)
 
@@ -518,7 +541,8 @@ def _wsi_commands(commands) -> None:
                                "(default 0.5); multi-class predictions take the argmax")
     decision.add_argument("--run", default=None, metavar="RUN",
                           help="read the threshold stored as \"threshold\" in RUN/threshold.json, run.json or "
-                               "checkpoint.json")
+                               "checkpoint.json; and refuse slides its models trained or validated on (a study's "
+                               "oof.csv: each row against its own fold's model)")
     evaluate.add_argument("--bootstrap", type=int, default=default_of(evaluate_predictions, "n_bootstrap"),
                           metavar="N", help="bootstrap resamples of the cases for 95%% intervals, 0 for none "
                                             "(default %(default)s)")
@@ -531,6 +555,12 @@ def _wsi_commands(commands) -> None:
                           default=default_of(evaluate_predictions, "risk_groups"),
                           help="survival: Kaplan-Meier curves and log-rank test of the median split (2) or tertiles "
                                "(3) of the risk (default %(default)s)")
+    evaluate.add_argument("--time-unit", default=None, metavar="UNIT",
+                          help="survival: the unit of the time column (e.g. months), named on km.png's time axis")
+    evaluate.add_argument("--allow-training-slides", action="store_true",
+                          help="evaluate predictions of slides the run's models trained or validated on (which "
+                               "`abmil predict` records beside its CSV; or, with --run, its splits) with a warning "
+                               "in the output, instead of refusing them: their metrics are optimistic")
     evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -775,42 +805,67 @@ def wsi_config_from_args(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from abmil.cli_progress import TrainProgress
     from abmil.slides.features import FeatureBagDataset
     from abmil.train.distributed import world_from_env
 
     config = wsi_config_from_args(args)
     dataset = FeatureBagDataset(args.manifest, args.features, task=config.task_class())
+    classes = config.task_class().class_names(dataset) if config.task == "classification" else []
+    if args.positive_class is not None:
+        from abmil.slides.manifest import positive_last
 
-    def show(record: dict) -> None:
-        print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
-              flush=True)
+        if config.task != "classification":
+            raise ValueError(f"--positive-class is for --task classification, not {config.task}")
+        classes = positive_last(classes, args.positive_class)  # the class order makes it the second
+        dataset = FeatureBagDataset(args.manifest, args.features, task=config.task_class(), classes=classes)
+    positive = "" if len(classes) != 2 else (
+        f"positive class {classes[1]!r}, the one AUC, thresholds and sensitivity are about ("
+        + ("--positive-class" if args.positive_class is not None else "the labels' last in sorted order; "
+           "--positive-class NAME to choose") + ")")
+    progress = TrainProgress(args.verbosity, epochs=config.epochs, monitor=config.monitor)
 
-    if args.folds is not None:
+    if args.folds is not None or args.splits_from is not None:
         from abmil.slides.study import cross_validate
 
-        def show_fold(record: dict) -> None:
-            test = record["test"]
-            print(f"fold {record['key']}: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in test.items() if v is not None) + f" (best epoch {record['best_epoch']})",
-                  flush=True)
+        given = {}
+        if args.splits_from is not None:
+            from abmil.slides.clam_splits import read_clam_splits
 
-        summary = cross_validate(dataset, args.out, config, folds=args.folds, repeats=args.repeats,
-                                 device=args.device, on_epoch=lambda key, record: show({"fold": key, **record}),
-                                 on_fold=show_fold)
+            if args.repeats != 1:
+                raise ValueError("--repeats: the folds come from --splits-from (CLAM's splits_K.csv), not repeated")
+            given = {"splits": read_clam_splits(args.splits_from, dataset, bag_level=config.bag_level, k=args.folds,
+                                                seed=config.seed),
+                     "splitter": f"CLAM splits_K.csv files of {os.path.abspath(args.splits_from)}"}
+        try:
+            summary = cross_validate(dataset, args.out, config, folds=args.folds, repeats=args.repeats,
+                                     device=args.device, on_epoch=lambda key, record: progress.epoch(record, key),
+                                     on_fold=progress.fold, **given)
+        finally:
+            progress.close()
         print("mean over folds: " + ", ".join(
             f"{k} {v['mean']:.4f}" + (f" ± {v['sd']:.4f}" if v["sd"] is not None else "")
             for k, v in summary["mean"].items() if v["mean"] is not None))
+        if positive:
+            print(positive)
         print(f"wrote {args.out}/oof.csv, summary.json/.csv/.md, splits.json, run.json")
         return 0
-    info = _slide_training().train_feature_model(dataset, args.out, config, device=args.device, resume=args.resume,
-                                                 on_epoch=show)
+    training = _slide_training()
+    with warnings.catch_warnings():  # the library's warning, as a line (under PYTHONWARNINGS=ignore too)
+        warnings.simplefilter("always", training.NoValidationWarning)
+        warnings.showwarning = lambda message, *_: _warn(str(message))
+        info = training.train_feature_model(dataset, args.out, config, device=args.device, resume=args.resume,
+                                            on_epoch=progress.epoch)
     if world_from_env().is_main:
+        if positive:
+            print(positive)
         print(f"wrote {args.out}/checkpoint.json, {info['weights']} (epoch {info['epoch']})")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from abmil.slides.features import FeatureBagDataset
+    from abmil.slides.leakage import prediction_record, training_overlap
     from abmil.slides.predict import ensemble_head, load_models, predict_dataset, run_threshold, write_predictions
 
     runs = load_models(args.run, args.device, args.fold)
@@ -826,11 +881,17 @@ def _predict(args: argparse.Namespace) -> int:
                                 task=type(runs[0].head))
     preds = predict_dataset(runs, dataset)
     level = runs[0].bag_level
+    overlap = training_overlap(args.run, [p.slide_id for p in preds], args.fold)
+    cases = dict(zip(dataset.slide_ids, dataset.case_ids))  # a manifest's patients: kept, as in oof.csv
+    keep_cases = level == "slide" and any(c != s for s, c in cases.items())
     h5 = write_predictions(preds, classes, args.out, id_column=f"{level}_id", head=ensemble_head(runs),
-                           threshold=threshold)
+                           threshold=threshold, attrs=prediction_record(overlap),
+                           case_ids=cases if keep_cases else None)
     models = f", mean of {len(runs)} fold models" if len(runs) > 1 else ""
     decided = "" if threshold is None else f"; '{classes[1]}' at P >= {threshold:.4f}, the run's threshold"
     print(f"wrote {args.out} ({len(preds)} {level}s{models}{decided}), {h5}")
+    if overlap:
+        _warn(f"{overlap.message()}. `abmil evaluate` refuses these predictions without --allow-training-slides")
     return 0
 
 
@@ -852,7 +913,7 @@ def _heatmap(args: argparse.Namespace) -> int:
                 raise ValueError(f"--{flag} is for one --slide; with --manifest give --slides DIR")
         print(manifest_heatmaps(args.run, args.manifest, args.out, features_dir=args.features,
                                 slides_dir=args.slides, options=options, device=args.device,
-                                progress=not args.no_progress))
+                                progress=not args.no_progress, skip_unreadable=args.skip_unreadable))
         return 0
     for flag in ("features", "slides"):
         if getattr(args, flag) is not None:
@@ -869,8 +930,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate_predictions(args.predictions, out_dir=args.out, manifest=args.manifest,
                                   labels_from=args.labels_from, threshold=args.threshold, run=args.run,
                                   n_bootstrap=args.bootstrap, seed=args.seed, times=args.times,
-                                  risk_groups=args.risk_groups)
+                                  risk_groups=args.risk_groups, allow_training_slides=args.allow_training_slides,
+                                  time_unit=args.time_unit)
     meta = result["meta"]
+    if "training_overlap" in meta:
+        _warn(meta["training_overlap"]["warning"])
     print(f"{meta['n_slides']} slides, {meta['n_cases']} cases; "
           + (meta["decision"] if "decision" in meta else f"{meta['task']}"))
     for r in result["metrics"]:
@@ -905,6 +969,11 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _error(message: str) -> None:
     print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _warn(message: str) -> None:
+    """A warning the user must not miss (stderr, one line, before the command's last words)."""
+    print(f"{PROG}: WARNING: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
 def _record_settings(parser: argparse.ArgumentParser, argv: Sequence[str], args: argparse.Namespace) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 from .errors import DataError
 
 #: Flags that are not settings of a run: never read from, nor written to, a settings file.
-NOT_SETTINGS = frozenset({"help", "version", "config", "handler", "command", "experiment", "explainer", "resume"})
+NOT_SETTINGS = frozenset({"help", "version", "config", "handler", "command", "experiment", "explainer", "resume",
+                          "verbosity"})  # how much train prints is no setting of the run
 
 
 def _load(path: str) -> dict[str, Any]:

@@ -351,7 +351,7 @@ def evaluate_classification(predictions_csv: str | os.PathLike, *, out_dir: str 
     ``threshold`` or ``run`` (a folder with a stored ``"threshold"``, :func:`read_run_threshold`): the binary
     decision threshold (default 0.5); multi-class predictions take the argmax. Nothing is written on any error.
     """
-    from .evaluation_plots import plot_calibration, plot_pr, plot_roc
+    from .evaluation_plots import ROC_BAND_RESAMPLES, plot_calibration, plot_pr, plot_roc
 
     pred = read_predictions(predictions_csv, manifest=manifest, labels_from=labels_from)
     thr, thr_source = _threshold(pred, threshold, run)
@@ -377,6 +377,9 @@ def evaluate_classification(predictions_csv: str | os.PathLike, *, out_dir: str 
                          for lv in levels},
         "n_bootstrap": n_bootstrap, "seed": seed, "ci_level": CI_LEVEL, "ece_bins": ECE_BINS,
         "plot_level": plot_level.name, "figures": figures,
+        "roc_band": {"n_bootstrap": ROC_BAND_RESAMPLES, "seed": seed, "level": plot_level.name,
+                     "method": "pointwise 95 % percentile band of the sensitivity at 101 false positive rates, rows "
+                               "resampled (abmil.report.evaluation_plots.roc_band)"},
         "notes": {
             "case_level": "case level: the mean of each case's slide probability vectors, then the same "
                           "metrics and threshold",
@@ -397,7 +400,7 @@ def evaluate_classification(predictions_csv: str | os.PathLike, *, out_dir: str 
              "metrics.csv": rows_csv(result).encode(), "metrics.md": _markdown(result).encode()}
     title = f"{plot_level.name} level, n = {len(plot_level.labels)}"
     files["roc.png"] = plot_roc(plot_level.labels, plot_level.probs, pred.classes, title=title,
-                                threshold=thr if binary else None)
+                                threshold=thr if binary else None, n_bootstrap=ROC_BAND_RESAMPLES, seed=seed)
     files["pr.png"] = plot_pr(plot_level.labels, plot_level.probs, pred.classes, title=title)
     files["reliability.png"] = plot_calibration(*calibration_target(plot_level.labels, plot_level.probs),
                                                 binary=binary, positive=pred.classes[1], n_bins=ECE_BINS,

@@ -12,12 +12,15 @@ into it.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..io import write_json_atomic, write_text_atomic
+from ..slides.leakage import TrainingOverlap, csv_overlap
 from ..slides.predictions import predictions_task
 from .bootstrap import CI_LEVEL, CSV_COLUMNS, LABEL_SOURCES, bootstrap, metric_rows
 from .class_evaluate import (
@@ -41,7 +44,8 @@ def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | o
                          manifest: str | os.PathLike | None = None, labels_from: str = "auto",
                          threshold: float | None = None, run: str | os.PathLike | None = None,
                          n_bootstrap: int = 1000, seed: int = 0, times: Sequence[float] | None = None,
-                         risk_groups: int = 2) -> dict[str, Any]:
+                         risk_groups: int = 2, allow_training_slides: bool = False,
+                         time_unit: str | None = None) -> dict[str, Any]:
     """Evaluate ``abmil predict``'s CSV by its task and write ``out_dir`` (``metrics.json``, ``metrics.csv``,
     ``metrics.md`` and the task's figures); returns the JSON's content (``{"meta": ..., "metrics": [rows]}``, rows
     ``level, metric, class, value, ci_low, ci_high, n_bootstrap, n_skipped``). Nothing is written on any error.
@@ -49,13 +53,41 @@ def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | o
     ``labels_from``: the truth from the predictions' own columns, a ``manifest``'s or ``auto``. Classification:
     ``threshold`` or ``run`` (a folder with a stored ``"threshold"``, :func:`read_run_threshold`), the binary decision
     threshold (default 0.5). Survival: ``times``, the times of the time-dependent metrics; ``risk_groups``, 2 or 3
-    Kaplan-Meier groups. ``run``: checked against the predictions (classes, task).
+    Kaplan-Meier groups; ``time_unit``, the unit of the times (named on km.png's axis). ``run``: checked against
+    the predictions (classes, task).
+
+    Slides the scoring models trained or validated on (:func:`abmil.slides.leakage.csv_overlap`: recorded by
+    ``abmil predict``, or found in ``run``'s splits) are refused with a ValueError saying how many and which,
+    unless ``allow_training_slides``: then evaluated, with ``meta["training_overlap"]`` (the overlap and its
+    ``"warning"``) in metrics.json and the warning atop metrics.md.
     """
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise DataError("output exists and is not a folder", path=os.fspath(out_dir))
     task = predictions_task(predictions_csv)
-    return task.evaluate(predictions_csv, out_dir=out_dir, manifest=manifest, labels_from=labels_from,
-                         threshold=threshold, run=run, n_bootstrap=n_bootstrap, seed=seed, times=times,
-                         risk_groups=risk_groups)
+    extra = {}
+    if time_unit is not None:  # survival's alone: the other tasks' evaluations take no such argument
+        if task.name != "survival":
+            raise ValueError(f"--time-unit names the unit of survival times; these are {task.name} predictions")
+        extra["time_unit"] = time_unit
+    overlap = csv_overlap(predictions_csv, run)
+    if overlap and not allow_training_slides:
+        raise ValueError(f"{os.fspath(predictions_csv)}: {overlap.message()}. Pass --allow-training-slides to "
+                         "evaluate them anyway")
+    result = task.evaluate(predictions_csv, out_dir=out_dir, manifest=manifest, labels_from=labels_from,
+                           threshold=threshold, run=run, n_bootstrap=n_bootstrap, seed=seed, times=times,
+                           risk_groups=risk_groups, **extra)
+    if overlap:
+        _mark_leaky(Path(out_dir), result, overlap)
+    return result
+
+
+def _mark_leaky(out_dir: Path, result: dict[str, Any], overlap: TrainingOverlap) -> None:
+    """An evaluation of training slides says so where its numbers are: metrics.json's meta, atop metrics.md."""
+    warning = f"{overlap.message()}."
+    result["meta"]["training_overlap"] = {**json.loads(overlap.to_json()), "warning": warning}
+    write_json_atomic(out_dir / "metrics.json", result)
+    md = out_dir / "metrics.md"
+    if md.is_file():
+        write_text_atomic(md, f"> **WARNING: {warning}**\n\n" + md.read_text(encoding="utf-8"))

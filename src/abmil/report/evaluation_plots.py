@@ -13,7 +13,8 @@ import numpy as np
 
 from .plots import _pyplot
 
-__all__ = ["bin_intervals", "numbers_at_risk", "plot_calibration", "plot_pr", "plot_roc", "roc_band"]
+__all__ = ["ROC_BAND_RESAMPLES", "bin_intervals", "numbers_at_risk", "plot_calibration", "plot_pr", "plot_roc",
+           "roc_band"]
 
 
 def _png(fig, dpi: int = 150) -> bytes:
@@ -80,8 +81,12 @@ def numbers_at_risk(time: np.ndarray, at: np.ndarray) -> np.ndarray:
     return t.size - np.searchsorted(t, np.asarray(at, dtype=np.float64), side="left")
 
 
+#: Resamples of the rows behind the ROC curve's band (:func:`roc_band`).
+ROC_BAND_RESAMPLES = 200
+
+
 def plot_roc(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], *, title: str,
-             threshold: float | None = None, n_bootstrap: int = 200, seed: int = 0) -> bytes:
+             threshold: float | None = None, n_bootstrap: int = ROC_BAND_RESAMPLES, seed: int = 0) -> bytes:
     """ROC curve(s): ``labels`` (n,) class indices, ``probs`` (n, n_classes). Binary: the positive class, with the
     operating point of ``threshold`` marked; multi-class: one curve per class, one-vs-rest. AUC in the legend; a
     shaded 95 % pointwise band of each curve from ``n_bootstrap`` resamples of the rows (:func:`roc_band`; 0:

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,13 +127,18 @@ def write_outcome_evaluation(predictions: str, task_name: str, *, out_dir: str |
                              has_cases: bool, n_bootstrap: int, seed: int,
                              metrics: Callable[[np.ndarray, np.ndarray], dict], figure: str,
                              plot: Callable[[Level, str], bytes], meta: dict | None = None,
-                             notes: dict[str, str] | None = None, lines: list[str] | None = None) -> dict[str, Any]:
+                             notes: dict[str, str] | None = None, lines: list[str] | None = None,
+                             point_only: Sequence[str] = ()) -> dict[str, Any]:
     """Bootstrap ``metrics(truth, outputs)`` over ``levels`` and write ``out_dir`` (metrics.json/.csv/.md and the
     ``figure`` that ``plot(level, title)`` draws of the last level), all or nothing; returns the JSON's content.
     ``meta``/``notes``: the task's additions to the JSON's meta (after the common keys) and notes (after the
-    bootstrap's); ``lines``: the task's lines of the Markdown's list."""
+    bootstrap's); ``lines``: the task's lines of the Markdown's list; ``point_only``: metrics reported without an
+    interval (a p-value: a bootstrap percentile interval of p is no confidence interval of anything)."""
     boot = bootstrap(levels, n_bootstrap, seed, metrics) if n_bootstrap else {}
     rows = metric_rows(levels, lambda lv: metrics(lv.labels, lv.probs), boot)
+    for r in rows:
+        if r["metric"] in point_only:
+            r.update(ci_low=None, ci_high=None, n_bootstrap=0, n_skipped=0)
     plot_level = levels[-1]
     m = {"task": task_name, "predictions": predictions, "manifest": None if manifest is None else os.fspath(manifest),
          "labels_from": source, "n_slides": n_slides, "n_cases": len(levels[0].rows_of_case),

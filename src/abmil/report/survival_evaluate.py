@@ -100,9 +100,11 @@ def evaluation_times(truth: np.ndarray, times: Sequence[float] | None) -> np.nda
 
 def evaluate_survival(predictions_csv: str | os.PathLike, task, *, out_dir: str | os.PathLike,
                       manifest: str | os.PathLike | None = None, labels_from: str = "auto", n_bootstrap: int = 1000,
-                      seed: int = 0, times: Sequence[float] | None = None, risk_groups: int = 2) -> dict[str, Any]:
+                      seed: int = 0, times: Sequence[float] | None = None, risk_groups: int = 2,
+                      time_unit: str | None = None) -> dict[str, Any]:
     """Evaluate survival predictions (``task``: their task, :class:`~abmil.tasks.survival.SurvivalTask`) and write
-    ``out_dir`` (metrics.json/.csv/.md and ``km.png``), all or nothing; returns the JSON's content."""
+    ``out_dir`` (metrics.json/.csv/.md and ``km.png``), all or nothing; returns the JSON's content. ``logrank_p``
+    has no interval (a p-value); ``time_unit`` (e.g. months) is named on km.png's time axis and in the meta."""
     _sksurv()
     if risk_groups not in (2, 3):
         raise ValueError(f"--risk-groups must be 2 (median split) or 3 (tertiles), got {risk_groups}")
@@ -118,20 +120,21 @@ def evaluate_survival(predictions_csv: str | os.PathLike, task, *, out_dir: str 
     meta = {"times": [float(t) for t in eval_times], "risk_groups": risk_groups,
             "n_events": int(levels[0].labels[:, 1].sum()),
             "censored_fraction": float(1 - levels[0].labels[:, 1].mean()),
-            "has_survival_function": bool(surv_times.size)}
+            "has_survival_function": bool(surv_times.size), "time_unit": time_unit}
     note = ("c_index_harrell: sksurv concordance_index_censored; c_index_uno: concordance_index_ipcw with tau = the "
             "last evaluation time and the censoring distribution of the evaluated set; auc: cumulative_dynamic_auc at "
             "each time; ibs: integrated_brier_score over 50 times between the 10th and 90th percentiles of the "
             "observed times (S(t) linear between the surv_<t> columns); logrank_p: compare_survival of the "
             + ("median split" if risk_groups == 2 else "tertiles") + " of the risk")
     lines = [f"- events: {meta['n_events']} (censored {meta['censored_fraction']:.0%}); times: "
-             f"{', '.join(f'{t:g}' for t in meta['times'])}", f"- {note}"]
+             f"{', '.join(f'{t:g}' for t in meta['times'])}" + (f" {time_unit}" if time_unit else ""), f"- {note}"]
     return write_outcome_evaluation(
         path, task.name, out_dir=out_dir, manifest=manifest, source=source, n_slides=len(slide_ids), levels=levels,
         has_cases=has_cases, n_bootstrap=n_bootstrap, seed=seed,
         metrics=lambda y, o: survival_metrics(y, o, eval_times, surv_times, risk_groups), figure="km.png",
-        plot=lambda level, title: plot_km(level.labels, level.probs[:, 0], risk_groups, title=title),
-        meta=meta, notes={"survival": note}, lines=lines)
+        plot=lambda level, title: plot_km(level.labels, level.probs[:, 0], risk_groups, title=title,
+                                          time_unit=time_unit),
+        meta=meta, notes={"survival": note}, lines=lines, point_only=("logrank_p",))
 
 
 def plot_km(truth: np.ndarray, risk: np.ndarray, groups: int, *, title: str, time_unit: str | None = None) -> bytes:

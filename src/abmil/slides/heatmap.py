@@ -24,6 +24,7 @@ import dataclasses
 import io
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -347,13 +348,19 @@ def slide_heatmap(run_dir: str | os.PathLike, slide_file: str | os.PathLike, out
 # ---------------------------------------------------------------------------------------------- a manifest
 def manifest_heatmaps(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
                       features_dir: str | os.PathLike | None = None, slides_dir: str | os.PathLike | None = None,
-                      options: HeatmapOptions | None = None, device: str = "cpu", progress: bool = True) -> str:
+                      options: HeatmapOptions | None = None, device: str = "cpu", progress: bool = True,
+                      skip_unreadable: bool = False) -> str:
     """A heatmap (and the extras ``options`` ask for) for every slide of ``manifest``, into ``out_dir``.
 
     Feature files are found as ``abmil predict`` finds them (``features_dir``, default the manifest's folder, or the
     ``path`` column); slide images as ``slides_dir/<slide_id>.svs`` (or another OpenSlide suffix,
     :data:`abmil.slides.wsi.SLIDE_SUFFIXES`). Every slide is checked first (files present, images readable,
-    coordinates inside the image); slides already done (:func:`is_complete`) are skipped."""
+    coordinates inside the image); slides already done (:func:`is_complete`) are skipped.
+
+    ``skip_unreadable``: a slide that fails (its image missing or unreadable, a corrupt tile, coordinates outside
+    it, a bad feature file: any :class:`~abmil.errors.DataError` of that slide, in the checks or while painting)
+    is left out, named in the returned text with its reason, and the others are painted; a rerun retries it. Else
+    the first failure stops the batch (one error; nothing is written when a check finds it)."""
     from tqdm.auto import tqdm
 
     from .features import FeatureBagDataset
@@ -367,23 +374,42 @@ def manifest_heatmaps(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
     dataset = FeatureBagDataset(manifest, features_dir, classes=run[0].classes, require_labels=False,
                                 task=type(run[0].head))
     out_dir = Path(out_dir)
-    jobs = []
+    jobs, failed = [], {}
+
+    def skip(job: _Job, error: DataError) -> bool:
+        if not skip_unreadable:
+            raise error
+        failed[job.file.slide_id] = " ".join(str(error).split())
+        return False
+
+    def attempt(job: _Job, step: Callable[[_Job], object]) -> bool:
+        try:
+            step(job)
+            return True
+        except DataError as e:
+            return skip(job, e)
+
     for file, label, outcome in zip(dataset.files, dataset.labels, dataset.outcomes):
         label = run[0].head.truth(label, outcome)  # the title's truth: the class, or the task's outcome
-        image = None
+        job = _Job(file, None, out_dir / f"{file.slide_id}.png", label)
         if slides_dir is not None:
-            image = find_slide(slides_dir, file.slide_id)
-            if image is None:
-                raise DataError(f"no slide image {file.slide_id}{{{','.join(SLIDE_SUFFIXES)}}} in {slides_dir}",
-                                path=os.fspath(manifest), bag=file.slide_id)
-        jobs.append(_Job(file, image, out_dir / f"{file.slide_id}.png", label))
-    todo = [job for job in jobs if not is_complete(job.out, options)]
-    for job in todo:  # no progress bar: an error must stay the one line on stderr
-        _check(job, run, options)
-    for job in tqdm(todo, desc="heatmaps", unit="slide", disable=not progress):
-        _render(run, job, options)
-    done = len(jobs) - len(todo)
-    return f"wrote {len(todo)} heatmap(s) to {out_dir}" + (f" ({done} already there)" if done else "")
+            job.image = find_slide(slides_dir, file.slide_id)
+            if job.image is None:
+                skip(job, DataError(f"no slide image {file.slide_id}{{{','.join(SLIDE_SUFFIXES)}}} in {slides_dir}",
+                                    path=os.fspath(manifest), bag=file.slide_id))
+                continue
+        jobs.append(job)
+    pending = [job for job in jobs if not is_complete(job.out, options)]
+    done = len(jobs) - len(pending)
+    # no progress bar: an error must stay the one line on stderr
+    todo = [job for job in pending if attempt(job, lambda j: _check(j, run, options))]
+    painted = [job for job in tqdm(todo, desc="heatmaps", unit="slide", disable=not progress)
+               if attempt(job, lambda j: _render(run, j, options))]
+    text = f"wrote {len(painted)} heatmap(s) to {out_dir}" + (f" ({done} already there)" if done else "")
+    if failed:
+        text += (f"; skipped {len(failed)} slide(s) that failed (rerun to retry them): "
+                 + "; ".join(f"{sid}: {why}" for sid, why in failed.items()))
+    return text
 
 
 # ---------------------------------------------------------------------------------------------- extras

@@ -181,6 +181,18 @@ def encode_labels(rows: Sequence[ManifestRow], classes: Sequence[str] | None = N
     return [index[r.label] for r in rows], names
 
 
+def positive_last(classes: Sequence[str], positive: str) -> list[str]:
+    """Two classes in the order that makes ``positive`` the second: the class whose probability the AUC, the
+    thresholds, sensitivity and the figures are about (by default the sorted labels' last). ValueError naming
+    ``--positive-class`` unless there are two classes and ``positive`` is one of them."""
+    names = [str(c) for c in classes]
+    if len(names) != 2:
+        raise ValueError(f"--positive-class is for two classes; the manifest has {len(names)}: {', '.join(names)}")
+    if str(positive) not in names:
+        raise ValueError(f"--positive-class {positive!r} is not a class of the manifest ({', '.join(names)})")
+    return [c for c in names if c != str(positive)] + [str(positive)]
+
+
 VAL_SPLITS = ("val", "valid", "validation")
 TRAIN_SPLIT = "train"
 #: The values a manifest's split column may hold (empty: the slide is left out of training and validation).

@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -89,11 +89,15 @@ def prediction_row(p: SlidePrediction, classes: Sequence[str], head: Task | None
 
 def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_path: str | os.PathLike,
                       h5_path: str | os.PathLike | None = None, id_column: str = "slide_id",
-                      head: Task | None = None, threshold: float | None = None) -> Path:
+                      head: Task | None = None, threshold: float | None = None,
+                      attrs: Mapping[str, str] | None = None, case_ids: Mapping[str, str] | None = None) -> Path:
     """Write the CSV and the attention HDF5 (default :func:`attention_path`); returns the HDF5 path.
     ``id_column``: the first column's name (``case_id`` for cases). ``head``: the run's task (None:
     classification; the HDF5's ``probabilities`` attribute holds its outputs, ``predicted``
-    :meth:`~abmil.tasks.base.Task.predicted`); ``threshold``: a two-class run's decision threshold."""
+    :meth:`~abmil.tasks.base.Task.predicted`); ``threshold``: a two-class run's decision threshold; ``attrs``: more
+    attributes of the HDF5 file (the run's record, :mod:`abmil.slides.leakage`); ``case_ids``: ``{slide id: case
+    id}``, written as a ``case_id`` column after the first (as a study's oof.csv), so that evaluate finds the
+    patients without the manifest."""
     head = head or ClassificationTask()
     import h5py
 
@@ -104,9 +108,11 @@ def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_
     h5_path = Path(h5_path) if h5_path is not None else attention_path(csv_path)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(prediction_header(classes, id_column, head))
+    header = prediction_header(classes, id_column, head)
+    writer.writerow(header if case_ids is None else [header[0], "case_id", *header[1:]])
     for p in preds:
-        writer.writerow(prediction_row(p, classes, head, threshold))
+        row = prediction_row(p, classes, head, threshold)
+        writer.writerow(row if case_ids is None else [row[0], case_ids[p.slide_id], *row[1:]])
     # Both files or neither: each goes to a temporary file, and they are renamed only once both are complete (the
     # HDF5 first). Should the CSV's rename then fail, a new HDF5 is taken back out.
     h5_is_new = not h5_path.exists()
@@ -116,6 +122,8 @@ def write_predictions(preds: Iterable[SlidePrediction], classes: list[str], csv_
             out_csv.write(buf.getvalue())
             h5.attrs["classes"] = classes
             h5.attrs["task"] = head.name
+            for key, value in (attrs or {}).items():
+                h5.attrs[key] = value
             for p in preds:
                 g = h5.create_group(p.slide_id)
                 if p.attention_logits is not None:

@@ -99,7 +99,8 @@ def _fold_metrics(preds: list, head) -> dict:
 
 def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: WSIConfig, *, folds: int,
                    repeats: int = 1, device: str = "cpu", on_epoch: Callable[[str, dict], None] | None = None,
-                   on_fold: Callable[[dict], None] | None = None, callbacks: Sequence[Callback] = ()) -> dict:
+                   on_fold: Callable[[dict], None] | None = None, callbacks: Sequence[Callback] = (),
+                   splits: Sequence[CaseSplit] | None = None, splitter: str | None = None) -> dict:
     """Run (or continue) a K-fold study of ``config`` on ``dataset`` in ``out``; returns the summary.
 
     Args:
@@ -112,6 +113,9 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
         on_epoch: called with (fold key, epoch record) after every epoch.
         on_fold: called with each fold's record once it is finished (or found finished).
         callbacks: training-loop callbacks of every fold.
+        splits: the folds, given (e.g. CLAM's split files, :func:`abmil.slides.clam_splits.read_clam_splits`)
+            instead of made (``folds``, ``repeats`` and ``val_split`` are then theirs); ``splitter``: how they
+            were made, for splits.json.
     """
     from ..experiments.runner import UnitCache, run_pending
     from ..train.distributed import world_from_env
@@ -134,9 +138,14 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
     in_dim = bags.validate()
     labels = np.asarray(task.strata(bags.labels, bags.outcomes, folds))
     task.check_study(bags.outcomes, dataset.manifest)
-    splits = case_cv_splits(labels, bags.case_ids, folds=folds, repeats=repeats, seed=config.seed,
-                            val_fraction=config.val_split, class_names=classes or None,
-                            stratum=task.stratum)
+    given = splits is not None
+    if given:
+        splits = list(splits)
+        folds, repeats = len({s.fold for s in splits}), len({s.repeat for s in splits})
+    else:
+        splits = case_cv_splits(labels, bags.case_ids, folds=folds, repeats=repeats, seed=config.seed,
+                                val_fraction=config.val_split, class_names=classes or None,
+                                stratum=task.stratum)
     if config.monitor == "val_auc":
         for s in splits:
             missing = [classes[c] for c in range(len(classes)) if not np.any(labels[s.val] == c)]
@@ -150,6 +159,11 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
                 "data": _fingerprint(ids, [task.truth(bags.labels[i], bags.outcomes[i]) for i in range(len(ids))],
                                      bags.case_ids),
                 "config": config.to_dict()}
+    if given:  # a rerun with other split files is another study
+        from ..experiments.runner import fingerprint
+
+        settings["splits"] = fingerprint([f"{s.key}:{s.train.tolist()}:{s.val.tolist()}:{s.test.tolist()}"
+                                          for s in splits])
     _check_out(out, settings)
 
     # ---- from here on, files are written
@@ -167,8 +181,10 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
 
     write_splits(out, {
         "bag_level": config.bag_level, "seed": config.seed, "val_fraction": config.val_split,
-        "splitter": "sklearn StratifiedGroupKFold(shuffle=True, random_state=seed*1000+repeat) over cases; "
-                    "validation: abmil.train.splits.stratified_group_holdout(seed=fold seed, min_per_class)",
+        "splitter": splitter or ("given" if given else
+                                 "sklearn StratifiedGroupKFold(shuffle=True, random_state=seed*1000+repeat) over "
+                                 "cases; validation: abmil.train.splits.stratified_group_holdout(seed=fold seed, "
+                                 "min_per_class)"),
         "folds": [{"key": s.key, "repeat": s.repeat, "fold": s.fold, "seed": s.seed,
                    "train": part(s.train), "val": part(s.val), "test": part(s.test)} for s in splits]})
 

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -178,6 +179,10 @@ class WSIConfig:
     def from_dict(cls, d: dict) -> WSIConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class NoValidationWarning(UserWarning):
+    """A run that trains without validation slides: nothing measures it, the last epoch is kept."""
 
 
 def build_model(in_dim: int, n_classes: int, config: WSIConfig, head: Task | None = None) -> torch.nn.Module:
@@ -378,9 +383,17 @@ def _train(dataset: FeatureBagDataset | CaseBagDataset, run_dir: Path, config: W
         return record
 
     class Report(Callback):
+        warned = False
+
         def on_epoch_end(self, epoch: int, record: dict, history: FitHistory) -> None:
             if on_epoch is not None and world.is_main:
                 on_epoch(record)
+            if not val_idx and world.is_main and not self.warned:  # once an epoch ran: the inputs were good
+                self.warned = True
+                warnings.warn(NoValidationWarning(
+                    "no validation slides (no --val-split, no val rows in the manifest's split column): nothing "
+                    f"measures the model while it trains and the last of {config.epochs} epochs is kept whatever "
+                    "it is; give --val-split 0.2 (or val rows) to watch it, --patience to stop early"), stacklevel=2)
 
     info = {"in_dim": in_dim, "classes": classes, "config": config.to_dict(),
             "world_size": world.size, "train_slides": train_slides,
