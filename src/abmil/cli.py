@@ -9,7 +9,8 @@
     abmil demo [--out DIR]
     abmil train --manifest CSV [--features DIR] --out RUN [--pooling gated|attention] [--epochs N] [--val-split F]
                 [--lr] [--seed] [--batch-size B | --batch-instances N] [--device cpu] [--bf16] [--resume]
-                [--folds K [--repeats R]] [--bag-level slide|case] [--patience N] [--monitor val_loss|val_error|val_auc]
+                [--folds K [--repeats R] [--group-by site]]
+                [--bag-level slide|case] [--patience N] [--monitor val_loss|val_error|val_auc]
                 [--class-weights balanced] [--sampler shuffle|balanced]
                 [--task classification|survival|regression|multilabel] [--targets A,B,...]
                 [--loss nll|cox|mse|huber] [--n-bins K]
@@ -20,7 +21,7 @@
     abmil compare RUN_A RUN_B [...] --out DIR [--manifest CSV --by site] [--bootstrap 1000] [--seed 0]
     abmil evaluate --predictions preds.csv [--manifest CSV] [--labels-from auto|predictions|manifest]
                    [--threshold T | --run RUN] [--bootstrap 1000] [--seed 0] [--times T1,T2] [--risk-groups 2|3]
-                   --out DIR
+                   [--by site] --out DIR
 
 Bad input (unknown names, a malformed data file or saved model, a non-finite hyperparameter, an --out that is a
 file, ...) prints one line ``abmil: error: ...`` on stderr naming the file, flag or bag, and exits with status 2
@@ -377,6 +378,10 @@ def _wsi_commands(commands) -> None:
                             "OUT/folds/r<R>_f<F>/; rerun the same command to continue a stopped study")
     train.add_argument("--repeats", type=int, default=default_of(cross_validate, "repeats"), metavar="R",
                        help="with --folds: repeat the K folds R times, reshuffled (default %(default)s)")
+    train.add_argument("--group-by", default=None, metavar="COLUMN",
+                       help="with --folds: site-preserved folds over this manifest column (typically site): each "
+                            "of its values whole in one test fold, leave-one-out when K equals their number; "
+                            "per-value metrics in the summary, the column in oof.csv")
     train.add_argument("--bag-level", default=config("bag_level"), metavar="slide|case",
                        help="a bag is a slide, or a case: all its slides pooled together, one prediction per case "
                             "(default %(default)s)")
@@ -529,6 +534,9 @@ def _wsi_commands(commands) -> None:
                           default=default_of(evaluate_predictions, "risk_groups"),
                           help="survival: Kaplan-Meier curves and log-rank test of the median split (2) or tertiles "
                                "(3) of the risk (default %(default)s)")
+    evaluate.add_argument("--by", default=None, metavar="COLUMN",
+                          help="also evaluate within each value of this column (e.g. site) of the predictions file "
+                               "(a --group-by study's oof.csv) or of --manifest")
     evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -545,7 +553,8 @@ def _wsi_commands(commands) -> None:
     compare.add_argument("--manifest", default=None, metavar="CSV",
                          help="the slides' truth (joined on slide_id) and the --by column")
     compare.add_argument("--by", default=None, metavar="COLUMN",
-                         help="also compare within each value of this manifest column (e.g. site)")
+                         help="also compare within each value of this column (e.g. site) of the first run's "
+                              "predictions (a --group-by study's oof.csv) or of --manifest")
     compare.add_argument("--bootstrap", type=int, default=default_of(compare_runs, "n_bootstrap"),
                          help="paired case resamples (default %(default)s; at least 100)")
     compare.add_argument("--seed", type=int, default=default_of(compare_runs, "seed"),
@@ -783,6 +792,8 @@ def _train(args: argparse.Namespace) -> int:
         print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
               flush=True)
 
+    if args.group_by is not None and args.folds is None:
+        raise ValueError(f"--group-by {args.group_by} makes site-preserved cross-validation folds: give --folds K")
     if args.folds is not None:
         from abmil.slides.study import cross_validate
 
@@ -794,7 +805,7 @@ def _train(args: argparse.Namespace) -> int:
 
         summary = cross_validate(dataset, args.out, config, folds=args.folds, repeats=args.repeats,
                                  device=args.device, on_epoch=lambda key, record: show({"fold": key, **record}),
-                                 on_fold=show_fold)
+                                 on_fold=show_fold, group_by=args.group_by)
         print("mean over folds: " + ", ".join(
             f"{k} {v['mean']:.4f}" + (f" ± {v['sd']:.4f}" if v["sd"] is not None else "")
             for k, v in summary["mean"].items() if v["mean"] is not None))
@@ -867,7 +878,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate_predictions(args.predictions, out_dir=args.out, manifest=args.manifest,
                                   labels_from=args.labels_from, threshold=args.threshold, run=args.run,
                                   n_bootstrap=args.bootstrap, seed=args.seed, times=args.times,
-                                  risk_groups=args.risk_groups)
+                                  risk_groups=args.risk_groups, by=args.by)
     meta = result["meta"]
     print(f"{meta['n_slides']} slides, {meta['n_cases']} cases; "
           + (meta["decision"] if "decision" in meta else f"{meta['task']}"))
@@ -875,9 +886,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         name = f"{r['metric']} ({r['class']})" if r["class"] else r["metric"]
         value = "n/a" if r["value"] is None else f"{r['value']:.3f}"
         ci = "" if r["ci_low"] is None else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        print(f"{r['level']:>5} {name:>24}: {value}{ci}" if r["metric"] != "logrank_p" else
-              f"{r['level']:>5} {name:>24}: {r['value']:.3g}" if r["value"] is not None else
-              f"{r['level']:>5} {name:>24}: n/a")
+        level = f"{r['group']:>8} {r['level']:>5}" if "group" in r else f"{r['level']:>5}"
+        print(f"{level} {name:>24}: {value}{ci}" if r["metric"] != "logrank_p" else
+              f"{level} {name:>24}: {r['value']:.3g}" if r["value"] is not None else
+              f"{level} {name:>24}: n/a")
     print(f"wrote {args.out}/metrics.json, metrics.csv, metrics.md, {', '.join(meta['figures'])}")
     return 0
 

@@ -41,7 +41,7 @@ def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | o
                          manifest: str | os.PathLike | None = None, labels_from: str = "auto",
                          threshold: float | None = None, run: str | os.PathLike | None = None,
                          n_bootstrap: int = 1000, seed: int = 0, times: Sequence[float] | None = None,
-                         risk_groups: int = 2) -> dict[str, Any]:
+                         risk_groups: int = 2, by: str | None = None) -> dict[str, Any]:
     """Evaluate ``abmil predict``'s CSV by its task and write ``out_dir`` (``metrics.json``, ``metrics.csv``,
     ``metrics.md`` and the task's figures); returns the JSON's content (``{"meta": ..., "metrics": [rows]}``, rows
     ``level, metric, class, value, ci_low, ci_high, n_bootstrap, n_skipped``). Nothing is written on any error.
@@ -49,7 +49,9 @@ def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | o
     ``labels_from``: the truth from the predictions' own columns, a ``manifest``'s or ``auto``. Classification:
     ``threshold`` or ``run`` (a folder with a stored ``"threshold"``, :func:`read_run_threshold`), the binary decision
     threshold (default 0.5). Survival: ``times``, the times of the time-dependent metrics; ``risk_groups``, 2 or 3
-    Kaplan-Meier groups. ``run``: checked against the predictions (classes, task).
+    Kaplan-Meier groups. ``run``: checked against the predictions (classes, task). ``by``: a column (e.g. ``site``,
+    of the predictions file, a site-preserved study's oof.csv, or of the manifest): the rows again within each of its
+    values (rows with a ``group``, ``all`` for every slide; each group its own case bootstrap).
     """
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
@@ -58,4 +60,4 @@ def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | o
     task = predictions_task(predictions_csv)
     return task.evaluate(predictions_csv, out_dir=out_dir, manifest=manifest, labels_from=labels_from,
                          threshold=threshold, run=run, n_bootstrap=n_bootstrap, seed=seed, times=times,
-                         risk_groups=risk_groups)
+                         risk_groups=risk_groups, **({} if by is None else {"by": by}))

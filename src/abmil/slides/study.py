@@ -34,6 +34,7 @@ from ..tasks import DEFAULT_TASK, Task, combine_heads, get_task, head_from_info
 from ..train.loop import Callback
 from ..train.splits import CaseSplit, case_cv_splits
 from .features import FeatureBagDataset, bags_at_level
+from .manifest import group_values
 from .predictions import prediction_header
 from .run_folder import (  # noqa: F401 (CV_FORMAT, fold_dirs, is_cv_run: imported from here before run_folder)
     CV_FORMAT,
@@ -99,7 +100,8 @@ def _fold_metrics(preds: list, head) -> dict:
 
 def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: WSIConfig, *, folds: int,
                    repeats: int = 1, device: str = "cpu", on_epoch: Callable[[str, dict], None] | None = None,
-                   on_fold: Callable[[dict], None] | None = None, callbacks: Sequence[Callback] = ()) -> dict:
+                   on_fold: Callable[[dict], None] | None = None, callbacks: Sequence[Callback] = (),
+                   group_by: str | None = None) -> dict:
     """Run (or continue) a K-fold study of ``config`` on ``dataset`` in ``out``; returns the summary.
 
     Args:
@@ -112,6 +114,10 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
         on_epoch: called with (fold key, epoch record) after every epoch.
         on_fold: called with each fold's record once it is finished (or found finished).
         callbacks: training-loop callbacks of every fold.
+        group_by: a manifest column (typically ``site``, :func:`~abmil.slides.manifest.group_values`): site-preserved
+            folds, each of its values whole in one test fold (leave-one-site-out when ``folds`` equals the number of
+            values; :func:`~abmil.train.splits.case_cv_splits` ``sites``); oof.csv gains the column and the summary
+            the metrics of each value (``by_group``).
     """
     from ..experiments.runner import UnitCache, run_pending
     from ..train.distributed import world_from_env
@@ -134,9 +140,10 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
     in_dim = bags.validate()
     labels = np.asarray(task.strata(bags.labels, bags.outcomes, folds))
     task.check_study(bags.outcomes, dataset.manifest)
+    groups = None if group_by is None else _bag_groups(dataset, bags, group_by, folds)
     splits = case_cv_splits(labels, bags.case_ids, folds=folds, repeats=repeats, seed=config.seed,
                             val_fraction=config.val_split, class_names=classes or None,
-                            stratum=task.stratum)
+                            stratum=task.stratum, sites=groups)
     if config.monitor == "val_auc":
         for s in splits:
             missing = [classes[c] for c in range(len(classes)) if not np.any(labels[s.val] == c)]
@@ -150,6 +157,8 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
                 "data": _fingerprint(ids, [task.truth(bags.labels[i], bags.outcomes[i]) for i in range(len(ids))],
                                      bags.case_ids),
                 "config": config.to_dict()}
+    if group_by is not None:  # only then: the settings of a study without groups stay as they were
+        settings["group_by"] = group_by
     _check_out(out, settings)
 
     # ---- from here on, files are written
@@ -165,12 +174,22 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
         cases = sorted(set(case_of[idx].tolist()))
         return {"cases": cases, "slides": slide_ids[np.isin(slide_case, cases)].tolist()}
 
-    write_splits(out, {
-        "bag_level": config.bag_level, "seed": config.seed, "val_fraction": config.val_split,
-        "splitter": "sklearn StratifiedGroupKFold(shuffle=True, random_state=seed*1000+repeat) over cases; "
-                    "validation: abmil.train.splits.stratified_group_holdout(seed=fold seed, min_per_class)",
-        "folds": [{"key": s.key, "repeat": s.repeat, "fold": s.fold, "seed": s.seed,
-                   "train": part(s.train), "val": part(s.val), "test": part(s.test)} for s in splits]})
+    def fold_split(s: CaseSplit) -> dict:
+        doc = {"key": s.key, "repeat": s.repeat, "fold": s.fold, "seed": s.seed,
+               "train": part(s.train), "val": part(s.val), "test": part(s.test)}
+        if groups is not None:
+            doc["test_groups"] = sorted(set(np.asarray(groups)[s.test].tolist()))
+        return doc
+
+    splitter = ("sklearn StratifiedGroupKFold(shuffle=True, random_state=seed*1000+repeat) over cases; "
+                "validation: abmil.train.splits.stratified_group_holdout(seed=fold seed, min_per_class)")
+    if groups is not None:
+        splitter = (f"site-preserved over the manifest column {group_by!r}: sklearn LeaveOneGroupOut when folds == "
+                    "its values, else StratifiedGroupKFold(shuffle=True, random_state=seed*1000+repeat) over them; "
+                    "validation: abmil.train.splits.stratified_group_holdout(seed=fold seed, min_per_class)")
+    write_splits(out, {"bag_level": config.bag_level, "seed": config.seed, "val_fraction": config.val_split,
+                       **({} if groups is None else {"group_by": group_by}), "splitter": splitter,
+                       "folds": [fold_split(s) for s in splits]})
 
     def unit_settings(s: CaseSplit) -> dict:
         return {"study": settings, "key": s.key, "seed": s.seed, "train": [ids[i] for i in s.train],
@@ -209,8 +228,10 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
         UnitCache(folder).write(FOLD_RECORD, record)
         return record
 
+    by = None if groups is None else (group_by, groups)
+
     def publish() -> None:
-        _write_results(out, dataset, bags, splits, records, classes, config.bag_level, task)
+        _write_results(out, dataset, bags, splits, records, classes, config.bag_level, task, by)
 
     def done(unit: CaseSplit, record: dict) -> None:
         if on_fold is not None:
@@ -219,7 +240,7 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
     if pending:
         folds_dir(out).mkdir(parents=True, exist_ok=True)
     run_pending(pending, work, records=records, publish=publish, on_done=done)
-    summary = _write_results(out, dataset, bags, splits, records, classes, config.bag_level, task)
+    summary = _write_results(out, dataset, bags, splits, records, classes, config.bag_level, task, by)
     thresholds = [records[k]["threshold"] for k in keys if records[k]["threshold"] is not None]
     write_run_json(out, {**run_info, "status": "finished",
                                        "threshold": float(np.mean(thresholds)) if thresholds else None,
@@ -228,12 +249,58 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
     return summary
 
 
+def _bag_groups(dataset: FeatureBagDataset, bags, column: str, folds: int) -> list[str]:
+    """Each bag's value of the manifest ``column`` (a case's slides share it); DataError / ValueError naming
+    ``--group-by`` or ``--folds`` where it cannot make ``folds`` site-preserved folds."""
+    values = group_values(dataset.manifest, column, dataset.slide_ids, flag="--group-by", cases=dataset.case_ids)
+    of_case = dict(zip(dataset.case_ids, values))
+    groups = values if bags is dataset else [of_case[c] for c in bags.case_ids]
+    found = sorted(set(groups))
+    if len(found) < 2:
+        raise DataError(f"--group-by {column}: every slide has {column} {found[0]!r}: site-preserved folds need at "
+                        "least two values (drop --group-by for case-level folds)", path=dataset.manifest)
+    if folds > len(found):
+        raise ValueError(f"--folds {folds} is more than the {len(found)} values of --group-by {column} "
+                         f"({', '.join(found)}): every test fold holds whole {column}s (use --folds {len(found)} for "
+                         f"leave-one-{column}-out, or fewer)")
+    return groups
+
+
+def _group_metrics(splits: list[CaseSplit], records: dict[str, dict], heads: dict, position: dict[str, int],
+                   column: str, groups: Sequence[str], metrics: Sequence[str]) -> dict:
+    """The summary's ``by_group``: the test metrics of each value of ``column`` in each repeat (a value lies whole in
+    one test fold: one fold model's predictions, :meth:`~abmil.tasks.base.Task.fold_metrics`), and their mean and SD
+    over the values."""
+    rows = []
+    for s in splits:
+        rec = records.get(s.key)
+        if rec is None:
+            continue
+        preds = rec["predictions"]
+        for g in sorted({groups[position[p[0]]] for p in preds}):
+            mine = [p for p in preds if groups[position[p[0]]] == g]
+            truths = [tuple(p[1]) if isinstance(p[1], list) else p[1] for p in mine]
+            values = heads[s.key].fold_metrics(truths, [np.asarray(p[2]) for p in mine])
+            rows.append({"group": g, "repeat": s.repeat, "fold": s.fold, "key": s.key, "n_test": len(mine),
+                         **{m: values[m] for m in metrics}})
+    mean = {}
+    for m in metrics:
+        v = np.array([r[m] for r in rows if r[m] is not None], dtype=np.float64)
+        mean[m] = {"mean": float(v.mean()) if v.size else None, "sd": float(v.std(ddof=1)) if v.size > 1 else None,
+                   "n_groups": int(v.size)}
+    return {"column": column, "per_group": rows, "mean": mean,
+            "note": f"each {column} is whole in one test fold: its metrics are that fold model's on its bags; mean "
+                    f"and SD (ddof 1) over the {column}s and repeats (None where undefined, e.g. one class)"}
+
+
 def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[CaseSplit], records: dict[str, dict],
-                   classes: list[str], bag_level: str, task: str | type[Task] = DEFAULT_TASK) -> dict:
+                   classes: list[str], bag_level: str, task: str | type[Task] = DEFAULT_TASK,
+                   by: tuple[str, Sequence[str]] | None = None) -> dict:
     """oof.csv and summary.{json,csv,md} of the finished folds (all of them at the end). A survival nll study's
     ``surv_<t>`` columns are at the mean of the finished folds' bin ends (each fold's survival function interpolated
     there: :func:`~abmil.tasks.combine_heads`); its ``risk`` is each fold model's own
-    (:meth:`~abmil.tasks.base.Task.study_row`)."""
+    (:meth:`~abmil.tasks.base.Task.study_row`). ``by``: (column, each bag's value) of a site-preserved study: the
+    column last in oof.csv, and the summary's ``by_group``."""
 
     first = "slide_id" if bag_level == "slide" else "case_id"
     extra = ["case_id"] if bag_level == "slide" else []
@@ -243,7 +310,8 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
     heads = {k: head_from_info(r) for k, r in records.items()}
     head = combine_heads(list(heads.values())) if heads else get_task(task)()
     header = prediction_header(classes, first, head)
-    writer.writerow([header[0], *extra, *header[1:], "repeat", "fold"])
+    group_cell = [] if by is None or by[0] in (*header, *extra, "repeat", "fold") else [by[0]]
+    writer.writerow([header[0], *extra, *header[1:], "repeat", "fold", *group_cell])
     repeats = sorted({s.repeat for s in splits})
     for r in repeats:
         rows = []
@@ -256,7 +324,8 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
                 label = tuple(label) if isinstance(label, list) else label
                 # the fold's own validation threshold
                 row = head.study_row(bag_id, label, np.asarray(probs), fold_head, classes, rec.get("threshold"))
-                cells = [row[0], *([bags.case_ids[position[bag_id]]] if extra else []), *row[1:], r, s.fold]
+                cells = [row[0], *([bags.case_ids[position[bag_id]]] if extra else []), *row[1:], r, s.fold,
+                         *([by[1][position[bag_id]]] if group_cell else [])]
                 rows.append((position[bag_id], cells))
         for _, cells in sorted(rows, key=lambda t: t[0]):
             writer.writerow(cells)
@@ -276,6 +345,8 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
                "sd": "sample standard deviation over folds (ddof 1)",
                "auc": "binary: of the last class; more classes: one-vs-rest macro (None where a class is absent)",
                "per_fold": per_fold, "mean": mean}
+    if by is not None:
+        summary["by_group"] = _group_metrics(splits, records, heads, position, by[0], by[1], metrics)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["key", "repeat", "fold", "n_test", *metrics, "threshold", "best_epoch", "epochs_run"])
@@ -289,8 +360,22 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
              "| metric | mean | SD | folds |", "|---|---|---|---|"]
     lines += [f"| {m} | {_fmt(mean[m]['mean'])} | {_fmt(mean[m]['sd'])} | {mean[m]['n_folds']} |" for m in metrics]
     lines += ["", *head.summary_table(per_fold)]
+    if by is not None:
+        lines += ["", *_group_table(summary["by_group"], metrics)]
     write_summary(out, summary, csv_text, "\n".join(lines) + "\n")
     return summary
+
+
+def _group_table(by_group: dict, metrics: Sequence[str]) -> list[str]:
+    """summary.md's table of each group's metrics (a site-preserved study)."""
+    column = by_group["column"]
+    lines = [f"## By {column}", "", f"| {column} | fold | n test | {' | '.join(metrics)} |",
+             "|---|---|---|" + "---|" * len(metrics)]
+    lines += [f"| {r['group']} | {r['key']} | {r['n_test']} | " + " | ".join(_fmt(r[m]) for m in metrics) + " |"
+              for r in by_group["per_group"]]
+    lines += ["| mean | | | " + " | ".join(_fmt(by_group["mean"][m]["mean"]) for m in metrics) + " |",
+              "| SD | | | " + " | ".join(_fmt(by_group["mean"][m]["sd"]) for m in metrics) + " |"]
+    return [*lines, "", by_group["note"][0].upper() + by_group["note"][1:] + "."]
 
 
 def _fmt(x: float | None) -> str:

@@ -234,7 +234,8 @@ class SurvivalTask(Task):
     # ------------------------------------------------------------------ evaluation
     @classmethod
     def evaluate(cls, predictions_csv: str, *, out_dir, manifest, labels_from: str, threshold: float | None,
-                 run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int) -> dict:
+                 run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int,
+                 by: str | None = None) -> dict:
         from ..report.survival_evaluate import evaluate_survival
 
         if threshold is not None:
@@ -242,7 +243,7 @@ class SurvivalTask(Task):
         if run is not None:
             cls.check_run(run)
         return evaluate_survival(predictions_csv, cls, out_dir=out_dir, manifest=manifest, labels_from=labels_from,
-                                 n_bootstrap=n_bootstrap, seed=seed, times=times, risk_groups=risk_groups)
+                                 n_bootstrap=n_bootstrap, seed=seed, times=times, risk_groups=risk_groups, by=by)
 
     @classmethod
     def scored_predictions(cls, predictions_csv: str, manifest):
