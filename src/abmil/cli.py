@@ -9,7 +9,7 @@
     abmil demo [--out DIR]
     abmil train --manifest CSV [--features DIR] --out RUN [--pooling gated|attention] [--epochs N] [--val-split F]
                 [--lr] [--seed] [--batch-size B | --batch-instances N] [--device cpu] [--bf16] [--resume]
-                [--folds K [--repeats R] [--group-by site]]
+                [--folds K [--repeats R] [--group-by site] [--seeds N]]
                 [--bag-level slide|case] [--patience N] [--monitor val_loss|val_error|val_auc]
                 [--class-weights balanced] [--sampler shuffle|balanced]
                 [--task classification|survival|regression|multilabel] [--targets A,B,...]
@@ -382,6 +382,10 @@ def _wsi_commands(commands) -> None:
                        help="with --folds: site-preserved folds over this manifest column (typically site): each "
                             "of its values whole in one test fold, leave-one-out when K equals their number; "
                             "per-value metrics in the summary, the column in oof.csv")
+    train.add_argument("--seeds", type=int, default=default_of(cross_validate, "seeds"), metavar="N",
+                       help="with --folds: a seed ensemble of N models per fold on the same split (each its own "
+                            "initialisation, epoch orders, dropout), predicting with their mean; the seed spread "
+                            "in the summary (default %(default)s)")
     train.add_argument("--bag-level", default=config("bag_level"), metavar="slide|case",
                        help="a bag is a slide, or a case: all its slides pooled together, one prediction per case "
                             "(default %(default)s)")
@@ -794,6 +798,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.group_by is not None and args.folds is None:
         raise ValueError(f"--group-by {args.group_by} makes site-preserved cross-validation folds: give --folds K")
+    if args.seeds != 1 and args.folds is None:
+        raise ValueError(f"--seeds {args.seeds} trains a seed ensemble per cross-validation fold: give --folds K")
     if args.folds is not None:
         from abmil.slides.study import cross_validate
 
@@ -805,7 +811,7 @@ def _train(args: argparse.Namespace) -> int:
 
         summary = cross_validate(dataset, args.out, config, folds=args.folds, repeats=args.repeats,
                                  device=args.device, on_epoch=lambda key, record: show({"fold": key, **record}),
-                                 on_fold=show_fold, group_by=args.group_by)
+                                 on_fold=show_fold, group_by=args.group_by, seeds=args.seeds)
         print("mean over folds: " + ", ".join(
             f"{k} {v['mean']:.4f}" + (f" ± {v['sd']:.4f}" if v["sd"] is not None else "")
             for k, v in summary["mean"].items() if v["mean"] is not None))

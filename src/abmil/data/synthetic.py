@@ -171,7 +171,7 @@ def write_multilabel_cohort(root: str | os.PathLike, targets: tuple[str, ...] = 
 
 
 def write_site_cohort(root: str | os.PathLike, *, n_sites: int = 4, patients_per_site: int = 12,
-                      prevalence: tuple[float, float] = (0.2, 0.8), site_shift: float = 2.0, shift: float = 1.5,
+                      prevalence: tuple[float, float] = (0.2, 0.8), site_shift: float = 2.0, shift: float = 3.0,
                       n_key: tuple[int, int] = (2, 4), sizes: tuple[int, int] = (16, 32), dim: int = 8,
                       seed: int = 0) -> tuple[Path, Path]:
     """A planted cohort of several sites (hospitals) whose slides carry the site and whose prevalence differs, so

@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import DataError
 from ..tasks import DEFAULT_TASK, Task, combine_heads, get_task, head_from_info
 from ..train.loop import Callback
-from ..train.splits import CaseSplit, case_cv_splits
+from ..train.splits import CaseSplit, case_cv_splits, member_seed
 from .features import FeatureBagDataset, bags_at_level
 from .manifest import group_values
 from .predictions import prediction_header
@@ -43,6 +43,7 @@ from .run_folder import (  # noqa: F401 (CV_FORMAT, fold_dirs, is_cv_run: import
     fold_dirs,
     folds_dir,
     is_cv_run,
+    member_dir,
     read_cv_run,
     write_oof,
     write_run_json,
@@ -101,7 +102,7 @@ def _fold_metrics(preds: list, head) -> dict:
 def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: WSIConfig, *, folds: int,
                    repeats: int = 1, device: str = "cpu", on_epoch: Callable[[str, dict], None] | None = None,
                    on_fold: Callable[[dict], None] | None = None, callbacks: Sequence[Callback] = (),
-                   group_by: str | None = None) -> dict:
+                   group_by: str | None = None, seeds: int = 1) -> dict:
     """Run (or continue) a K-fold study of ``config`` on ``dataset`` in ``out``; returns the summary.
 
     Args:
@@ -118,17 +119,23 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
             folds, each of its values whole in one test fold (leave-one-site-out when ``folds`` equals the number of
             values; :func:`~abmil.train.splits.case_cv_splits` ``sites``); oof.csv gains the column and the summary
             the metrics of each value (``by_group``).
+        seeds: a seed ensemble of this many models per fold, on the fold's split, each with its own seed
+            (:func:`~abmil.train.splits.member_seed`: initialisation, epoch orders, dropout); the fold predicts with
+            their mean (its threshold chosen on the mean's validation predictions) and the summary gives the spread
+            of the members' test metrics (``seed_spread``). 1: a study as without it.
     """
     from ..experiments.runner import UnitCache, run_pending
     from ..train.distributed import world_from_env
     from . import train as training  # its train_feature_model looked up at each fold, so that tests can wrap it
-    from .predict import load_run, predict_dataset
+    from .predict import ensemble_head, load_run, predict_dataset
 
     if world_from_env().size > 1:
         raise ValueError("--folds runs in one process: start it without torchrun (each fold may use a GPU)")
     if any(s is not None for s in dataset.splits):
         raise DataError("the manifest has a 'split' column but --folds makes its own splits: drop the column (keep "
                         "held-out test slides in another manifest, for `abmil predict`)", path=dataset.manifest)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"--seeds must be an integer >= 1, got {seeds!r}")
     out = Path(out)
     config = replace(config, val_split=config.val_split or DEFAULT_VAL_FRACTION)
     task = config.task_class()
@@ -159,6 +166,8 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
                 "config": config.to_dict()}
     if group_by is not None:  # only then: the settings of a study without groups stay as they were
         settings["group_by"] = group_by
+    if seeds > 1:  # likewise
+        settings["seeds"] = seeds
     _check_out(out, settings)
 
     # ---- from here on, files are written
@@ -193,7 +202,7 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
 
     def unit_settings(s: CaseSplit) -> dict:
         return {"study": settings, "key": s.key, "seed": s.seed, "train": [ids[i] for i in s.train],
-                "val": [ids[i] for i in s.val], "test": [ids[i] for i in s.test]}
+                "val": [ids[i] for i in s.val], "test": [ids[i] for i in s.test]}  # (settings hold seeds > 1)
 
     records: dict[str, dict] = {}
     pending = []
@@ -208,23 +217,32 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
 
     def work(s: CaseSplit) -> dict:
         folder = fold_dir(out, s.key)
-        fold_config = replace(config, seed=s.seed)
-        report = None if on_epoch is None else (lambda record: on_epoch(s.key, record))
         extra = {"callbacks": list(callbacks)} if callbacks else {}
-        info = training.train_feature_model(bags, folder, fold_config, device=device, resume=True, on_epoch=report,
-                                            split=(s.train, s.val), select_best=True, **extra)
-        run = load_run(folder, device)
+        histories, runs = [], []
+        for j in range(seeds):
+            name = s.key if j == 0 else f"{s.key}/s{j}"
+            report = None if on_epoch is None else (lambda record, name=name: on_epoch(name, record))
+            member = replace(config, seed=member_seed(s.seed, j))
+            info = training.train_feature_model(bags, member_dir(folder, j), member, device=device, resume=True,
+                                                on_epoch=report, split=(s.train, s.val), select_best=True, **extra)
+            histories.append(info["history"])
+            runs.append(load_run(member_dir(folder, j), device))
+        run = runs[0] if seeds == 1 else runs
         val = predict_dataset(run, dataset, s.val)
         test = predict_dataset(run, dataset, s.test)
-        head = run.head
+        head = runs[0].head if seeds == 1 else ensemble_head(runs)
         threshold = head.threshold(val, classes)
-        history = info["history"]
+        history = histories[0]
         record = {"settings": unit_settings(s), "key": s.key, "repeat": s.repeat, "fold": s.fold, "seed": s.seed,
                   "best_epoch": history.get("best_epoch", -1) + 1, "epochs_run": history.get("epochs_run"),
                   "stopped_early": history.get("stopped_early"), "threshold": threshold,
                   "val": _fold_metrics(val, head), "test": _fold_metrics(test, head), "head": head.to_dict(),
                   "predictions": [[p.slide_id, _plain_label(p.label), [float(v) for v in p.probabilities]]
                                   for p in test]}
+        if seeds > 1:
+            record["seeds"] = [{"member": j, "seed": member_seed(s.seed, j), "best_epoch": h.get("best_epoch", -1) + 1,
+                                "test": _fold_metrics(predict_dataset(r, dataset, s.test), r.head)}
+                               for j, (r, h) in enumerate(zip(runs, histories))]
         UnitCache(folder).write(FOLD_RECORD, record)
         return record
 
@@ -347,6 +365,8 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
                "per_fold": per_fold, "mean": mean}
     if by is not None:
         summary["by_group"] = _group_metrics(splits, records, heads, position, by[0], by[1], metrics)
+    if any("seeds" in records[s.key] for s in splits if s.key in records):
+        summary["seed_spread"] = _seed_spread([records[s.key] for s in splits if s.key in records], metrics)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["key", "repeat", "fold", "n_test", *metrics, "threshold", "best_epoch", "epochs_run"])
@@ -362,8 +382,43 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
     lines += ["", *head.summary_table(per_fold)]
     if by is not None:
         lines += ["", *_group_table(summary["by_group"], metrics)]
+    if "seed_spread" in summary:
+        lines += ["", *_seed_table(summary["seed_spread"], metrics)]
     write_summary(out, summary, csv_text, "\n".join(lines) + "\n")
     return summary
+
+
+def _seed_spread(records: list[dict], metrics: Sequence[str]) -> dict:
+    """The summary's ``seed_spread`` of a seed-ensemble study: per fold and metric the members' test values, their
+    mean and SD (ddof 1), and over the folds the mean of those SDs (the run-to-run spread of one model) beside the
+    ensemble's own mean (the summary's ``mean``)."""
+    per_fold, spread = [], {}
+    for rec in records:
+        row = {"key": rec["key"]}
+        for m in metrics:
+            v = [x["test"][m] for x in rec["seeds"] if x["test"][m] is not None]
+            row[m] = {"values": v, "mean": float(np.mean(v)) if v else None,
+                      "sd": float(np.std(v, ddof=1)) if len(v) > 1 else None}
+        per_fold.append(row)
+    for m in metrics:
+        sds = [r[m]["sd"] for r in per_fold if r[m]["sd"] is not None]
+        single = [r[m]["mean"] for r in per_fold if r[m]["mean"] is not None]
+        spread[m] = {"mean_sd": float(np.mean(sds)) if sds else None,
+                     "mean_single": float(np.mean(single)) if single else None}
+    return {"n_seeds": len(records[0]["seeds"]), "per_fold": per_fold, "mean": spread,
+            "note": "each fold's members are trained on the fold's split with their own seeds; the fold's "
+                    "predictions (and the summary's mean) are the members' mean; mean_sd: the mean over folds of the "
+                    "SD (ddof 1) of the members' test metric; mean_single: the mean over folds of the members' mean "
+                    "test metric"}
+
+
+def _seed_table(spread: dict, metrics: Sequence[str]) -> list[str]:
+    """summary.md's table of a seed-ensemble study's spread."""
+    lines = [f"## Seed spread ({spread['n_seeds']} seeds per fold)", "",
+             "| metric | one model (mean over folds and seeds) | SD over seeds (mean over folds) |", "|---|---|---|"]
+    lines += [f"| {m} | {_fmt(spread['mean'][m]['mean_single'])} | {_fmt(spread['mean'][m]['mean_sd'])} |"
+              for m in metrics]
+    return [*lines, "", spread["note"][0].upper() + spread["note"][1:] + "."]
 
 
 def _group_table(by_group: dict, metrics: Sequence[str]) -> list[str]:
