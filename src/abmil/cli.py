@@ -382,6 +382,9 @@ def _wsi_commands(commands) -> None:
                        help="with --folds: site-preserved folds over this manifest column (typically site): each "
                             "of its values whole in one test fold, leave-one-out when K equals their number; "
                             "per-value metrics in the summary, the column in oof.csv")
+    train.add_argument("--log", choices=("tensorboard",), default=None,
+                       help="also log every epoch's training loss and validation metrics as TensorBoard event files, "
+                            "OUT/logs/ (one folder per fold); needs the tensorboard package (.[tracking])")
     train.add_argument("--seeds", type=int, default=default_of(cross_validate, "seeds"), metavar="N",
                        help="with --folds: a seed ensemble of N models per fold on the same split (each its own "
                             "initialisation, epoch orders, dropout), predicting with their mean; the seed spread "
@@ -792,9 +795,17 @@ def _train(args: argparse.Namespace) -> int:
     config = wsi_config_from_args(args)
     dataset = FeatureBagDataset(args.manifest, args.features, task=config.task_class())
 
+    log = None
+    if args.log == "tensorboard" and world_from_env().is_main:
+        from abmil.train.tracking import TensorBoardLog
+
+        log = TensorBoardLog(os.path.join(args.out, "logs"))
+
     def show(record: dict) -> None:
         print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
               flush=True)
+        if log is not None:
+            log(str(record.get("fold", "")), {k: v for k, v in record.items() if k != "fold"})
 
     if args.group_by is not None and args.folds is None:
         raise ValueError(f"--group-by {args.group_by} makes site-preserved cross-validation folds: give --folds K")
@@ -815,10 +826,14 @@ def _train(args: argparse.Namespace) -> int:
         print("mean over folds: " + ", ".join(
             f"{k} {v['mean']:.4f}" + (f" ± {v['sd']:.4f}" if v["sd"] is not None else "")
             for k, v in summary["mean"].items() if v["mean"] is not None))
+        if log is not None:
+            log.close()
         print(f"wrote {args.out}/oof.csv, summary.json/.csv/.md, splits.json, run.json")
         return 0
     info = _slide_training().train_feature_model(dataset, args.out, config, device=args.device, resume=args.resume,
                                                  on_epoch=show)
+    if log is not None:
+        log.close()
     if world_from_env().is_main:
         print(f"wrote {args.out}/checkpoint.json, {info['weights']} (epoch {info['epoch']})")
     return 0
