@@ -118,3 +118,24 @@ def test_bad_site_inputs_are_refused_with_nothing_written(study, tmp_path, capsy
     refused([*base, "--manifest", "{ws}/split_case.csv", "--folds", "2", "--group-by", "site"],
             f"case {second['case_id']!r} has slides in two sites")
     refused([*base, "--manifest", str(manifest), "--group-by", "site"], "--group-by site")
+
+
+def test_evaluate_by_for_an_outcome_task_equals_each_value_alone(tmp_path):
+    """Regression predictions (the outcome tasks' shared writer): --by from a manifest, rows per value."""
+    rng = np.random.default_rng(0)
+    ids = [f"s{i:02d}" for i in range(30)]
+    target = rng.normal(10, 3, 30)
+    pred = target + rng.normal(0, 2, 30)
+    site = [("a", "b", "c")[i % 3] for i in range(30)]
+    preds = tmp_path / "preds.csv"
+    preds.write_text("slide_id,target,predicted\n" + "".join(f"{s},{t:.4f},{p:.4f}\n" for s, t, p in
+                                                             zip(ids, target, pred)))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide_id,target,site\n" + "".join(f"{s},{t:.4f},{g}\n" for s, t, g in zip(ids, target, site)))
+    result = evaluate_predictions(preds, out_dir=tmp_path / "by", manifest=manifest, by="site", n_bootstrap=20, seed=2)
+    alone = tmp_path / "b.csv"
+    alone.write_text("slide_id,target,predicted\n" + "".join(
+        f"{s},{t:.4f},{p:.4f}\n" for s, t, p, g in zip(ids, target, pred, site) if g == "b"))
+    ref = evaluate_predictions(alone, out_dir=tmp_path / "alone", n_bootstrap=20, seed=2)["metrics"]
+    assert [{k: v for k, v in r.items() if k != "group"} for r in result["metrics"] if r["group"] == "b"] == ref
+    assert "| site | level |" in (tmp_path / "by" / "metrics.md").read_text()

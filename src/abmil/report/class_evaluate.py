@@ -343,7 +343,7 @@ def _markdown(result: dict[str, Any]) -> str:
               f"- figures ({m['plot_level']} level): {', '.join(m['figures'])}", ""]
     lines = [ln for ln in lines[:-1] if ln] + [""]
     by = m.get("by")
-    lines += [("| " + by if by else "") + "| level | metric | class | value | 95% CI | resamples skipped |",
+    lines += [(f"| {by} " if by else "") + "| level | metric | class | value | 95% CI | resamples skipped |",
               ("|---" if by else "") + "|---|---|---|---|---|---|"]
     for r in result["metrics"]:
         ci = "n/a" if r["ci_low"] is None else f"{_fmt(r['ci_low'])} – {_fmt(r['ci_high'])}"

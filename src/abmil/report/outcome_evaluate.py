@@ -185,7 +185,7 @@ def _markdown(result: dict[str, Any], task_lines: list[str]) -> str:
              f"- truth: {m['labels_from']}" + (f" ({m['manifest']})" if m["manifest"] else ""),
              f"- slides: {m['n_slides']}; cases: {m['n_cases']}", *task_lines]
     lines += [f"- intervals: {m['notes']['bootstrap']}", f"- figure ({m['plot_level']} level): {m['figures'][0]}", "",
-              ("| " + m["by"] if m.get("by") else "") + "| level | metric | at | value | 95% CI | resamples skipped |",
+              (f"| {m['by']} " if m.get("by") else "") + "| level | metric | at | value | 95% CI | resamples skipped |",
               ("|---" if m.get("by") else "") + "|---|---|---|---|---|---|"]
     for r in result["metrics"]:
         f = (lambda v: "n/a" if v is None else f"{v:.3g}") if r["metric"] == "logrank_p" else \
