@@ -16,6 +16,10 @@ the kept epoch ``best_epoch``, counted from 1), oof.csv (every slide or case onc
 writes them plus ``case_id`` (slides), ``repeat`` and ``fold``), summary.json/.csv/.md (the task's metrics per fold,
 :attr:`abmil.tasks.base.Task.metrics`; mean and SD over the folds).
 
+Site-preserved folds (``group_by``, e.g. the manifest's ``site``): every value of the column whole in one test fold;
+oof.csv gains the column, the summary each value's metrics (``by_group``). Seed ensembles (``seeds`` N > 1): N models
+per fold on its split, the fold predicting with their mean, the members' spread in the summary (``seed_spread``).
+
 Every input check (manifest, cases, splits, settings) runs before anything is written.
 """
 from __future__ import annotations
