@@ -9,7 +9,8 @@
     abmil demo [--out DIR]
     abmil train --manifest CSV [--features DIR] --out RUN [--pooling gated|attention] [--epochs N] [--val-split F]
                 [--lr] [--seed] [--batch-size B | --batch-instances N] [--device cpu] [--bf16] [--resume]
-                [--folds K [--repeats R]] [--bag-level slide|case] [--patience N] [--monitor val_loss|val_error|val_auc]
+                [--folds K [--repeats R] [--group-by site] [--seeds N]]
+                [--bag-level slide|case] [--patience N] [--monitor val_loss|val_error|val_auc]
                 [--class-weights balanced] [--sampler shuffle|balanced]
                 [--task classification|survival|regression|multilabel|multitarget] [--targets A,B,...]
                 [--loss nll|cox|mse|huber] [--n-bins K]
@@ -20,7 +21,7 @@
     abmil compare RUN_A RUN_B [...] --out DIR [--manifest CSV --by site] [--bootstrap 1000] [--seed 0]
     abmil evaluate --predictions preds.csv [--manifest CSV] [--labels-from auto|predictions|manifest]
                    [--threshold T | --run RUN] [--bootstrap 1000] [--seed 0] [--times T1,T2] [--risk-groups 2|3]
-                   --out DIR
+                   [--by site] --out DIR
 
 Bad input (unknown names, a malformed data file or saved model, a non-finite hyperparameter, an --out that is a
 file, ...) prints one line ``abmil: error: ...`` on stderr naming the file, flag or bag, and exits with status 2
@@ -382,6 +383,17 @@ def _wsi_commands(commands) -> None:
                             "one repeat's folds, overlapping ones (CLAM's Monte-Carlo splits) a repeat each")
     train.add_argument("--repeats", type=int, default=default_of(cross_validate, "repeats"), metavar="R",
                        help="with --folds: repeat the K folds R times, reshuffled (default %(default)s)")
+    train.add_argument("--group-by", default=None, metavar="COLUMN",
+                       help="with --folds: site-preserved folds over this manifest column (typically site): each "
+                            "of its values whole in one test fold, leave-one-out when K equals their number; "
+                            "per-value metrics in the summary, the column in oof.csv")
+    train.add_argument("--log", choices=("tensorboard",), default=None,
+                       help="also log every epoch's training loss and validation metrics as TensorBoard event files, "
+                            "OUT/logs/ (one folder per fold); needs the tensorboard package (.[tracking])")
+    train.add_argument("--seeds", type=int, default=default_of(cross_validate, "seeds"), metavar="N",
+                       help="with --folds: a seed ensemble of N models per fold on the same split (each its own "
+                            "initialisation, epoch orders, dropout), predicting with their mean; the seed spread "
+                            "in the summary (default %(default)s)")
     train.add_argument("--bag-level", default=config("bag_level"), metavar="slide|case",
                        help="a bag is a slide, or a case: all its slides pooled together, one prediction per case "
                             "(default %(default)s)")
@@ -561,6 +573,9 @@ def _wsi_commands(commands) -> None:
                           help="evaluate predictions of slides the run's models trained or validated on (which "
                                "`abmil predict` records beside its CSV; or, with --run, its splits) with a warning "
                                "in the output, instead of refusing them: their metrics are optimistic")
+    evaluate.add_argument("--by", default=None, metavar="COLUMN",
+                          help="also evaluate within each value of this column (e.g. site) of the predictions file "
+                               "(a --group-by study's oof.csv) or of --manifest")
     evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -577,7 +592,8 @@ def _wsi_commands(commands) -> None:
     compare.add_argument("--manifest", default=None, metavar="CSV",
                          help="the slides' truth (joined on slide_id) and the --by column")
     compare.add_argument("--by", default=None, metavar="COLUMN",
-                         help="also compare within each value of this manifest column (e.g. site)")
+                         help="also compare within each value of this column (e.g. site) of the first run's "
+                              "predictions (a --group-by study's oof.csv) or of --manifest")
     compare.add_argument("--bootstrap", type=int, default=default_of(compare_runs, "n_bootstrap"),
                          help="paired case resamples (default %(default)s; at least 100)")
     compare.add_argument("--seed", type=int, default=default_of(compare_runs, "seed"),
@@ -824,8 +840,23 @@ def _train(args: argparse.Namespace) -> int:
         + ("--positive-class" if args.positive_class is not None else "the labels' last in sorted order; "
            "--positive-class NAME to choose") + ")")
     progress = TrainProgress(args.verbosity, epochs=config.epochs, monitor=config.monitor)
+    study = args.folds is not None or args.splits_from is not None
+    if args.group_by is not None and not study:
+        raise ValueError(f"--group-by {args.group_by} makes site-preserved cross-validation folds: give --folds K")
+    if args.seeds != 1 and not study:
+        raise ValueError(f"--seeds {args.seeds} trains a seed ensemble per cross-validation fold: give --folds K")
+    log = None
+    if args.log == "tensorboard" and world_from_env().is_main:
+        from abmil.train.tracking import TensorBoardLog
 
-    if args.folds is not None or args.splits_from is not None:
+        log = TensorBoardLog(os.path.join(args.out, "logs"))
+
+    def on_epoch(record: dict, key: str | None = None) -> None:
+        progress.epoch(record, key)
+        if log is not None:
+            log(key or "", record)
+
+    if study:
         from abmil.slides.study import cross_validate
 
         given = {}
@@ -839,10 +870,12 @@ def _train(args: argparse.Namespace) -> int:
                      "splitter": f"CLAM splits_K.csv files of {os.path.abspath(args.splits_from)}"}
         try:
             summary = cross_validate(dataset, args.out, config, folds=args.folds, repeats=args.repeats,
-                                     device=args.device, on_epoch=lambda key, record: progress.epoch(record, key),
-                                     on_fold=progress.fold, **given)
+                                     device=args.device, on_epoch=lambda key, record: on_epoch(record, key),
+                                     on_fold=progress.fold, group_by=args.group_by, seeds=args.seeds, **given)
         finally:
             progress.close()
+            if log is not None:
+                log.close()
         print("mean over folds: " + ", ".join(
             f"{k} {v['mean']:.4f}" + (f" ± {v['sd']:.4f}" if v["sd"] is not None else "")
             for k, v in summary["mean"].items() if v["mean"] is not None))
@@ -851,11 +884,15 @@ def _train(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}/oof.csv, summary.json/.csv/.md, splits.json, run.json")
         return 0
     training = _slide_training()
-    with warnings.catch_warnings():  # the library's warning, as a line (under PYTHONWARNINGS=ignore too)
-        warnings.simplefilter("always", training.NoValidationWarning)
-        warnings.showwarning = lambda message, *_: _warn(str(message))
-        info = training.train_feature_model(dataset, args.out, config, device=args.device, resume=args.resume,
-                                            on_epoch=progress.epoch)
+    try:
+        with warnings.catch_warnings():  # the library's warning, as a line (under PYTHONWARNINGS=ignore too)
+            warnings.simplefilter("always", training.NoValidationWarning)
+            warnings.showwarning = lambda message, *_: _warn(str(message))
+            info = training.train_feature_model(dataset, args.out, config, device=args.device, resume=args.resume,
+                                                on_epoch=on_epoch)
+    finally:
+        if log is not None:
+            log.close()
     if world_from_env().is_main:
         if positive:
             print(positive)
@@ -931,7 +968,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                                   labels_from=args.labels_from, threshold=args.threshold, run=args.run,
                                   n_bootstrap=args.bootstrap, seed=args.seed, times=args.times,
                                   risk_groups=args.risk_groups, allow_training_slides=args.allow_training_slides,
-                                  time_unit=args.time_unit)
+                                  time_unit=args.time_unit, by=args.by)
     meta = result["meta"]
     if "training_overlap" in meta:
         _warn(meta["training_overlap"]["warning"])
@@ -941,9 +978,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         name = f"{r['metric']} ({r['class']})" if r["class"] else r["metric"]
         value = "n/a" if r["value"] is None else f"{r['value']:.3f}"
         ci = "" if r["ci_low"] is None else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        print(f"{r['level']:>5} {name:>24}: {value}{ci}" if r["metric"] != "logrank_p" else
-              f"{r['level']:>5} {name:>24}: {r['value']:.3g}" if r["value"] is not None else
-              f"{r['level']:>5} {name:>24}: n/a")
+        level = f"{r['group']:>8} {r['level']:>5}" if "group" in r else f"{r['level']:>5}"
+        print(f"{level} {name:>24}: {value}{ci}" if r["metric"] != "logrank_p" else
+              f"{level} {name:>24}: {r['value']:.3g}" if r["value"] is not None else
+              f"{level} {name:>24}: n/a")
     print(f"wrote {args.out}/metrics.json, metrics.csv, metrics.md, {', '.join(meta['figures'])}")
     return 0
 

@@ -2,8 +2,9 @@
 demonstrations where the truth is known: :func:`write_patient_cohort` (patient-level leakage),
 :func:`write_outcome_cohort` (survival or regression outcomes carried by a few key patches),
 :func:`write_key_patch_cohort` (a classification cohort whose positive slides carry a few key patches: localisation
-has a truth) and :func:`write_multilabel_cohort` (several 0/1 targets, each carried by its own key patches), and
-:func:`write_multitarget_cohort` (a class, a survival outcome and a grade, each carried by its own key patches).
+has a truth), :func:`write_multilabel_cohort` (several 0/1 targets, each carried by its own key patches),
+:func:`write_multitarget_cohort` (a class, a survival outcome and a grade, each carried by its own key patches) and
+:func:`write_site_cohort` (sites whose slides differ by a feature offset and whose prevalence differs: site leakage).
 
 :func:`write_patient_cohort` makes the case that shows why splits must keep a patient's slides together: every slide
 of a patient shares that patient's *signature* (a random feature vector plus noise) and the label is drawn per patient,
@@ -194,6 +195,50 @@ def write_multitarget_cohort(root: str | os.PathLike, n_slides: int = 60, *, see
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest, features, keys
+
+
+def write_site_cohort(root: str | os.PathLike, *, n_sites: int = 4, patients_per_site: int = 12,
+                      prevalence: tuple[float, float] = (0.2, 0.8), site_shift: float = 2.0, shift: float = 3.0,
+                      n_key: tuple[int, int] = (2, 4), sizes: tuple[int, int] = (16, 32), dim: int = 8,
+                      seed: int = 0) -> tuple[Path, Path]:
+    """A planted cohort of several sites (hospitals) whose slides carry the site and whose prevalence differs, so
+    that a model can score by recognising the site: the site leakage that site-preserved folds remove.
+
+    Site ``s`` has ``patients_per_site`` patients, ``round(p_s * n)`` of them ``pos`` with ``p_s`` alternating
+    between ``prevalence[0]`` (even sites) and ``prevalence[1]`` (odd sites); every patch of its slides is offset by
+    ``site_shift`` along the site's own random unit direction (a staining or scanner signature: the directions are
+    independent of the labels, so an unseen site's offset says nothing about its slides). Each patient has one or two
+    slides of ``sizes`` (half-open) patches of ``N(0, I)`` features in ``dim`` dimensions; a positive patient's
+    slides carry ``n_key`` (inclusive) key patches with features 0 and 1 shifted by ``shift``: the real, weaker
+    signal that does carry over to a new site.
+
+    Writes ``root/features/<slide_id>.h5`` (``features``, ``coords``) and ``root/manifest.csv`` (``slide_id, label,
+    case_id, site``). Returns (manifest, features_dir)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    features = root / "features"
+    features.mkdir(parents=True, exist_ok=True)
+    rows = [("slide_id", "label", "case_id", "site")]
+    for s in range(n_sites):
+        site = f"site{s}"
+        direction = rng.normal(size=dim)
+        offset = site_shift * direction / np.linalg.norm(direction)
+        n_pos = int(round(prevalence[s % 2] * patients_per_site))
+        positive = rng.permutation(np.arange(patients_per_site) < n_pos)
+        for p in range(patients_per_site):
+            case_id = f"{site}_p{p:02d}"
+            for k in range(int(rng.integers(1, 3))):
+                n = int(rng.integers(*sizes))
+                x = rng.standard_normal((n, dim)) + offset
+                if positive[p]:
+                    x[rng.choice(n, size=int(rng.integers(n_key[0], n_key[1] + 1)), replace=False), :2] += shift
+                sid = f"{case_id}_s{k}"
+                _write_bag(features, sid, x.astype(np.float32))
+                rows.append((sid, ("neg", "pos")[bool(positive[p])], case_id, site))
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return manifest, features
 
 
 def _write_bag(features: Path, slide_id: str, x: np.ndarray) -> None:

@@ -22,8 +22,8 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["CI_LEVEL", "CSV_COLUMNS", "LABEL_SOURCES", "Level", "bootstrap", "metric_rows", "rows_csv",
-           "write_folder"]
+__all__ = ["CI_LEVEL", "CSV_COLUMNS", "LABEL_SOURCES", "Level", "bootstrap", "by_values", "case_groups",
+           "group_metric_rows", "metric_rows", "rows_csv", "subset_levels", "write_folder"]
 
 CI_LEVEL = 0.95
 #: Where the truth comes from: the predictions' own columns or a manifest's (``auto``: the manifest's when given).
@@ -69,10 +69,11 @@ CSV_COLUMNS = ("level", "metric", "class", "value", "ci_low", "ci_high", "n_boot
 def rows_csv(result: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
+    columns = ("group", *CSV_COLUMNS) if result["metrics"] and "group" in result["metrics"][0] else CSV_COLUMNS
+    w.writerow(columns)
     for r in result["metrics"]:
         w.writerow(["" if r[c] is None else (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c])
-                    for c in CSV_COLUMNS])
+                    for c in columns])
     return buf.getvalue()
 
 
@@ -133,4 +134,52 @@ def metric_rows(levels: Sequence, point: Callable[[Any], dict], boot: dict) -> l
             rows.append({"level": lv.name, "metric": metric, "class": cls, "value": _plain(value),
                          "ci_low": _plain(lo), "ci_high": _plain(hi), "n_bootstrap": int(ok.size),
                          "n_skipped": int(values.size - ok.size)})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- rows by group
+def by_values(by: str, slide_ids: Sequence[str], predictions: str | os.PathLike,
+              manifest: str | os.PathLike | None, cases: Sequence[str] | None = None) -> list[str]:
+    """Each slide's value of the column ``by`` (``--by``, e.g. ``site``): from the predictions file when it has the
+    column (a site-preserved study's oof.csv), else from ``manifest``
+    (:func:`abmil.slides.manifest.group_values`; ``cases``: a case's slides must share a value)."""
+    from ..slides.manifest import group_values
+    from ..slides.tables import read_csv
+
+    columns, _ = read_csv(os.fspath(predictions), "predictions file")
+    if by not in columns and manifest is None:
+        raise DataError(f"--by {by}: no column {by!r} here (found: {', '.join(columns)}): give --manifest with the "
+                        "column", path=os.fspath(predictions))
+    return group_values(predictions if by in columns else manifest, by, slide_ids, flag="--by", cases=cases)
+
+
+def case_groups(values: Sequence[str], case_ids: Sequence[str]) -> list[tuple[str, np.ndarray]]:
+    """``[(value, its cases (m,) int) ...]``, values sorted; cases numbered in first-appearance order, as the levels'
+    ``rows_of_case`` (each slide's ``values`` and ``case_ids``; a case's slides share a value)."""
+    cases = list(dict.fromkeys(case_ids))
+    value = dict(zip(case_ids, values))
+    return [(g, np.flatnonzero([value[c] == g for c in cases])) for g in sorted(set(values))]
+
+
+def subset_levels(levels: Sequence[Level], cases: np.ndarray) -> list[Level]:
+    """``levels`` restricted to the cases ``cases`` (positions into ``rows_of_case``), each level's rows re-numbered."""
+    out = []
+    for lv in levels:
+        parts = [lv.rows_of_case[c] for c in cases]
+        rows = np.concatenate(parts)
+        ends = np.cumsum([len(p) for p in parts])
+        out.append(Level(lv.name, lv.labels[rows], lv.probs[rows], [np.arange(e - len(p), e) for p, e in
+                                                                     zip(parts, ends)]))
+    return out
+
+
+def group_metric_rows(levels: Sequence[Level], groups: Sequence[tuple[str, np.ndarray]], n_bootstrap: int, seed: int,
+                      metrics: Callable[[np.ndarray, np.ndarray], dict]) -> list[dict]:
+    """:func:`metric_rows` of each group's cases (:func:`case_groups`), each with its own case bootstrap (the same
+    ``seed``), the rows tagged ``group``."""
+    rows = []
+    for name, cases in groups:
+        sub = subset_levels(levels, cases)
+        boot = bootstrap(sub, n_bootstrap, seed, metrics) if n_bootstrap else {}
+        rows += [{"group": name, **r} for r in metric_rows(sub, lambda lv: metrics(lv.labels, lv.probs), boot)]
     return rows

@@ -49,7 +49,18 @@ from ..slides.run_folder import THRESHOLD_FILES, read_run_threshold, run_classes
 from ..slides.tables import PROB_PREFIX
 from ..slides.tables import case_column as _case_column
 from ..slides.tables import read_table as _read_table
-from .bootstrap import CI_LEVEL, LABEL_SOURCES, Level, bootstrap, metric_rows, rows_csv, write_folder
+from .bootstrap import (
+    CI_LEVEL,
+    LABEL_SOURCES,
+    Level,
+    bootstrap,
+    by_values,
+    case_groups,
+    group_metric_rows,
+    metric_rows,
+    rows_csv,
+    write_folder,
+)
 from .metrics import youden_threshold
 
 __all__ = ["ECE_BINS", "LABEL_SOURCES", "Predictions", "THRESHOLD_FILES", "compute_metrics",
@@ -331,25 +342,29 @@ def _markdown(result: dict[str, Any]) -> str:
               f"- calibration: {m['notes']['calibration']}",
               f"- figures ({m['plot_level']} level): {', '.join(m['figures'])}", ""]
     lines = [ln for ln in lines[:-1] if ln] + [""]
-    lines += ["| level | metric | class | value | 95% CI | resamples skipped |", "|---|---|---|---|---|---|"]
+    by = m.get("by")
+    lines += [(f"| {by} " if by else "") + "| level | metric | class | value | 95% CI | resamples skipped |",
+              ("|---" if by else "") + "|---|---|---|---|---|---|"]
     for r in result["metrics"]:
         ci = "n/a" if r["ci_low"] is None else f"{_fmt(r['ci_low'])} – {_fmt(r['ci_high'])}"
-        lines.append(f"| {r['level']} | {r['metric']} | {r['class']} | {_fmt(r['value'])} | {ci} | "
-                     f"{r['n_skipped']} |")
+        lines.append((f"| {r['group']} " if by else "") + f"| {r['level']} | {r['metric']} | {r['class']} | "
+                     f"{_fmt(r['value'])} | {ci} | {r['n_skipped']} |")
     return "\n".join(lines) + "\n"
 
 
 def evaluate_classification(predictions_csv: str | os.PathLike, *, out_dir: str | os.PathLike,
                             manifest: str | os.PathLike | None = None, labels_from: str = "auto",
                             threshold: float | None = None, run: str | os.PathLike | None = None,
-                            n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+                            n_bootstrap: int = 1000, seed: int = 0, by: str | None = None) -> dict[str, Any]:
     """Evaluate class predictions (see the module docstring) and write ``out_dir``: ``metrics.json``
     (``{"meta": ..., "metrics": [rows]}``), ``metrics.csv``, ``metrics.md``, ``roc.png``, ``pr.png``,
     ``reliability.png``. Returns the JSON's content. Rows: ``level, metric, class, value, ci_low, ci_high,
     n_bootstrap, n_skipped`` (``class`` ``""`` for overall metrics; None where undefined).
 
     ``threshold`` or ``run`` (a folder with a stored ``"threshold"``, :func:`read_run_threshold`): the binary
-    decision threshold (default 0.5); multi-class predictions take the argmax. Nothing is written on any error.
+    decision threshold (default 0.5); multi-class predictions take the argmax. ``by``: a column (e.g. ``site``,
+    of the predictions file or the manifest, :func:`~abmil.report.bootstrap.by_values`): the rows again within each
+    of its values (``group``; the rows of all slides ``all``). Nothing is written on any error.
     """
     from .evaluation_plots import ROC_BAND_RESAMPLES, plot_calibration, plot_pr, plot_roc
 
@@ -361,6 +376,10 @@ def evaluate_classification(predictions_csv: str | os.PathLike, *, out_dir: str 
 
     boot = bootstrap(levels, n_bootstrap, seed, metrics) if n_bootstrap else {}
     rows = metric_rows(levels, lambda lv: metrics(lv.labels, lv.probs), boot)
+    if by is not None:
+        values = by_values(by, pred.slide_ids, predictions_csv, manifest, pred.case_ids)
+        rows = [{"group": "all", **r} for r in rows] + group_metric_rows(
+            levels, case_groups(values, pred.case_ids), n_bootstrap, seed, metrics)
 
     binary = len(pred.classes) == 2
     plot_level = levels[-1]  # the case level where there is one: the unit the intervals are about
@@ -376,7 +395,7 @@ def evaluate_classification(predictions_csv: str | os.PathLike, *, out_dir: str 
         "class_counts": {lv.name: {c: int((lv.labels == j).sum()) for j, c in enumerate(pred.classes)}
                          for lv in levels},
         "n_bootstrap": n_bootstrap, "seed": seed, "ci_level": CI_LEVEL, "ece_bins": ECE_BINS,
-        "plot_level": plot_level.name, "figures": figures,
+        **({} if by is None else {"by": by}), "plot_level": plot_level.name, "figures": figures,
         "roc_band": {"n_bootstrap": ROC_BAND_RESAMPLES, "seed": seed, "level": plot_level.name,
                      "method": "pointwise 95 % percentile band of the sensitivity at 101 false positive rates, rows "
                                "resampled (abmil.report.evaluation_plots.roc_band)"},

@@ -157,24 +157,20 @@ def _pair_rows(a: RunPredictions, b: RunPredictions, order: np.ndarray, rows: np
 
 
 def _groups(a: RunPredictions, manifest: str | os.PathLike | None, by: str | None) -> list[tuple[str, np.ndarray]]:
-    """``[("all", every slide), (value, its slides) ...]`` of the manifest column ``by``."""
+    """``[("all", every slide), (value, its slides) ...]`` of the column ``by`` (the first run's predictions file's, a
+    site-preserved study's oof.csv, or the manifest's: :func:`abmil.report.bootstrap.by_values`)."""
     everything = [("all", np.arange(len(a.slide_ids)))]
     if by is None:
         return everything
-    if manifest is None:
-        raise ValueError(f"--by {by} reads the column from a manifest: give --manifest")
-    from ..slides.tables import read_table
+    from .bootstrap import by_values
 
-    mpath = os.fspath(manifest)
-    columns, mrows = read_table(mpath, "manifest")
-    if by not in columns:
-        raise DataError(f"no column {by!r} to group by (found: {', '.join(columns)})", path=mpath)
-    value = {cells["slide_id"]: cells[by] for _, cells in mrows}
-    missing = [s for s in a.slide_ids if not value.get(s)]
-    if missing:
-        raise DataError(f"column {by!r} is empty or missing for slide {missing[0]!r}", path=mpath, bag=missing[0])
-    groups = sorted({value[s] for s in a.slide_ids})
-    return everything + [(g, np.flatnonzero([value[s] == g for s in a.slide_ids])) for g in groups]
+    return everything + group_rows(by_values(by, a.slide_ids, a.path, manifest))
+
+
+def group_rows(values: Sequence[str]) -> list[tuple[str, np.ndarray]]:
+    """``[(value, its rows (m,) int) ...]`` of each row's group value, values sorted."""
+    values = np.asarray(values)
+    return [(str(g), np.flatnonzero(values == g)) for g in sorted(set(values.tolist()))]
 
 
 def _markdown(result: dict[str, Any]) -> str:

@@ -45,7 +45,7 @@ def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | o
                          threshold: float | None = None, run: str | os.PathLike | None = None,
                          n_bootstrap: int = 1000, seed: int = 0, times: Sequence[float] | None = None,
                          risk_groups: int = 2, allow_training_slides: bool = False,
-                         time_unit: str | None = None) -> dict[str, Any]:
+                         time_unit: str | None = None, by: str | None = None) -> dict[str, Any]:
     """Evaluate ``abmil predict``'s CSV by its task and write ``out_dir`` (``metrics.json``, ``metrics.csv``,
     ``metrics.md`` and the task's figures); returns the JSON's content (``{"meta": ..., "metrics": [rows]}``, rows
     ``level, metric, class, value, ci_low, ci_high, n_bootstrap, n_skipped``). Nothing is written on any error.
@@ -54,7 +54,9 @@ def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | o
     ``threshold`` or ``run`` (a folder with a stored ``"threshold"``, :func:`read_run_threshold`), the binary decision
     threshold (default 0.5). Survival: ``times``, the times of the time-dependent metrics; ``risk_groups``, 2 or 3
     Kaplan-Meier groups; ``time_unit``, the unit of the times (named on km.png's axis). ``run``: checked against
-    the predictions (classes, task).
+    the predictions (classes, task). ``by``: a column (e.g. ``site``, of the predictions file, a site-preserved
+    study's oof.csv, or of the manifest): the rows again within each of its values (rows with a ``group``, ``all``
+    for every slide; each group its own case bootstrap).
 
     Slides the scoring models trained or validated on (:func:`abmil.slides.leakage.csv_overlap`: recorded by
     ``abmil predict``, or found in ``run``'s splits) are refused with a ValueError saying how many and which,
@@ -66,9 +68,9 @@ def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | o
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise DataError("output exists and is not a folder", path=os.fspath(out_dir))
     task = predictions_task(predictions_csv)
-    extra = {}
+    extra = {} if by is None else {"by": by}  # only when given: a task's evaluate may not take it
     if time_unit is not None:  # survival's alone: the other tasks' evaluations take no such argument
-        if task.name != "survival":
+        if not task.takes_times:
             raise ValueError(f"--time-unit names the unit of survival times; these are {task.name} predictions")
         extra["time_unit"] = time_unit
     overlap = csv_overlap(predictions_csv, run)

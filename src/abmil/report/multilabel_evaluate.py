@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .outcome_evaluate import _nan, outcome_levels, read_outcomes, write_outcome_evaluation
+from .outcome_evaluate import _nan, outcome_groups, outcome_levels, read_outcomes, write_outcome_evaluation
 
 __all__ = ["evaluate_multilabel", "multilabel_metrics", "plot_multilabel_roc"]
 
@@ -47,7 +47,7 @@ def multilabel_metrics(truth: np.ndarray, probs: np.ndarray, targets: Sequence[s
 
 def evaluate_multilabel(predictions_csv: str | os.PathLike, task, *, out_dir: str | os.PathLike,
                         manifest: str | os.PathLike | None = None, labels_from: str = "auto",
-                        n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+                        n_bootstrap: int = 1000, seed: int = 0, by: str | None = None) -> dict[str, Any]:
     """Evaluate multilabel predictions (``task``: their task, of the predictions' targets) and write ``out_dir``
     (metrics.json/.csv/.md and ``roc.png``), all or nothing; returns the JSON's content."""
     path = os.fspath(predictions_csv)
@@ -61,6 +61,7 @@ def evaluate_multilabel(predictions_csv: str | os.PathLike, task, *, out_dir: st
     return write_outcome_evaluation(
         path, task.name, out_dir=out_dir, manifest=manifest, source=source, n_slides=len(slide_ids), levels=levels,
         has_cases=has_cases, n_bootstrap=n_bootstrap, seed=seed,
+        groups=outcome_groups(by, slide_ids, case_ids, path, manifest),
         metrics=lambda y, p: multilabel_metrics(y, p, targets), figure="roc.png",
         plot=lambda level, title: plot_multilabel_roc(level.labels, level.probs, targets, title=title),
         meta={"targets": list(targets), "positives": positives}, notes={"multilabel": note},

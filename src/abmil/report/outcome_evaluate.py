@@ -25,9 +25,20 @@ from ..errors import DataError
 from ..slides.manifest import read_manifest
 from ..slides.tables import case_column as _case_column
 from ..slides.tables import read_table as _read_table
-from .bootstrap import CI_LEVEL, LABEL_SOURCES, Level, bootstrap, metric_rows, rows_csv, write_folder
+from .bootstrap import (
+    CI_LEVEL,
+    LABEL_SOURCES,
+    Level,
+    bootstrap,
+    by_values,
+    case_groups,
+    group_metric_rows,
+    metric_rows,
+    rows_csv,
+    write_folder,
+)
 
-__all__ = ["outcome_levels", "read_outcomes", "write_outcome_evaluation"]
+__all__ = ["outcome_groups", "outcome_levels", "read_outcomes", "write_outcome_evaluation"]
 
 
 def _number(cells: dict, column: str, line: int, path: str) -> float:
@@ -113,6 +124,15 @@ def outcome_levels(truth: np.ndarray, outputs: np.ndarray, case_ids: list[str], 
     return levels
 
 
+def outcome_groups(by: str | None, slide_ids: list[str], case_ids: list[str], predictions: str,
+                   manifest) -> tuple[str, list] | None:
+    """``(by, [(value, its cases)])`` of the column ``by`` (:func:`~abmil.report.bootstrap.by_values`), or None
+    without ``by``: the ``groups`` of :func:`write_outcome_evaluation`."""
+    if by is None:
+        return None
+    return by, case_groups(by_values(by, slide_ids, predictions, manifest, case_ids), case_ids)
+
+
 def _nan(fn, *args, **kwargs):
     try:
         with warnings.catch_warnings():
@@ -128,14 +148,19 @@ def write_outcome_evaluation(predictions: str, task_name: str, *, out_dir: str |
                              metrics: Callable[[np.ndarray, np.ndarray], dict], figure: str,
                              plot: Callable[[Level, str], bytes], meta: dict | None = None,
                              notes: dict[str, str] | None = None, lines: list[str] | None = None,
-                             point_only: Sequence[str] = ()) -> dict[str, Any]:
+                             point_only: Sequence[str] = (), groups: tuple[str, list] | None = None
+                             ) -> dict[str, Any]:
     """Bootstrap ``metrics(truth, outputs)`` over ``levels`` and write ``out_dir`` (metrics.json/.csv/.md and the
     ``figure`` that ``plot(level, title)`` draws of the last level), all or nothing; returns the JSON's content.
     ``meta``/``notes``: the task's additions to the JSON's meta (after the common keys) and notes (after the
     bootstrap's); ``lines``: the task's lines of the Markdown's list; ``point_only``: metrics reported without an
-    interval (a p-value: a bootstrap percentile interval of p is no confidence interval of anything)."""
+    interval (a p-value: a bootstrap percentile interval of p is no confidence interval of anything); ``groups``
+    (:func:`outcome_groups`): the rows again within each value of a column (``group``; all slides ``all``)."""
     boot = bootstrap(levels, n_bootstrap, seed, metrics) if n_bootstrap else {}
     rows = metric_rows(levels, lambda lv: metrics(lv.labels, lv.probs), boot)
+    if groups is not None:
+        rows = [{"group": "all", **r} for r in rows] + group_metric_rows(levels, groups[1], n_bootstrap, seed,
+                                                                          metrics)
     for r in rows:
         if r["metric"] in point_only:
             r.update(ci_low=None, ci_high=None, n_bootstrap=0, n_skipped=0)
@@ -147,6 +172,8 @@ def write_outcome_evaluation(predictions: str, task_name: str, *, out_dir: str |
          "notes": {"bootstrap": f"{CI_LEVEL:.0%} percentile intervals of {n_bootstrap} bootstrap resamples of the "
                                 f"{len(levels[0].rows_of_case)} cases (seed {seed}; a case's slides are drawn "
                                 "together); resamples where a metric is undefined are skipped and counted"}}
+    if groups is not None:
+        m["by"] = groups[0]
     m.update(meta or {})
     m["notes"].update(notes or {})
     result = {"meta": m, "metrics": rows}
@@ -163,10 +190,12 @@ def _markdown(result: dict[str, Any], task_lines: list[str]) -> str:
              f"- truth: {m['labels_from']}" + (f" ({m['manifest']})" if m["manifest"] else ""),
              f"- slides: {m['n_slides']}; cases: {m['n_cases']}", *task_lines]
     lines += [f"- intervals: {m['notes']['bootstrap']}", f"- figure ({m['plot_level']} level): {m['figures'][0]}", "",
-              "| level | metric | at | value | 95% CI | resamples skipped |", "|---|---|---|---|---|---|"]
+              (f"| {m['by']} " if m.get("by") else "") + "| level | metric | at | value | 95% CI | resamples skipped |",
+              ("|---" if m.get("by") else "") + "|---|---|---|---|---|---|"]
     for r in result["metrics"]:
         f = (lambda v: "n/a" if v is None else f"{v:.3g}") if r["metric"] == "logrank_p" else \
             (lambda v: "n/a" if v is None else f"{v:.3f}")
         ci = "n/a" if r["ci_low"] is None else f"{f(r['ci_low'])} – {f(r['ci_high'])}"
-        lines.append(f"| {r['level']} | {r['metric']} | {r['class']} | {f(r['value'])} | {ci} | {r['n_skipped']} |")
+        lines.append((f"| {r['group']} " if m.get("by") else "") +
+                     f"| {r['level']} | {r['metric']} | {r['class']} | {f(r['value'])} | {ci} | {r['n_skipped']} |")
     return "\n".join(lines) + "\n"

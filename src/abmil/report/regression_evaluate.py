@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .outcome_evaluate import outcome_levels, read_outcomes, write_outcome_evaluation
+from .outcome_evaluate import outcome_groups, outcome_levels, read_outcomes, write_outcome_evaluation
 
 __all__ = ["evaluate_regression", "plot_scatter", "regression_metrics"]
 
@@ -24,7 +24,7 @@ def regression_metrics(truth: np.ndarray, outputs: np.ndarray) -> dict[tuple[str
 
 def evaluate_regression(predictions_csv: str | os.PathLike, task, *, out_dir: str | os.PathLike,
                         manifest: str | os.PathLike | None = None, labels_from: str = "auto",
-                        n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+                        n_bootstrap: int = 1000, seed: int = 0, by: str | None = None) -> dict[str, Any]:
     """Evaluate regression predictions (``task``: their task) and write ``out_dir`` (metrics.json/.csv/.md and
     ``scatter.png``), all or nothing; returns the JSON's content."""
     path = os.fspath(predictions_csv)
@@ -33,7 +33,9 @@ def evaluate_regression(predictions_csv: str | os.PathLike, task, *, out_dir: st
     levels = outcome_levels(truth, outputs, case_ids, has_cases)
     return write_outcome_evaluation(
         path, task.name, out_dir=out_dir, manifest=manifest, source=source, n_slides=len(slide_ids), levels=levels,
-        has_cases=has_cases, n_bootstrap=n_bootstrap, seed=seed, metrics=regression_metrics, figure="scatter.png",
+        has_cases=has_cases, n_bootstrap=n_bootstrap, seed=seed,
+        groups=outcome_groups(by, slide_ids, case_ids, path, manifest), metrics=regression_metrics,
+        figure="scatter.png",
         plot=lambda level, title: plot_scatter(level.labels, level.probs[:, 0], title=title))
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import DataError, optional_import
 from ..slides.tables import SURV_PREFIX
-from .outcome_evaluate import _nan, outcome_levels, read_outcomes, write_outcome_evaluation
+from .outcome_evaluate import _nan, outcome_groups, outcome_levels, read_outcomes, write_outcome_evaluation
 
 __all__ = ["IBS_POINTS", "evaluate_survival", "evaluation_times", "plot_km", "risk_groups_of", "survival_metrics"]
 
@@ -101,7 +101,7 @@ def evaluation_times(truth: np.ndarray, times: Sequence[float] | None) -> np.nda
 def evaluate_survival(predictions_csv: str | os.PathLike, task, *, out_dir: str | os.PathLike,
                       manifest: str | os.PathLike | None = None, labels_from: str = "auto", n_bootstrap: int = 1000,
                       seed: int = 0, times: Sequence[float] | None = None, risk_groups: int = 2,
-                      time_unit: str | None = None) -> dict[str, Any]:
+                      time_unit: str | None = None, by: str | None = None) -> dict[str, Any]:
     """Evaluate survival predictions (``task``: their task, :class:`~abmil.tasks.survival.SurvivalTask`) and write
     ``out_dir`` (metrics.json/.csv/.md and ``km.png``), all or nothing; returns the JSON's content. ``logrank_p``
     has no interval (a p-value); ``time_unit`` (e.g. months) is named on km.png's time axis and in the meta."""
@@ -131,6 +131,7 @@ def evaluate_survival(predictions_csv: str | os.PathLike, task, *, out_dir: str 
     return write_outcome_evaluation(
         path, task.name, out_dir=out_dir, manifest=manifest, source=source, n_slides=len(slide_ids), levels=levels,
         has_cases=has_cases, n_bootstrap=n_bootstrap, seed=seed,
+        groups=outcome_groups(by, slide_ids, case_ids, path, manifest),
         metrics=lambda y, o: survival_metrics(y, o, eval_times, surv_times, risk_groups), figure="km.png",
         plot=lambda level, title: plot_km(level.labels, level.probs[:, 0], risk_groups, title=title,
                                           time_unit=time_unit),

@@ -18,6 +18,10 @@ value (refused otherwise), and validation and cross-validation folds keep them t
 Survival and regression manifests (``task``) carry the outcome instead of ``label``: ``time`` (>= 0, any unit)
 and ``event`` (1 = the event was observed at ``time``, 0 = censored at ``time``), or ``target`` (a finite number).
 A case's slides carry one outcome; a survival manifest to train on needs at least one event.
+
+Any other column is kept for grouping (:func:`group_values`): typically ``site`` (the hospital or scanner of the
+slide), which ``abmil train --folds K --group-by site`` keeps whole in one test fold and ``abmil evaluate`` /
+``abmil compare --by site`` report rows of; a case's slides carry one value of it.
 """
 from __future__ import annotations
 
@@ -33,7 +37,9 @@ if TYPE_CHECKING:
     from ..tasks.base import Task
 
 REQUIRED_COLUMNS = ("slide_id", "label")
-OPTIONAL_COLUMNS = ("split", "path", "case_id")
+OPTIONAL_COLUMNS = ("split", "path", "case_id", "site")
+#: The usual grouping column (:func:`group_values`): the slide's site.
+SITE_COLUMN = "site"
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,35 @@ def check_cases(rows: Sequence[ManifestRow], *, manifest: str | None = None) -> 
                 slides = ", ".join(f"{r.slide_id} ({value(r) or 'empty'})" for r in members)
                 raise DataError(f"field '{field}': case {case!r} has slides of {len(values)} {field}s: {slides}; "
                                 f"all slides of a case need one {field}", path=manifest, bag=case)
+
+
+def group_values(path: str | os.PathLike, column: str, slide_ids: Sequence[str], *, flag: str,
+                 cases: Sequence[str] | None = None) -> list[str]:
+    """The ``column`` cell of each of ``slide_ids`` in the manifest (or predictions file) at ``path``: what a study
+    groups its folds by (``--group-by``) or an evaluation its rows (``--by``), e.g. :data:`SITE_COLUMN`.
+
+    DataError naming ``flag`` and the file where the column is missing, a slide is absent or its cell empty, or
+    (``cases``: each slide's case) a case's slides hold two values."""
+    from .tables import read_table
+
+    path = os.fspath(path)
+    columns, rows = read_table(path, "manifest")
+    if column not in columns:
+        raise DataError(f"{flag} {column}: no column {column!r} (found: {', '.join(columns)})", path=path)
+    value = {cells["slide_id"]: cells[column] for _, cells in rows}
+    for s in slide_ids:
+        if not value.get(s):
+            what = "is empty" if s in value else "is missing (the slide is not listed)"
+            raise DataError(f"{flag} {column}: the slide's {column!r} cell {what}", path=path, bag=s)
+    out = [value[s] for s in slide_ids]
+    if cases is not None:
+        seen: dict[str, tuple[str, str]] = {}
+        for s, c, v in zip(slide_ids, cases, out):
+            first = seen.setdefault(c, (s, v))
+            if first[1] != v:
+                raise DataError(f"{flag} {column}: case {c!r} has slides in two {column}s ({first[0]} {first[1]!r}, "
+                                f"{s} {v!r}): all slides of a case need one {column}", path=path, bag=c)
+    return out
 
 
 def _as_int(label: str) -> int | None:

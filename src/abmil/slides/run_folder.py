@@ -11,7 +11,9 @@ A cross-validation study (``abmil train --folds``, :mod:`abmil.slides.study`)::
                             Youden thresholds ("threshold", two classes) and the summary
     RUN/splits.json         each fold's train / val / test cases and slides: auditable
     RUN/folds/r{r}_f{f}/    the fold's run (a single run's files); fold.json once finished (its validation
-                            threshold and metrics, test metrics and predictions, the kept epoch)
+                            threshold and metrics, test metrics and predictions, the kept epoch); with
+                            ``--seeds N``: seeds/s{j}/, the runs of the seed ensemble's members j = 1 .. N-1
+                            (member 0 is the fold's own run)
     RUN/oof.csv             out-of-fold predictions (:mod:`abmil.slides.predictions` plus ``case_id``, ``repeat``,
                             ``fold``)
     RUN/summary.json/.csv/.md   per fold metrics; mean and SD over the folds
@@ -31,8 +33,9 @@ from ..io import write_json_atomic, write_text_atomic
 from ..train.checkpoint import CHECKPOINT
 
 __all__ = ["CHECKPOINT", "CV_FORMAT", "FOLDS", "OOF_CSV", "RUN_JSON", "SPLITS_JSON", "THRESHOLD_FILES", "fold_dir",
-           "fold_dirs", "fold_key", "folds_dir", "is_cv_run", "read_cv_run", "read_run_threshold", "run_classes",
-           "run_head_info", "run_threshold", "write_oof", "write_run_json", "write_splits", "write_summary"]
+           "fold_dirs", "fold_key", "folds_dir", "is_cv_run", "member_dir", "read_cv_run", "read_run_threshold",
+           "run_classes", "run_head_info", "run_threshold", "write_oof", "write_run_json", "write_splits",
+           "write_summary"]
 
 CV_FORMAT = "abmil-slide-cv-1"
 RUN_JSON = "run.json"
@@ -61,6 +64,11 @@ def fold_dir(run_dir: str | os.PathLike, key: str) -> Path:
     return folds_dir(run_dir) / key
 
 
+def member_dir(fold_folder: str | os.PathLike, member: int) -> Path:
+    """The folder of member ``member`` of a fold's seed ensemble: the fold's own folder for member 0."""
+    return Path(fold_folder) if member == 0 else Path(fold_folder) / "seeds" / f"s{member}"
+
+
 # ---------------------------------------------------------------------------------------------- readers
 def read_cv_run(run_dir: str | os.PathLike) -> dict | None:
     """The study's run.json, or None where there is none (a DataError if it is not a study's)."""
@@ -82,7 +90,8 @@ def is_cv_run(run_dir: str | os.PathLike) -> bool:
 
 
 def fold_dirs(run_dir: str | os.PathLike, fold: tuple[int, int] | None = None) -> list[Path]:
-    """The finished fold runs of a study: all (the study must be finished) or the one of ``fold`` (repeat, fold)."""
+    """The finished fold runs of a study: all (the study must be finished) or the one of ``fold`` (repeat, fold); a
+    study of ``--seeds N``: every member of each fold's seed ensemble (:func:`member_dir`)."""
     info = read_cv_run(run_dir)
     if info is None:
         raise DataError("not a cross-validation run (no run.json of `abmil train --folds`)", path=os.fspath(run_dir))
@@ -97,7 +106,8 @@ def fold_dirs(run_dir: str | os.PathLike, fold: tuple[int, int] | None = None) -
     if missing:
         raise ValueError(f"the cross-validation in {run_dir} has not finished fold(s) {', '.join(missing)}: rerun "
                          "its `abmil train --folds` command to finish it, or pick a finished fold with --fold")
-    return [fold_dir(run_dir, k) for k in keys]
+    seeds = info["settings"].get("seeds", 1)
+    return [member_dir(fold_dir(run_dir, k), j) for k in keys for j in range(seeds)]
 
 
 def run_threshold(run_dir: str | os.PathLike, fold: tuple[int, int] | None = None) -> float | None:

@@ -16,6 +16,10 @@ the kept epoch ``best_epoch``, counted from 1), oof.csv (every slide or case onc
 writes them plus ``case_id`` (slides), ``repeat`` and ``fold``), summary.json/.csv/.md (the task's metrics per fold,
 :attr:`abmil.tasks.base.Task.metrics`; mean and SD over the folds).
 
+Site-preserved folds (``group_by``, e.g. the manifest's ``site``): every value of the column whole in one test fold;
+oof.csv gains the column, the summary each value's metrics (``by_group``). Seed ensembles (``seeds`` N > 1): N models
+per fold on its split, the fold predicting with their mean, the members' spread in the summary (``seed_spread``).
+
 Every input check (manifest, cases, splits, settings) runs before anything is written.
 """
 from __future__ import annotations
@@ -32,8 +36,9 @@ import numpy as np
 from ..errors import DataError
 from ..tasks import DEFAULT_TASK, Task, combine_heads, get_task, head_from_info
 from ..train.loop import Callback
-from ..train.splits import CaseSplit, case_cv_splits
+from ..train.splits import CaseSplit, case_cv_splits, member_seed
 from .features import FeatureBagDataset, bags_at_level
+from .manifest import group_values
 from .predictions import prediction_header
 from .run_folder import (  # noqa: F401 (CV_FORMAT, fold_dirs, is_cv_run: imported from here before run_folder)
     CV_FORMAT,
@@ -42,6 +47,7 @@ from .run_folder import (  # noqa: F401 (CV_FORMAT, fold_dirs, is_cv_run: import
     fold_dirs,
     folds_dir,
     is_cv_run,
+    member_dir,
     read_cv_run,
     write_oof,
     write_run_json,
@@ -100,7 +106,8 @@ def _fold_metrics(preds: list, head) -> dict:
 def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: WSIConfig, *, folds: int,
                    repeats: int = 1, device: str = "cpu", on_epoch: Callable[[str, dict], None] | None = None,
                    on_fold: Callable[[dict], None] | None = None, callbacks: Sequence[Callback] = (),
-                   splits: Sequence[CaseSplit] | None = None, splitter: str | None = None) -> dict:
+                   splits: Sequence[CaseSplit] | None = None, splitter: str | None = None,
+                   group_by: str | None = None, seeds: int = 1) -> dict:
     """Run (or continue) a K-fold study of ``config`` on ``dataset`` in ``out``; returns the summary.
 
     Args:
@@ -116,17 +123,27 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
         splits: the folds, given (e.g. CLAM's split files, :func:`abmil.slides.clam_splits.read_clam_splits`)
             instead of made (``folds``, ``repeats`` and ``val_split`` are then theirs); ``splitter``: how they
             were made, for splits.json.
+        group_by: a manifest column (typically ``site``, :func:`~abmil.slides.manifest.group_values`): site-preserved
+            folds, each of its values whole in one test fold (leave-one-site-out when ``folds`` equals the number of
+            values; :func:`~abmil.train.splits.case_cv_splits` ``sites``); oof.csv gains the column and the summary
+            the metrics of each value (``by_group``). Not with given ``splits``.
+        seeds: a seed ensemble of this many models per fold, on the fold's split, each with its own seed
+            (:func:`~abmil.train.splits.member_seed`: initialisation, epoch orders, dropout); the fold predicts with
+            their mean (its threshold chosen on the mean's validation predictions) and the summary gives the spread
+            of the members' test metrics (``seed_spread``). 1: a study as without it.
     """
     from ..experiments.runner import UnitCache, run_pending
     from ..train.distributed import world_from_env
     from . import train as training  # its train_feature_model looked up at each fold, so that tests can wrap it
-    from .predict import load_run, predict_dataset
+    from .predict import ensemble_head, load_run, predict_dataset
 
     if world_from_env().size > 1:
         raise ValueError("--folds runs in one process: start it without torchrun (each fold may use a GPU)")
     if any(s is not None for s in dataset.splits):
         raise DataError("the manifest has a 'split' column but --folds makes its own splits: drop the column (keep "
                         "held-out test slides in another manifest, for `abmil predict`)", path=dataset.manifest)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"--seeds must be an integer >= 1, got {seeds!r}")
     out = Path(out)
     config = replace(config, val_split=config.val_split or DEFAULT_VAL_FRACTION)
     task = config.task_class()
@@ -139,13 +156,17 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
     labels = np.asarray(task.strata(bags.labels, bags.outcomes, folds))
     task.check_study(bags.outcomes, dataset.manifest)
     given = splits is not None
+    if given and group_by is not None:
+        raise ValueError(f"--group-by {group_by} makes site-preserved folds; the folds are given (--splits-from): "
+                         "one or the other")
+    groups = None if group_by is None else _bag_groups(dataset, bags, group_by, folds)
     if given:
         splits = list(splits)
         folds, repeats = len({s.fold for s in splits}), len({s.repeat for s in splits})
     else:
         splits = case_cv_splits(labels, bags.case_ids, folds=folds, repeats=repeats, seed=config.seed,
                                 val_fraction=config.val_split, class_names=classes or None,
-                                stratum=task.stratum)
+                                stratum=task.stratum, sites=groups)
     if config.monitor == "val_auc":
         for s in splits:
             missing = [classes[c] for c in range(len(classes)) if not np.any(labels[s.val] == c)]
@@ -164,6 +185,10 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
 
         settings["splits"] = fingerprint([f"{s.key}:{s.train.tolist()}:{s.val.tolist()}:{s.test.tolist()}"
                                           for s in splits])
+    if group_by is not None:  # only then: the settings of a study without groups stay as they were
+        settings["group_by"] = group_by
+    if seeds > 1:  # likewise
+        settings["seeds"] = seeds
     _check_out(out, settings)
 
     # ---- from here on, files are written
@@ -179,18 +204,27 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
         cases = sorted(set(case_of[idx].tolist()))
         return {"cases": cases, "slides": slide_ids[np.isin(slide_case, cases)].tolist()}
 
-    write_splits(out, {
-        "bag_level": config.bag_level, "seed": config.seed, "val_fraction": config.val_split,
-        "splitter": splitter or ("given" if given else
-                                 "sklearn StratifiedGroupKFold(shuffle=True, random_state=seed*1000+repeat) over "
-                                 "cases; validation: abmil.train.splits.stratified_group_holdout(seed=fold seed, "
-                                 "min_per_class)"),
-        "folds": [{"key": s.key, "repeat": s.repeat, "fold": s.fold, "seed": s.seed,
-                   "train": part(s.train), "val": part(s.val), "test": part(s.test)} for s in splits]})
+    def fold_split(s: CaseSplit) -> dict:
+        doc = {"key": s.key, "repeat": s.repeat, "fold": s.fold, "seed": s.seed,
+               "train": part(s.train), "val": part(s.val), "test": part(s.test)}
+        if groups is not None:
+            doc["test_groups"] = sorted(set(np.asarray(groups)[s.test].tolist()))
+        return doc
+
+    made = ("sklearn StratifiedGroupKFold(shuffle=True, random_state=seed*1000+repeat) over cases; "
+            "validation: abmil.train.splits.stratified_group_holdout(seed=fold seed, min_per_class)")
+    if groups is not None:
+        made = (f"site-preserved over the manifest column {group_by!r}: sklearn LeaveOneGroupOut when folds == "
+                "its values, else StratifiedGroupKFold(shuffle=True, random_state=seed*1000+repeat) over them; "
+                "validation: abmil.train.splits.stratified_group_holdout(seed=fold seed, min_per_class)")
+    write_splits(out, {"bag_level": config.bag_level, "seed": config.seed, "val_fraction": config.val_split,
+                       **({} if groups is None else {"group_by": group_by}),
+                       "splitter": splitter or ("given" if given else made),
+                       "folds": [fold_split(s) for s in splits]})
 
     def unit_settings(s: CaseSplit) -> dict:
         return {"study": settings, "key": s.key, "seed": s.seed, "train": [ids[i] for i in s.train],
-                "val": [ids[i] for i in s.val], "test": [ids[i] for i in s.test]}
+                "val": [ids[i] for i in s.val], "test": [ids[i] for i in s.test]}  # (settings hold seeds > 1)
 
     records: dict[str, dict] = {}
     pending = []
@@ -205,28 +239,39 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
 
     def work(s: CaseSplit) -> dict:
         folder = fold_dir(out, s.key)
-        fold_config = replace(config, seed=s.seed)
-        report = None if on_epoch is None else (lambda record: on_epoch(s.key, record))
         extra = {"callbacks": list(callbacks)} if callbacks else {}
-        info = training.train_feature_model(bags, folder, fold_config, device=device, resume=True, on_epoch=report,
-                                            split=(s.train, s.val), select_best=True, **extra)
-        run = load_run(folder, device)
+        histories, runs = [], []
+        for j in range(seeds):
+            name = s.key if j == 0 else f"{s.key}/s{j}"
+            report = None if on_epoch is None else (lambda record, name=name: on_epoch(name, record))
+            member = replace(config, seed=member_seed(s.seed, j))
+            info = training.train_feature_model(bags, member_dir(folder, j), member, device=device, resume=True,
+                                                on_epoch=report, split=(s.train, s.val), select_best=True, **extra)
+            histories.append(info["history"])
+            runs.append(load_run(member_dir(folder, j), device))
+        run = runs[0] if seeds == 1 else runs
         val = predict_dataset(run, dataset, s.val)
         test = predict_dataset(run, dataset, s.test)
-        head = run.head
+        head = runs[0].head if seeds == 1 else ensemble_head(runs)
         threshold = head.threshold(val, classes)
-        history = info["history"]
+        history = histories[0]
         record = {"settings": unit_settings(s), "key": s.key, "repeat": s.repeat, "fold": s.fold, "seed": s.seed,
                   "best_epoch": history.get("best_epoch", -1) + 1, "epochs_run": history.get("epochs_run"),
                   "stopped_early": history.get("stopped_early"), "threshold": threshold,
                   "val": _fold_metrics(val, head), "test": _fold_metrics(test, head), "head": head.to_dict(),
                   "predictions": [[p.slide_id, _plain_label(p.label), [float(v) for v in p.probabilities]]
                                   for p in test]}
+        if seeds > 1:
+            record["seeds"] = [{"member": j, "seed": member_seed(s.seed, j), "best_epoch": h.get("best_epoch", -1) + 1,
+                                "test": _fold_metrics(predict_dataset(r, dataset, s.test), r.head)}
+                               for j, (r, h) in enumerate(zip(runs, histories))]
         UnitCache(folder).write(FOLD_RECORD, record)
         return record
 
+    by = None if groups is None else (group_by, groups)
+
     def publish() -> None:
-        _write_results(out, dataset, bags, splits, records, classes, config.bag_level, task)
+        _write_results(out, dataset, bags, splits, records, classes, config.bag_level, task, by)
 
     def done(unit: CaseSplit, record: dict) -> None:
         if on_fold is not None:
@@ -235,7 +280,7 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
     if pending:
         folds_dir(out).mkdir(parents=True, exist_ok=True)
     run_pending(pending, work, records=records, publish=publish, on_done=done)
-    summary = _write_results(out, dataset, bags, splits, records, classes, config.bag_level, task)
+    summary = _write_results(out, dataset, bags, splits, records, classes, config.bag_level, task, by)
     thresholds = [records[k]["threshold"] for k in keys if records[k]["threshold"] is not None]
     write_run_json(out, {**run_info, "status": "finished",
                                        "threshold": float(np.mean(thresholds)) if thresholds else None,
@@ -244,12 +289,58 @@ def cross_validate(dataset: FeatureBagDataset, out: str | os.PathLike, config: W
     return summary
 
 
+def _bag_groups(dataset: FeatureBagDataset, bags, column: str, folds: int) -> list[str]:
+    """Each bag's value of the manifest ``column`` (a case's slides share it); DataError / ValueError naming
+    ``--group-by`` or ``--folds`` where it cannot make ``folds`` site-preserved folds."""
+    values = group_values(dataset.manifest, column, dataset.slide_ids, flag="--group-by", cases=dataset.case_ids)
+    of_case = dict(zip(dataset.case_ids, values))
+    groups = values if bags is dataset else [of_case[c] for c in bags.case_ids]
+    found = sorted(set(groups))
+    if len(found) < 2:
+        raise DataError(f"--group-by {column}: every slide has {column} {found[0]!r}: site-preserved folds need at "
+                        "least two values (drop --group-by for case-level folds)", path=dataset.manifest)
+    if folds > len(found):
+        raise ValueError(f"--folds {folds} is more than the {len(found)} values of --group-by {column} "
+                         f"({', '.join(found)}): every test fold holds whole {column}s (use --folds {len(found)} for "
+                         f"leave-one-{column}-out, or fewer)")
+    return groups
+
+
+def _group_metrics(splits: list[CaseSplit], records: dict[str, dict], heads: dict, position: dict[str, int],
+                   column: str, groups: Sequence[str], metrics: Sequence[str]) -> dict:
+    """The summary's ``by_group``: the test metrics of each value of ``column`` in each repeat (a value lies whole in
+    one test fold: one fold model's predictions, :meth:`~abmil.tasks.base.Task.fold_metrics`), and their mean and SD
+    over the values."""
+    rows = []
+    for s in splits:
+        rec = records.get(s.key)
+        if rec is None:
+            continue
+        preds = rec["predictions"]
+        for g in sorted({groups[position[p[0]]] for p in preds}):
+            mine = [p for p in preds if groups[position[p[0]]] == g]
+            truths = [tuple(p[1]) if isinstance(p[1], list) else p[1] for p in mine]
+            values = heads[s.key].fold_metrics(truths, [np.asarray(p[2]) for p in mine])
+            rows.append({"group": g, "repeat": s.repeat, "fold": s.fold, "key": s.key, "n_test": len(mine),
+                         **{m: values[m] for m in metrics}})
+    mean = {}
+    for m in metrics:
+        v = np.array([r[m] for r in rows if r[m] is not None], dtype=np.float64)
+        mean[m] = {"mean": float(v.mean()) if v.size else None, "sd": float(v.std(ddof=1)) if v.size > 1 else None,
+                   "n_groups": int(v.size)}
+    return {"column": column, "per_group": rows, "mean": mean,
+            "note": f"each {column} is whole in one test fold: its metrics are that fold model's on its bags; mean "
+                    f"and SD (ddof 1) over the {column}s and repeats (None where undefined, e.g. one class)"}
+
+
 def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[CaseSplit], records: dict[str, dict],
-                   classes: list[str], bag_level: str, task: str | type[Task] = DEFAULT_TASK) -> dict:
+                   classes: list[str], bag_level: str, task: str | type[Task] = DEFAULT_TASK,
+                   by: tuple[str, Sequence[str]] | None = None) -> dict:
     """oof.csv and summary.{json,csv,md} of the finished folds (all of them at the end). A survival nll study's
     ``surv_<t>`` columns are at the mean of the finished folds' bin ends (each fold's survival function interpolated
     there: :func:`~abmil.tasks.combine_heads`); its ``risk`` is each fold model's own
-    (:meth:`~abmil.tasks.base.Task.study_row`)."""
+    (:meth:`~abmil.tasks.base.Task.study_row`). ``by``: (column, each bag's value) of a site-preserved study: the
+    column last in oof.csv, and the summary's ``by_group``."""
 
     first = "slide_id" if bag_level == "slide" else "case_id"
     extra = ["case_id"] if bag_level == "slide" else []
@@ -259,7 +350,8 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
     heads = {k: head_from_info(r) for k, r in records.items()}
     head = combine_heads(list(heads.values())) if heads else get_task(task)()
     header = prediction_header(classes, first, head)
-    writer.writerow([header[0], *extra, *header[1:], "repeat", "fold"])
+    group_cell = [] if by is None or by[0] in (*header, *extra, "repeat", "fold") else [by[0]]
+    writer.writerow([header[0], *extra, *header[1:], "repeat", "fold", *group_cell])
     repeats = sorted({s.repeat for s in splits})
     for r in repeats:
         rows = []
@@ -272,7 +364,8 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
                 label = tuple(label) if isinstance(label, list) else label
                 # the fold's own validation threshold
                 row = head.study_row(bag_id, label, np.asarray(probs), fold_head, classes, rec.get("threshold"))
-                cells = [row[0], *([bags.case_ids[position[bag_id]]] if extra else []), *row[1:], r, s.fold]
+                cells = [row[0], *([bags.case_ids[position[bag_id]]] if extra else []), *row[1:], r, s.fold,
+                         *([by[1][position[bag_id]]] if group_cell else [])]
                 rows.append((position[bag_id], cells))
         for _, cells in sorted(rows, key=lambda t: t[0]):
             writer.writerow(cells)
@@ -292,6 +385,10 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
                "sd": "sample standard deviation over folds (ddof 1)",
                "auc": "binary: of the last class; more classes: one-vs-rest macro (None where a class is absent)",
                "per_fold": per_fold, "mean": mean}
+    if by is not None:
+        summary["by_group"] = _group_metrics(splits, records, heads, position, by[0], by[1], metrics)
+    if any("seeds" in records[s.key] for s in splits if s.key in records):
+        summary["seed_spread"] = _seed_spread([records[s.key] for s in splits if s.key in records], metrics)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["key", "repeat", "fold", "n_test", *metrics, "threshold", "best_epoch", "epochs_run"])
@@ -305,8 +402,57 @@ def _write_results(out: Path, dataset: FeatureBagDataset, bags, splits: list[Cas
              "| metric | mean | SD | folds |", "|---|---|---|---|"]
     lines += [f"| {m} | {_fmt(mean[m]['mean'])} | {_fmt(mean[m]['sd'])} | {mean[m]['n_folds']} |" for m in metrics]
     lines += ["", *head.summary_table(per_fold)]
+    if by is not None:
+        lines += ["", *_group_table(summary["by_group"], metrics)]
+    if "seed_spread" in summary:
+        lines += ["", *_seed_table(summary["seed_spread"], metrics)]
     write_summary(out, summary, csv_text, "\n".join(lines) + "\n")
     return summary
+
+
+def _seed_spread(records: list[dict], metrics: Sequence[str]) -> dict:
+    """The summary's ``seed_spread`` of a seed-ensemble study: per fold and metric the members' test values, their
+    mean and SD (ddof 1), and over the folds the mean of those SDs (the run-to-run spread of one model) beside the
+    ensemble's own mean (the summary's ``mean``)."""
+    per_fold, spread = [], {}
+    for rec in records:
+        row = {"key": rec["key"]}
+        for m in metrics:
+            v = [x["test"][m] for x in rec["seeds"] if x["test"][m] is not None]
+            row[m] = {"values": v, "mean": float(np.mean(v)) if v else None,
+                      "sd": float(np.std(v, ddof=1)) if len(v) > 1 else None}
+        per_fold.append(row)
+    for m in metrics:
+        sds = [r[m]["sd"] for r in per_fold if r[m]["sd"] is not None]
+        single = [r[m]["mean"] for r in per_fold if r[m]["mean"] is not None]
+        spread[m] = {"mean_sd": float(np.mean(sds)) if sds else None,
+                     "mean_single": float(np.mean(single)) if single else None}
+    return {"n_seeds": len(records[0]["seeds"]), "per_fold": per_fold, "mean": spread,
+            "note": "each fold's members are trained on the fold's split with their own seeds; the fold's "
+                    "predictions (and the summary's mean) are the members' mean; mean_sd: the mean over folds of the "
+                    "SD (ddof 1) of the members' test metric; mean_single: the mean over folds of the members' mean "
+                    "test metric"}
+
+
+def _seed_table(spread: dict, metrics: Sequence[str]) -> list[str]:
+    """summary.md's table of a seed-ensemble study's spread."""
+    lines = [f"## Seed spread ({spread['n_seeds']} seeds per fold)", "",
+             "| metric | one model (mean over folds and seeds) | SD over seeds (mean over folds) |", "|---|---|---|"]
+    lines += [f"| {m} | {_fmt(spread['mean'][m]['mean_single'])} | {_fmt(spread['mean'][m]['mean_sd'])} |"
+              for m in metrics]
+    return [*lines, "", spread["note"][0].upper() + spread["note"][1:] + "."]
+
+
+def _group_table(by_group: dict, metrics: Sequence[str]) -> list[str]:
+    """summary.md's table of each group's metrics (a site-preserved study)."""
+    column = by_group["column"]
+    lines = [f"## By {column}", "", f"| {column} | fold | n test | {' | '.join(metrics)} |",
+             "|---|---|---|" + "---|" * len(metrics)]
+    lines += [f"| {r['group']} | {r['key']} | {r['n_test']} | " + " | ".join(_fmt(r[m]) for m in metrics) + " |"
+              for r in by_group["per_group"]]
+    lines += ["| mean | | | " + " | ".join(_fmt(by_group["mean"][m]["mean"]) for m in metrics) + " |",
+              "| SD | | | " + " | ".join(_fmt(by_group["mean"][m]["sd"]) for m in metrics) + " |"]
+    return [*lines, "", by_group["note"][0].upper() + by_group["note"][1:] + "."]
 
 
 def _fmt(x: float | None) -> str:

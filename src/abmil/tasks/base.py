@@ -255,8 +255,10 @@ class Task:
     # ------------------------------------------------------------------ evaluation
     @classmethod
     def evaluate(cls, predictions_csv: str, *, out_dir, manifest, labels_from: str, threshold: float | None,
-                 run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int) -> dict:
-        """``abmil evaluate`` of a predictions CSV of this task (:func:`abmil.report.evaluate.evaluate_predictions`)."""
+                 run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int,
+                 by: str | None = None) -> dict:
+        """``abmil evaluate`` of a predictions CSV of this task (:func:`abmil.report.evaluate.evaluate_predictions`);
+        ``by``: a column whose values get rows of their own (``--by site``)."""
         raise NotImplementedError
 
     @classmethod

@@ -194,12 +194,13 @@ class ClassificationTask(Task):
 
     @classmethod
     def evaluate(cls, predictions_csv: str, *, out_dir, manifest, labels_from: str, threshold: float | None,
-                 run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int) -> dict:
+                 run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int,
+                 by: str | None = None) -> dict:
         from ..report.class_evaluate import evaluate_classification
 
         cls.check_evaluate_options(threshold, times)
         return evaluate_classification(predictions_csv, out_dir=out_dir, manifest=manifest, labels_from=labels_from,
-                                       threshold=threshold, run=run, n_bootstrap=n_bootstrap, seed=seed)
+                                       threshold=threshold, run=run, n_bootstrap=n_bootstrap, seed=seed, by=by)
 
 
 def val_metrics(rows: list[tuple[int, float, list[float], int]]) -> dict:

@@ -205,7 +205,8 @@ class MultilabelTask(Task):
     # ------------------------------------------------------------------ evaluation
     @classmethod
     def evaluate(cls, predictions_csv: str, *, out_dir, manifest, labels_from: str, threshold: float | None,
-                 run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int) -> dict:
+                 run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int,
+                 by: str | None = None) -> dict:
         import os
 
         from ..report.multilabel_evaluate import evaluate_multilabel
@@ -216,7 +217,7 @@ class MultilabelTask(Task):
         if run is not None:
             task.check_run(run)
         return evaluate_multilabel(predictions_csv, task, out_dir=out_dir, manifest=manifest, labels_from=labels_from,
-                                   n_bootstrap=n_bootstrap, seed=seed)
+                                   n_bootstrap=n_bootstrap, seed=seed, by=by)
 
     @classmethod
     def check_run(cls, run) -> None:

@@ -332,9 +332,10 @@ class MultitargetTask(Task):
 
     @classmethod
     def claims(cls, columns: Sequence[str]) -> bool:
-        """Every column but the bag's (slide_id, case_id, repeat, fold) is ``NAME.<column>``."""
-        own = [c for c in columns if c not in _ID_COLUMNS]
-        return bool(own) and all("." in c for c in own)
+        """Columns ``NAME.<column>``, and none of another task's outputs undotted (a bag's own columns, ``slide_id``,
+        ``case_id``, ``repeat``, ``fold``, a ``--group-by`` column, may stand beside them)."""
+        return any("." in c for c in columns) and not any(
+            c in ("predicted", "risk") or c.startswith("prob_") for c in columns)
 
     def predicted(self, values: np.ndarray, classes: Sequence[str], threshold: float | None = None):
         values = np.asarray(values)
@@ -372,22 +373,23 @@ class MultitargetTask(Task):
     # ------------------------------------------------------------------ evaluation
     @classmethod
     def evaluate(cls, predictions_csv: str, *, out_dir, manifest, labels_from: str, threshold: float | None,
-                 run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int) -> dict:
+                 run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int,
+                 by: str | None = None) -> dict:
         """Each head's evaluation, into ``out_dir/NAME/``, and the rows of all in ``out_dir/metrics.*``; all or
-        nothing (staged beside ``out_dir``)."""
+        nothing (staged beside ``out_dir``). ``by``: each head's rows within each value of that column too."""
         from ..report.bootstrap import install_folder
         from ..slides.tables import read_table
 
         predictions_csv = os.fspath(predictions_csv)
         columns, rows = read_table(predictions_csv, "predictions file")
-        names = list(dict.fromkeys(c.split(".", 1)[0] for c in columns if c not in _ID_COLUMNS))
+        names = list(dict.fromkeys(c.split(".", 1)[0] for c in columns if "." in c))
         if run is not None:
             from ..slides.run_folder import run_head_info
 
             stored = (run_head_info(run).get("head") or {})
             if stored.get("task") != cls.name or [h["name"] for h in stored.get("heads", [])] != names:
                 raise DataError(f"the run's heads are not this file's ({', '.join(names)})", path=os.fspath(run))
-        keep = [c for c in ("slide_id", "case_id") if c in columns]
+        keep = [c for c in columns if "." not in c]  # the bag's columns (ids, fold, a --group-by column)
         views = {n: keep + [c[len(n) + 1:] for c in columns if c.startswith(f"{n}.")] for n in names}
         kinds = {n: next(k for k in HEAD_TASKS.values() if k.claims(v)) for n, v in views.items()}
         if threshold is not None and not any(k.has_classes for k in kinds.values()):
@@ -410,7 +412,7 @@ class MultitargetTask(Task):
                     view_manifest = stage / f".{name}.manifest.csv"
                     mapped = _columns_of(name, kind)
                     m_cols, m_rows = manifest_view
-                    ids = [c for c in ("slide_id", "case_id") if c in m_cols]
+                    ids = [c for c in m_cols if c in ("slide_id", "case_id") or c == by]
                     have = [c for c in kind.columns if mapped[c] in m_cols]
                     _write_csv(view_manifest, ids + have,
                                [[cells[c] for c in ids] + [cells[mapped[c]] for c in have] for _, cells in m_rows])
@@ -418,7 +420,7 @@ class MultitargetTask(Task):
                                        labels_from=labels_from, threshold=threshold if kind.has_classes else None,
                                        run=None, n_bootstrap=n_bootstrap, seed=seed,
                                        times=times if kind.takes_times else None,
-                                       risk_groups=risk_groups)
+                                       risk_groups=risk_groups, **({} if by is None else {"by": by}))
                 view.unlink()
                 if view_manifest is not None:
                     view_manifest.unlink()

@@ -105,14 +105,15 @@ class RegressionTask(Task):
     # ------------------------------------------------------------------ evaluation
     @classmethod
     def evaluate(cls, predictions_csv: str, *, out_dir, manifest, labels_from: str, threshold: float | None,
-                 run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int) -> dict:
+                 run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int,
+                 by: str | None = None) -> dict:
         from ..report.regression_evaluate import evaluate_regression
 
         cls.check_evaluate_options(threshold, times)
         if run is not None:
             cls.check_run(run)
         return evaluate_regression(predictions_csv, cls, out_dir=out_dir, manifest=manifest, labels_from=labels_from,
-                                   n_bootstrap=n_bootstrap, seed=seed)
+                                   n_bootstrap=n_bootstrap, seed=seed, by=by)
 
     @classmethod
     def output_columns(cls, columns: Sequence[str], path: str) -> list[str]:

@@ -237,7 +237,7 @@ class SurvivalTask(Task):
     @classmethod
     def evaluate(cls, predictions_csv: str, *, out_dir, manifest, labels_from: str, threshold: float | None,
                  run, n_bootstrap: int, seed: int, times: Sequence[float] | None, risk_groups: int,
-                 time_unit: str | None = None) -> dict:
+                 time_unit: str | None = None, by: str | None = None) -> dict:
         from ..report.survival_evaluate import evaluate_survival
 
         cls.check_evaluate_options(threshold, times)
@@ -245,7 +245,7 @@ class SurvivalTask(Task):
             cls.check_run(run)
         return evaluate_survival(predictions_csv, cls, out_dir=out_dir, manifest=manifest, labels_from=labels_from,
                                  n_bootstrap=n_bootstrap, seed=seed, times=times, risk_groups=risk_groups,
-                                 time_unit=time_unit)
+                                 time_unit=time_unit, by=by)
 
     @classmethod
     def scored_predictions(cls, predictions_csv: str, manifest):

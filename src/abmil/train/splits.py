@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CaseSplit", "case_cv_splits", "case_labels", "fold_seed", "stratified_group_holdout"]
+__all__ = ["CaseSplit", "case_cv_splits", "case_labels", "fold_seed", "member_seed", "stratified_group_holdout"]
 
 
 def case_labels(labels: Sequence[int] | np.ndarray, groups: Sequence | np.ndarray | None = None,
@@ -95,6 +95,13 @@ def fold_seed(seed: int, repeat: int, fold: int) -> int:
     """The seed of one (repeat, fold) run: its weights, its epoch orders, its validation split (as
     :func:`abmil.train.cv.cv_splits`)."""
     return seed * 100_000 + repeat * 1000 + fold
+
+
+def member_seed(seed: int, member: int) -> int:
+    """The seed of member ``member`` of a seed ensemble trained on one split (``abmil train --folds K --seeds N``):
+    member 0 the split's own seed (a study of one seed is unchanged), member j its seed + j * 1,000,000,007 (clear of
+    every other fold's seed). It seeds the model's initialisation, epoch orders and dropout; the split stays."""
+    return seed if member == 0 else seed + member * 1_000_000_007
 
 
 @dataclass(frozen=True)
