@@ -108,7 +108,7 @@ def test_planted_cohort_every_head_learned_through_the_cli(tmp_path, capsys):
     assert header[:6] == ["slide_id", "case_id", "label.label", "label.prob_normal", "label.prob_tumor",
                           "label.predicted"]
     assert {"os.time", "os.event", "os.risk", "grade.target", "grade.predicted"} <= set(header)
-    assert task_for_columns(header) is MultitargetTask
+    assert task_for_columns(header) is MultitargetTask and task_for_columns([*header, "site"]) is MultitargetTask
     summary = json.loads((run / "summary.json").read_text())
     assert {"label.auc", "os.c_index", "grade.r2"} <= set(summary["mean"])
 
