@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,9 @@ class ExportedModel:
 
 
 def _torchscript(path: Path):
-    model = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit: deprecated for torch.export, still supported
+        model = torch.jit.load(str(path), map_location="cpu")
 
     def run(x: np.ndarray):
         with torch.no_grad():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +32,8 @@ __all__ = ["BagGraph", "Ensemble", "HeadOutputs", "Member", "bag_graph", "script
 def _frozen_encoder(encoder: nn.Module, in_dim: int) -> nn.Module:
     """The encoder traced in eval mode (its keyed dropout is the identity there and is not scriptable)."""
     enc = copy.deepcopy(encoder).eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit: deprecated for torch.export, still supported
         return torch.jit.trace(enc, torch.zeros(2, in_dim))
 
 

@@ -75,7 +75,7 @@ class ExportSource:
 
     def n_outputs(self) -> int:
         """k: the width of the outputs (1, k)."""
-        return len(self.head.outputs(torch.zeros(1, self.models[0].model.n_out))[0])
+        return len(self.head.outputs(torch.zeros(1, self.models[0].model.classifier.out_features))[0])
 
     def output_names(self) -> list[str]:
         """What each output is: the predictions CSV's columns that hold them (``prob_<class>``, ``surv_<t>``,
@@ -137,9 +137,10 @@ def to_torchscript(module: Ensemble, source: ExportSource) -> torch.jit.ScriptMo
     x = example_bag(source.in_dim)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # branches on the head's fixed width, by design
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit: deprecated for torch.export, still supported
         if not scriptable(source.spec):
             return torch.jit.trace(module, (x,), check_trace=False)
-        n_out = source.models[0].model.n_out
+        n_out = source.models[0].model.classifier.out_features
         for member in module.members:
             member.graph = torch.jit.script(member.graph)
             member.head = torch.jit.trace(member.head, (torch.zeros(1, n_out),))
