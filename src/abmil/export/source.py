@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import _umask
+from ..io import _umask, make_dirs
 from ..nn.zoo import ModelSpec
 from ..slides.predict import TrainedRun, ensemble_head, load_models
 from ..slides.run_folder import fold_key, read_cv_run, run_threshold
@@ -154,9 +154,7 @@ def export_folder(out: str | os.PathLike) -> Iterator[Path]:
     out = Path(out)
     if out.exists():
         raise ValueError(f"--out {out} exists: give a new folder (an export never overwrites)")
-    parent = out.parent
-    if not parent.is_dir():
-        raise FileNotFoundError(f"--out: no folder {parent} to write {out.name} in")
+    parent = make_dirs(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
     try:
         yield tmp
