@@ -125,9 +125,15 @@ def markdown(card: dict) -> str:
              *[f"- {t}" for t in card["limitations"]], "", "## Data", ""]
     lines += [f"- {k.replace('_', ' ')}: {_fmt(v) if not isinstance(v, list) else ', '.join(map(str, v))}"
               for k, v in d["cohort"].items() if v is not None]
-    lines += ["", "| model | train slides | validation slides | epochs run |", "|---|---|---|---|"]
-    lines += [f"| {s['model']} | {s['train_slides']} | {s['val_slides']} | {_fmt(s['epochs_run'])} |"
-              for s in d["splits"]]
+    counts = (card["evaluation"] or {}).get("meta", {}).get("class_counts")
+    if counts:
+        lines += [f"- {level}s per class (the evaluation's): " + ", ".join(f"{c} {n}" for c, n in per.items())
+                  for level, per in counts.items()]
+    tests = {f["key"]: f.get("n_test") for f in (card["out_of_fold_metrics"] or {}).get("per_fold") or []}
+    lines += ["", "| model | train slides | validation slides | test bags (out-of-fold) | epochs run |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {s['model']} | {s['train_slides']} | {s['val_slides']} | {_fmt(tests.get(s['model']))} | "
+              f"{_fmt(s['epochs_run'])} |" for s in d["splits"]]
     lines += ["", "## Encoder and scale", ""]
     lines += [f"- {k}: {v}" for k, v in card["encoder_and_scale"].items()] or ["- not recorded"]
     lines += ["", "## Model and training settings", "", f"- parameters: {m['n_parameters']}",
