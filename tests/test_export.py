@@ -281,3 +281,20 @@ def test_every_registered_pooling_is_covered():
         with torch.no_grad():
             out, scores = graph(x)
         assert out.shape[0] == 1 and scores.shape in ((5,), (0,))
+
+
+def test_survival_study_folds_on_other_time_bins(cohorts, tmp_path):
+    """nll folds fitted on other training parts have other time bins: their mean needs predict's interpolation, so
+    the ensemble is refused (one line, nothing written) and each fold exports alone."""
+    m, f, _ = write_outcome_cohort(tmp_path / "surv", "survival", 12, sizes=(8, 16), dim=DIM)
+    ds = FeatureBagDataset(m, f, task="survival")
+    cross_validate(ds, tmp_path / "cv", WSIConfig(pooling="mean", task="survival", loss="nll", batch_size=2,
+                                                  **SMALL), folds=3)
+    bins = {tuple(r.head.time_bins) for r in load_models(tmp_path / "cv")}
+    assert len(bins) == 3
+    with pytest.raises(ValueError, match="interpolation"):
+        export_run(tmp_path / "cv", tmp_path / "all", "torchscript")
+    assert not (tmp_path / "all").exists()
+    export_run(tmp_path / "cv", tmp_path / "f2", "onnx" if ONNX else "torchscript", fold=(0, 2))
+    for file in cohorts[2][:3]:
+        assert_same(load_models(tmp_path / "cv", fold=(0, 2)), load_export(tmp_path / "f2"), file)
