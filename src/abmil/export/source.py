@@ -106,6 +106,11 @@ def export_source(run: str | os.PathLike, fold: tuple[int, int] | None = None, e
     else:
         members = list(cv["fold_keys"])
     head = ensemble_head(models)
+    for m in models:  # the head must have a tensor form of its outputs (a task without one cannot be exported)
+        try:
+            m.head.torch_outputs(torch.zeros(1, m.model.classifier.out_features))
+        except NotImplementedError as e:
+            raise ValueError(f"--run {run}: {e}, so its runs cannot be exported yet") from None
     source = ExportSource(run, models, members, head, run_threshold(run, fold) if cv is not None else None, cv)
     probe = np.linspace(0.9, 0.1, source.n_outputs())
     for key, m in zip(members, models):  # the mean of the folds' outputs is the ensemble's only where they align
