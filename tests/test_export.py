@@ -298,3 +298,33 @@ def test_survival_study_folds_on_other_time_bins(cohorts, tmp_path):
     export_run(tmp_path / "cv", tmp_path / "f2", "onnx" if ONNX else "torchscript", fold=(0, 2))
     for file in cohorts[2][:3]:
         assert_same(load_models(tmp_path / "cv", fold=(0, 2)), load_export(tmp_path / "f2"), file)
+
+
+def test_a_task_without_tensor_outputs_is_refused(cohorts, tmp_path, monkeypatch):
+    from abmil.tasks.base import Task
+    from abmil.tasks.classification import ClassificationTask
+
+    monkeypatch.setattr(ClassificationTask, "torch_outputs", Task.torch_outputs)
+    with pytest.raises(ValueError, match="the classification task has no tensor form of its outputs"):
+        export_run(cohorts[1]["gated"], tmp_path / "out", "torchscript")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_feature_settings_from_abmil_extract_attributes(tmp_path):
+    """wsinfer-mil's feature_extractor and patch_size_um from the attributes `abmil extract` writes (through the
+    writer itself), the flags winning; nothing recorded: nothing claimed."""
+    from abmil.export import feature_settings
+    from abmil.extract.writer import write_features
+
+    features = tmp_path / "features"
+    features.mkdir()
+    write_features(features / "s0.h5", np.zeros((3, DIM), np.float32), np.zeros((3, 2), np.int64),
+                   {"encoder": "resnet50-trunc", "encoder_weights": "none", "mpp": 0.5, "patch_size": 256})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"features": str(features)}))
+    found = feature_settings(run, None, None)
+    assert found["feature_extractor"] == "resnet50-trunc" and found["patch_size_um"] == 128.0
+    assert feature_settings(run, "uni", 224)["feature_extractor"] == "uni"
+    assert feature_settings(run, "uni", 224)["patch_size_um"] == 224.0
+    assert feature_settings(tmp_path / "elsewhere", None, None) == {}
