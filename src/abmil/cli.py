@@ -15,6 +15,9 @@
                 [--task classification|survival|regression|multilabel|multitarget] [--targets A,B,...]
                 [--loss nll|cox|mse|huber] [--n-bins K]
     abmil predict --run RUN --manifest CSV [--features DIR] --out preds.csv [--fold R,F]
+    abmil predict --model EXPORT --manifest CSV [--features DIR] --out preds.csv
+    abmil export --run RUN --format torchscript|onnx|wsinfer-mil --out DIR [--fold R,F | --ensemble]
+                 [--feature-extractor NAME] [--patch-size-um UM] [--evaluation EVAL_DIR]
     abmil heatmap --run RUN --slide FILE.h5 [--wsi SLIDE | --thumbnail IMG --downsample K] --out heat.png
     abmil heatmap --run RUN --manifest CSV [--features DIR] [--slides DIR] --out DIR [--max-size PX]
                   [--layout overlay|side-by-side] [--tissue] [--top-k K] [--geojson]
@@ -445,7 +448,10 @@ def _wsi_commands(commands) -> None:
                     "models trained or validated on are scored with a warning (how many, by which model) that is "
                     "recorded in the HDF5: `abmil evaluate` refuses them without --allow-training-slides; a study's "
                     "honest estimate is its OUT/oof.csv.")
-    predict.add_argument("--run", required=True, metavar="RUN", help="an `abmil train` --out folder")
+    model = predict.add_mutually_exclusive_group(required=True)
+    model.add_argument("--run", metavar="RUN", help="an `abmil train` --out folder")
+    model.add_argument("--model", metavar="DIR", help="an `abmil export` folder (torchscript or onnx), without the "
+                       "training run")
     inputs = predict.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--manifest", metavar="CSV", help="slides to predict")
     inputs.add_argument("--slides", metavar="DIR", help="raw slides, extracted on the fly with the encoder and "
@@ -462,6 +468,30 @@ def _wsi_commands(commands) -> None:
                          help="with a --folds run: the model of repeat R, fold F alone (default: the mean of all "
                               "fold models' probabilities and attention)")
     predict.set_defaults(handler=_predict)
+
+    (FORMATS,) = lib("abmil.export", "FORMATS")
+    export = commands.add_parser(
+        "export", help="a trained run as TorchScript, ONNX or wsinfer-mil, with a model card",
+        description="Write DIR (new): the run's model (a study: the mean of its fold models, or one --fold) taking "
+                    "one bag (n_patches, in_dim) float32 and returning (outputs, per-patch scores), export.json, "
+                    "model_card.md and model_card.json (docs/export.md).")
+    export.add_argument("--run", required=True, metavar="RUN", help="an `abmil train` --out folder")
+    export.add_argument("--format", required=True, choices=FORMATS, help="torchscript (torch.jit.load), onnx "
+                        "(onnxruntime; the onnx extra) or wsinfer-mil (torchscript_model.pt + config.json)")
+    export.add_argument("--out", required=True, metavar="DIR", help="the export folder (must not exist)")
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--fold", type=_fold_arg, default=None, metavar="R,F",
+                       help="with a --folds run: the model of repeat R, fold F alone")
+    which.add_argument("--ensemble", action="store_true",
+                       help="with a --folds run: all fold models, their outputs averaged (the default)")
+    export.add_argument("--feature-extractor", default=None, metavar="NAME",
+                        help="wsinfer-mil's feature_extractor (default: the encoder `abmil extract` recorded)")
+    export.add_argument("--patch-size-um", type=float, default=None, metavar="UM",
+                        help="wsinfer-mil's patch_size_um (default: mpp x patch size `abmil extract` recorded)")
+    export.add_argument("--evaluation", default=None, metavar="DIR",
+                        help="an `abmil evaluate` folder of the run's predictions: its metrics and intervals go on "
+                             "the model card")
+    export.set_defaults(handler=_export)
 
     heat = commands.add_parser(
         "heatmap", help="paint a trained run's attention over slides or an H&E image (PNG, top-k tiles, GeoJSON)",
@@ -905,6 +935,8 @@ def _predict(args: argparse.Namespace) -> int:
     from abmil.slides.leakage import prediction_record, training_overlap
     from abmil.slides.predict import ensemble_head, load_models, predict_dataset, run_threshold, write_predictions
 
+    if args.model is not None:
+        return _predict_exported(args)
     runs = load_models(args.run, args.device, args.fold)
     classes = runs[0].classes
     threshold = run_threshold(args.run, args.fold)
@@ -929,6 +961,36 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} ({len(preds)} {level}s{models}{decided}), {h5}")
     if overlap:
         _warn(f"{overlap.message()}. `abmil evaluate` refuses these predictions without --allow-training-slides")
+    return 0
+
+
+def _predict_exported(args: argparse.Namespace) -> int:
+    from abmil.export.deployed import load_export, predict_exported
+    from abmil.slides.features import FeatureBagDataset
+    from abmil.slides.predictions import write_predictions
+
+    for flag in ("fold", "slides"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag} is for --run; an export is one model on feature files (--manifest)")
+    model = load_export(args.model)
+    dataset = FeatureBagDataset(args.manifest, args.features, classes=model.classes, require_labels=False,
+                                task=type(model.head))
+    preds = predict_exported(model, dataset)
+    h5 = write_predictions(preds, model.classes, args.out, id_column=f"{model.bag_level}_id", head=model.head,
+                           threshold=model.threshold)
+    print(f"wrote {args.out} ({len(preds)} {model.bag_level}s, {model.meta['export_format']} export), {h5}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from abmil.export import export_run
+
+    meta = export_run(args.run, args.out, args.format, fold=args.fold, ensemble=args.ensemble,
+                      feature_extractor=args.feature_extractor, patch_size_um=args.patch_size_um,
+                      evaluation=args.evaluation, command=" ".join([PROG, *sys.argv[1:]]))
+    members = f"mean of {len(meta['members'])} fold models" if len(meta["members"]) > 1 else meta["members"][0]
+    print(f"wrote {args.out}/{meta['model_file']} ({meta['export_format']}, {meta['pooling']}, {members}), "
+          "export.json, model_card.md, model_card.json")
     return 0
 
 

@@ -19,7 +19,8 @@ A cross-validation study (``abmil train --folds``, :mod:`abmil.slides.study`)::
     RUN/summary.json/.csv/.md   per fold metrics; mean and SD over the folds
 
 Every file is written atomically. Readers: :func:`read_cv_run`, :func:`fold_dirs`, :func:`run_threshold`,
-:func:`read_run_threshold`, :func:`run_classes`, :func:`run_head_info`.
+:func:`read_run_threshold`, :func:`run_classes`, :func:`run_head_info`, :func:`read_summary`,
+:func:`read_run_settings`.
 """
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ from ..io import write_json_atomic, write_text_atomic
 from ..train.checkpoint import CHECKPOINT
 
 __all__ = ["CHECKPOINT", "CV_FORMAT", "FOLDS", "OOF_CSV", "RUN_JSON", "SPLITS_JSON", "THRESHOLD_FILES", "fold_dir",
-           "fold_dirs", "fold_key", "folds_dir", "is_cv_run", "member_dir", "read_cv_run", "read_run_threshold",
-           "run_classes", "run_head_info", "run_threshold", "write_oof", "write_run_json", "write_splits",
-           "write_summary"]
+           "fold_dirs", "fold_key", "folds_dir", "is_cv_run", "member_dir", "read_cv_run", "read_run_settings",
+           "read_run_threshold", "read_summary", "run_classes", "run_head_info", "run_threshold", "write_oof",
+           "write_run_json", "write_splits", "write_summary"]
 
 CV_FORMAT = "abmil-slide-cv-1"
 RUN_JSON = "run.json"
@@ -187,3 +188,23 @@ def write_summary(out: Path, summary: dict, csv_text: str, markdown: str) -> Non
     write_json_atomic(out / f"{SUMMARY}.json", summary)
     write_text_atomic(out / f"{SUMMARY}.csv", csv_text)
     write_text_atomic(out / f"{SUMMARY}.md", markdown)
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict | None:
+    """A finished study's summary.json (per fold metrics, their mean and SD), or None where there is none."""
+    return _read_json_or_none(Path(run_dir) / f"{SUMMARY}.json")
+
+
+def read_run_settings(run_dir: str | os.PathLike) -> dict | None:
+    """The settings ``abmil train`` ran with (``RUN/config.json``, which ``--config`` reads back), or None."""
+    return _read_json_or_none(Path(run_dir) / "config.json")
+
+
+def _read_json_or_none(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"not a readable JSON file ({e})", path=str(path)) from None
+    return info if isinstance(info, dict) else None

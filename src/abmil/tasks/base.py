@@ -159,8 +159,14 @@ class Task:
         raise NotImplementedError
 
     def outputs(self, logits) -> np.ndarray:
-        """(n_bags, k) what a prediction holds, from the model's logits (n_bags, n_out)."""
-        raise NotImplementedError
+        """(n_bags, k) what a prediction holds, from the model's logits (n_bags, n_out): :meth:`torch_outputs` in
+        float64."""
+        return self.torch_outputs(logits.detach().double().cpu()).numpy()
+
+    def torch_outputs(self, logits):
+        """(n_bags, k) :meth:`outputs` as a tensor function of the logits (n_bags, n_out), in their dtype: the head
+        an exported model carries (:mod:`abmil.export`); a task without one cannot be exported."""
+        raise NotImplementedError(f"the {self.name} task has no tensor form of its outputs")
 
     def prediction(self, out, common: Task) -> np.ndarray:
         """(k,) one bag's prediction from its model output (a :class:`~abmil.nn.models.MILOutput` of one bag), on

@@ -84,14 +84,13 @@ class ClassificationTask(Task):
     def loop_target(self, outcome: Any, label: int | None = None):
         return label
 
-    def outputs(self, logits) -> np.ndarray:
+    def torch_outputs(self, logits):
         import torch
 
-        logits = logits.detach().double().cpu()
         if logits.shape[-1] == 1:
             p = torch.sigmoid(logits)
-            return torch.cat([1.0 - p, p], -1).numpy()
-        return torch.softmax(logits, -1).numpy()
+            return torch.cat([1.0 - p, p], -1)
+        return torch.softmax(logits, -1)
 
     def prediction(self, out, common: Task) -> np.ndarray:
         return out.probabilities()[0].cpu().numpy()

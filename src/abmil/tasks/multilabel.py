@@ -124,11 +124,11 @@ class MultilabelTask(Task):
     def loop_target(self, outcome: Any, label: int | None = None):
         return tuple(float(v) for v in outcome)
 
-    def outputs(self, logits) -> np.ndarray:
+    def torch_outputs(self, logits):
         """Each target's probability, ``sigmoid(logit)``."""
         import torch
 
-        return torch.sigmoid(logits.detach().double().cpu()).numpy()
+        return torch.sigmoid(logits)
 
     @classmethod
     def combine(cls, heads: Sequence[Task]) -> Task:

@@ -263,8 +263,11 @@ class MultitargetTask(Task):
         return tuple(float(v) for p, o in zip(self._parts(), outcome)
                      for v in np.atleast_1d(p.loop_target(o, label)))
 
-    def outputs(self, logits) -> np.ndarray:
-        return np.concatenate([p.outputs(logits[:, s]) for p, s in zip(self._parts(), self._slices(0))], 1)
+    def torch_outputs(self, logits):
+        """Each head's outputs on its slice of the logits, side by side."""
+        import torch
+
+        return torch.cat([p.torch_outputs(logits[:, s]) for p, s in zip(self._parts(), self._slices(0))], 1)
 
     def align(self, values: np.ndarray, other: Task) -> np.ndarray:
         values = np.asarray(values)

@@ -62,10 +62,10 @@ class RegressionTask(Task):
         mean, sd = self.target_scale
         return (float(outcome) - mean) / sd
 
-    def outputs(self, logits) -> np.ndarray:
+    def torch_outputs(self, logits):
         """The prediction, in target units."""
         mean, sd = self.target_scale
-        return (mean + sd * logits.detach().double().cpu()).numpy()
+        return mean + sd * logits
 
     # ------------------------------------------------------------------ validation
     def val_record(self, rows: list[tuple], outcomes: Sequence, monitor: str | None) -> dict:

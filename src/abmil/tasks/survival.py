@@ -140,14 +140,13 @@ class SurvivalTask(Task):
         time, event = outcome
         return (float(self.bin_of(time)) if self.time_bins is not None else 0.0, float(event), float(time))
 
-    def outputs(self, logits) -> np.ndarray:
+    def torch_outputs(self, logits):
         """``S_k`` at each bin's upper edge (nll); the log hazard ratio (cox)."""
         import torch
 
-        logits = logits.detach().double().cpu()
         if self.loss == "nll":
-            return torch.cumprod(torch.sigmoid(-logits), -1).numpy()
-        return logits.numpy()
+            return torch.cumprod(torch.sigmoid(-logits), -1)
+        return logits
 
     def risk(self, values: np.ndarray) -> float:
         """A prediction's risk (higher: earlier event)."""
