@@ -333,3 +333,20 @@ def test_feature_settings_from_abmil_extract_attributes(tmp_path):
     assert feature_settings(run, "uni", 224)["feature_extractor"] == "uni"
     assert feature_settings(run, "uni", 224)["patch_size_um"] == 224.0
     assert feature_settings(tmp_path / "elsewhere", None, None) == {}
+
+
+def test_evaluate_run_writes_the_runs_model_card(study, tmp_path):
+    """`abmil evaluate --run` writes the run's model card beside its evaluation: the evaluation's rows with their
+    intervals, the study's out-of-fold means, the stored threshold, and the reliability figure in place."""
+    run, _, _ = study
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--predictions", str(run / "oof.csv"), "--run", str(run), "--bootstrap", "20",
+                 "--out", str(out)]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert card["evaluation"]["metrics"] == metrics["metrics"] and card["run"] == str(run)
+    assert card["out_of_fold_metrics"]["mean"] == json.loads((run / "summary.json").read_text())["mean"]
+    assert card["threshold"] == json.loads((run / "run.json").read_text())["threshold"]
+    text = (out / "model_card.md").read_text()
+    assert "## Evaluation with confidence intervals" in text and "![reliability](reliability.png)" in text
+    assert (out / "reliability.png").is_file() and "Exported by" not in text

@@ -1045,6 +1045,9 @@ def _evaluate(args: argparse.Namespace) -> int:
               f"{level} {name:>24}: {r['value']:.3g}" if r["value"] is not None else
               f"{level} {name:>24}: n/a")
     print(f"wrote {args.out}/metrics.json, metrics.csv, metrics.md, {', '.join(meta['figures'])}")
+    if "model_card" in meta:  # with --run: the run's model card beside the evaluation, or why not
+        print(f"model card: {args.out}/{meta['model_card']}" if meta["model_card"].endswith(".md")
+              else f"model card {meta['model_card']}")
     return 0
 
 

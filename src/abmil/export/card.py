@@ -9,6 +9,7 @@ beside the card.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 from pathlib import Path
@@ -18,7 +19,7 @@ from ..errors import DataError
 from ..slides.run_folder import read_run_settings, read_summary
 from .source import ExportSource
 
-__all__ = ["CARD_JSON", "CARD_MD", "model_card", "write_card"]
+__all__ = ["CARD_JSON", "CARD_MD", "model_card", "run_card", "write_card"]
 
 CARD_MD, CARD_JSON = "model_card.md", "model_card.json"
 
@@ -59,9 +60,10 @@ def _software(export_format: str) -> dict:
     return versions
 
 
-def model_card(source: ExportSource, export: dict, *, feature_settings: dict, evaluation: str | None = None,
+def model_card(source: ExportSource, export: dict | None, *, feature_settings: dict, evaluation: str | None = None,
                command: str | None = None) -> dict:
-    """The card's content (JSON-ready) of ``source`` exported as ``export`` (export.json's content)."""
+    """The card's content (JSON-ready) of ``source`` exported as ``export`` (export.json's content; None: the run
+    itself, not exported, as ``abmil evaluate --run`` describes it)."""
     first = source.models[0]
     config = first.info.get("config", {})
     splits = [{"model": key, "train_slides": len(m.info.get("train_slides") or []),
@@ -81,7 +83,8 @@ def model_card(source: ExportSource, export: dict, *, feature_settings: dict, ev
         "model": {"pooling": source.pooling, "title": source.spec.title, "task": source.head.to_dict(),
                   "members": source.members, "ensemble": len(source.members) > 1,
                   "scores": source.spec.instance_scores,
-                  "n_parameters": sum(p.numel() for p in first.model.parameters())},
+                  "n_parameters": sum(p.numel() for p in first.model.parameters()),
+                  "output_names": source.output_names()},
         "export": export,
         "data": {"cohort": cohort, "splits": splits},
         "encoder_and_scale": feature_settings,
@@ -91,9 +94,22 @@ def model_card(source: ExportSource, export: dict, *, feature_settings: dict, ev
         "threshold": source.threshold,
         "intended_use": INTENDED_USE,
         "limitations": list(LIMITATIONS),
-        "software": _software(export["export_format"]),
-        "commands": {"train": _train_command(settings), "export": command},
+        "software": _software(export["export_format"] if export else ""),
+        "commands": {"train": _train_command(settings), "export" if export else "evaluate": command},
     }
+
+
+def run_card(run: str | os.PathLike, evaluation: str | os.PathLike, command: str | None = None) -> dict:
+    """The card of ``run`` itself (all its models: a study's folds) with ``evaluation`` (an ``abmil evaluate``
+    folder of its predictions, where the card is written: ``abmil evaluate --run``); returns the card."""
+    from . import feature_settings
+    from .source import export_source
+
+    source = export_source(run)
+    card = {"run": os.fspath(run), **model_card(source, None, feature_settings=feature_settings(run, None, None),
+                                                evaluation=os.fspath(evaluation), command=command)}
+    write_card(Path(evaluation), card)
+    return card
 
 
 def _train_command(settings: dict | None) -> str | None:
@@ -116,9 +132,11 @@ def markdown(card: dict) -> str:
     """The card as markdown."""
     m, d, ex = card["model"], card["data"], card["export"]
     lines = [f"# Model card: {m['title']} ({m['pooling']}), {m['task']['task']}", "",
-             f"Exported by abmil {card['software']['abmil']} as **{ex['export_format']}** (`{ex['model_file']}`): "
-             f"a bag of patch features ({d['cohort']['in_dim']}-dim float32, one row per patch) in, "
-             f"the {m['task']['task']} outputs ({', '.join(ex['output_names'])}) and per-patch scores "
+             (f"Exported by abmil {card['software']['abmil']} as **{ex['export_format']}** (`{ex['model_file']}`): "
+              if ex else f"The trained run {card['run']} (abmil {card['software']['abmil']}; `abmil export` makes "
+              "it a file that runs without abmil): ")
+             + f"a bag of patch features ({d['cohort']['in_dim']}-dim float32, one row per patch) in, "
+             f"the {m['task']['task']} outputs ({', '.join(m['output_names'])}) and per-patch scores "
              f"({m['scores'] or 'none'}) out." + (f" Mean of {len(m['members'])} fold models "
                                                   f"({', '.join(m['members'])})." if m["ensemble"] else ""), "",
              "## Intended use", "", card["intended_use"], "", "## Limitations", "",
@@ -175,7 +193,7 @@ def write_card(folder: Path, card: dict) -> None:
     ev = card["evaluation"]
     if ev and "reliability.png" in ev["meta"].get("figures", []):
         figure = Path(ev["folder"]) / "reliability.png"
-        if figure.is_file():
+        if figure.is_file() and figure.resolve() != (folder / "reliability.png").resolve():
             shutil.copyfile(figure, folder / "reliability.png")
     write_json_atomic(folder / CARD_JSON, card)
     write_text_atomic(folder / CARD_MD, markdown(card))

@@ -45,7 +45,7 @@ def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | o
                          threshold: float | None = None, run: str | os.PathLike | None = None,
                          n_bootstrap: int = 1000, seed: int = 0, times: Sequence[float] | None = None,
                          risk_groups: int = 2, allow_training_slides: bool = False,
-                         time_unit: str | None = None, by: str | None = None) -> dict[str, Any]:
+                         time_unit: str | None = None, by: str | None = None, card: bool = True) -> dict[str, Any]:
     """Evaluate ``abmil predict``'s CSV by its task and write ``out_dir`` (``metrics.json``, ``metrics.csv``,
     ``metrics.md`` and the task's figures); returns the JSON's content (``{"meta": ..., "metrics": [rows]}``, rows
     ``level, metric, class, value, ci_low, ci_high, n_bootstrap, n_skipped``). Nothing is written on any error.
@@ -62,6 +62,10 @@ def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | o
     ``abmil predict``, or found in ``run``'s splits) are refused with a ValueError saying how many and which,
     unless ``allow_training_slides``: then evaluated, with ``meta["training_overlap"]`` (the overlap and its
     ``"warning"``) in metrics.json and the warning atop metrics.md.
+
+    With a ``run`` (and ``card``), the run's model card (``model_card.md``/``.json``, :mod:`abmil.export.card`: data,
+    splits, settings, out-of-fold metrics, this evaluation's metrics with their intervals, threshold, intended use,
+    limitations, versions) is written into ``out_dir`` too.
     """
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
@@ -82,7 +86,21 @@ def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | o
                            risk_groups=risk_groups, **extra)
     if overlap:
         _mark_leaky(Path(out_dir), result, overlap)
+    if run is not None and card:
+        _write_model_card(run, out_dir, result)
     return result
+
+
+def _write_model_card(run, out_dir, result: dict[str, Any]) -> None:
+    """The run's model card beside its evaluation (:func:`abmil.export.card.run_card`); a run whose models cannot be
+    described so (no tensor form of its head) is said in the meta, the evaluation stands."""
+    from ..export.card import CARD_MD, run_card
+
+    try:
+        run_card(run, out_dir, command=None)
+        result["meta"]["model_card"] = CARD_MD
+    except (ValueError, OSError, KeyError) as e:  # DataError is a ValueError
+        result["meta"]["model_card"] = f"not written: {e}"
 
 
 def _mark_leaky(out_dir: Path, result: dict[str, Any], overlap: TrainingOverlap) -> None:
