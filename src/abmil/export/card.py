@@ -99,14 +99,15 @@ def model_card(source: ExportSource, export: dict | None, *, feature_settings: d
     }
 
 
-def run_card(run: str | os.PathLike, evaluation: str | os.PathLike, command: str | None = None) -> dict:
+def run_card(run: str | os.PathLike, evaluation: str | os.PathLike, *, feature_settings: dict,
+             command: str | None = None) -> dict:
     """The card of ``run`` itself (all its models: a study's folds) with ``evaluation`` (an ``abmil evaluate``
-    folder of its predictions, where the card is written: ``abmil evaluate --run``); returns the card."""
-    from . import feature_settings
+    folder of its predictions, where the card is written: ``abmil evaluate --run``); ``feature_settings``:
+    :func:`abmil.export.feature_settings` of the run. Returns the card."""
     from .source import export_source
 
     source = export_source(run)
-    card = {"run": os.fspath(run), **model_card(source, None, feature_settings=feature_settings(run, None, None),
+    card = {"run": os.fspath(run), **model_card(source, None, feature_settings=feature_settings,
                                                 evaluation=os.fspath(evaluation), command=command)}
     write_card(Path(evaluation), card)
     return card

@@ -94,10 +94,11 @@ def evaluate_predictions(predictions_csv: str | os.PathLike, *, out_dir: str | o
 def _write_model_card(run, out_dir, result: dict[str, Any]) -> None:
     """The run's model card beside its evaluation (:func:`abmil.export.card.run_card`); a run whose models cannot be
     described so (no tensor form of its head) is said in the meta, the evaluation stands."""
+    from ..export import feature_settings
     from ..export.card import CARD_MD, run_card
 
     try:
-        run_card(run, out_dir, command=None)
+        run_card(run, out_dir, feature_settings=feature_settings(run, None, None))
         result["meta"]["model_card"] = CARD_MD
     except (ValueError, OSError, KeyError) as e:  # DataError is a ValueError
         result["meta"]["model_card"] = f"not written: {e}"
