@@ -399,7 +399,7 @@ class MultitargetTask(Task):
             raise ValueError("a decision threshold is for a classification head; these predictions have none")
         if times is not None and not any(k.takes_times for k in kinds.values()):
             raise ValueError("--times is for a survival head (a risk column); these predictions have none")
-        manifest_view = None if manifest is None else _read_manifest_cells(os.fspath(manifest))
+        manifest_view = None if manifest is None else read_table(os.fspath(manifest), "manifest")
         out_dir = Path(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -459,12 +459,6 @@ class MultitargetTask(Task):
         parts = tuple(HEAD_TASKS[h["task"]].from_dict(h) for h in specs)
         return task(d.get("loss"), parts=parts, n_classes=int(d.get("n_classes") or 0))
 
-
-
-def _read_manifest_cells(path: str):
-    from ..slides.tables import read_table
-
-    return read_table(path, "manifest")
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
